@@ -1,0 +1,56 @@
+//! What a step of a state machine returns, and the trait drivers pump.
+//!
+//! The order is the driver's duty and lives in one place (the driver): write the batch, make
+//! it durable, then send the messages and release the replies. That is raft-rs's
+//! `Ready`/`advance` and quinn-proto's `poll_*` in one value.
+
+use crate::store::{StoreError, StoreRead, WriteBatch};
+
+/// Identifies the client waiting for a reply; chosen by the driver, opaque to the core.
+pub type ClientToken = u64;
+
+#[derive(Debug)]
+pub struct Ready<R, M = ()> {
+    /// Must be durable before any reply or message below leaves the node.
+    pub writes: WriteBatch,
+    /// Messages to peers: (node id, message).
+    pub messages: Vec<(String, M)>,
+    /// Replies to waiting clients.
+    pub replies: Vec<(ClientToken, R)>,
+    /// When the driver should call [`Machine::tick`] next (milliseconds).
+    pub deadline: Option<u64>,
+}
+
+impl<R, M> Default for Ready<R, M> {
+    fn default() -> Self {
+        Self { writes: WriteBatch::default(), messages: Vec::new(), replies: Vec::new(), deadline: None }
+    }
+}
+
+impl<R, M> Ready<R, M> {
+    /// A Ready that answers one client and writes `writes`.
+    pub fn reply(token: ClientToken, reply: R, writes: WriteBatch) -> Self {
+        Self { writes, replies: vec![(token, reply)], ..Self::default() }
+    }
+}
+
+/// A deterministic state machine a driver can pump.
+pub trait Machine {
+    type Input;
+    type Output;
+    type Message;
+
+    /// Handles one client input at time `now`. A store read failure is fatal for the node.
+    fn step(
+        &mut self,
+        now: u64,
+        token: ClientToken,
+        input: Self::Input,
+        store: &dyn StoreRead,
+    ) -> Result<Ready<Self::Output, Self::Message>, StoreError>;
+
+    /// Called when the last Ready's deadline has passed.
+    fn tick(&mut self, _now: u64, _store: &dyn StoreRead) -> Result<Ready<Self::Output, Self::Message>, StoreError> {
+        Ok(Ready::default())
+    }
+}
