@@ -17,6 +17,6 @@ pub mod rng;
 pub mod status;
 pub mod store;
 
-pub use error::CoreError;
+pub use error::{CoreError, CoreResult};
 pub use ready::{ClientToken, Machine, Ready};
 pub use store::{Store, StoreError, StoreRead, WriteBatch};

@@ -44,11 +44,7 @@ fn apply(image: &mut Image, batch: &WriteBatch) {
 }
 
 fn check_keyspace(keyspace: &str) -> Result<(), StoreError> {
-    if KEYSPACES.contains(&keyspace) {
-        Ok(())
-    } else {
-        Err(StoreError::UnknownKeyspace(keyspace.to_owned()))
-    }
+    if KEYSPACES.contains(&keyspace) { Ok(()) } else { Err(StoreError::UnknownKeyspace(keyspace.to_owned())) }
 }
 
 impl MemStore {

@@ -67,8 +67,13 @@ pub trait StoreRead {
 
     /// Up to `limit` entries with `start <= key < end` (no `end`: to the keyspace's end), in
     /// key order. Bounded so callers page instead of loading a whole keyspace.
-    fn range(&self, keyspace: &'static str, start: &[u8], end: Option<&[u8]>, limit: usize)
-    -> Result<Vec<Entry>, StoreError>;
+    fn range(
+        &self,
+        keyspace: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
 
     /// Up to `limit` entries whose key starts with `prefix` and sorts after `after` (if given).
     fn prefix(

@@ -196,10 +196,10 @@ proptest! {
                     for id in &ids {
                         if !seen.insert(id.clone()) { continue; }
                         for k in [StoreKind::KeyGeneration, StoreKind::Upload, StoreKind::Plan] {
-                            if kind.is_none_or(|x| x == k) {
-                                if let Some(i) = model.find(k, id) {
-                                    want.push((k, id.clone(), model.entries[i].status));
-                                }
+                            if kind.is_none_or(|x| x == k)
+                                && let Some(i) = model.find(k, id)
+                            {
+                                want.push((k, id.clone(), model.entries[i].status));
                             }
                         }
                     }

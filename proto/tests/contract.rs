@@ -168,13 +168,10 @@ fn render_type(f: &prost_types::FieldDescriptorProto, compiled: &Compiled) -> St
         }
         other => {
             let s = [
-                "double", "float", "int32", "int64", "uint32", "uint64", "sint32", "sint64",
-                "fixed32", "fixed64", "sfixed32", "sfixed64", "bool", "string", "bytes",
+                "double", "float", "int32", "int64", "uint32", "uint64", "sint32", "sint64", "fixed32", "fixed64",
+                "sfixed32", "sfixed64", "bool", "string", "bytes",
             ];
-            s.iter()
-                .find(|n| scalar(n) == Some(other))
-                .map(|n| (*n).to_owned())
-                .unwrap_or_else(|| format!("{other:?}"))
+            s.iter().find(|n| scalar(n) == Some(other)).map(|n| (*n).to_owned()).unwrap_or_else(|| format!("{other:?}"))
         }
     }
 }
@@ -295,7 +292,11 @@ fn descriptors_match_contract_tables() {
         }
         for f in &m.field {
             if !fields.iter().any(|cf| cf.number == f.number()) && f.number() < 100 {
-                errors.push(format!("{name}.{} #{}: extension fields must be numbered 100 and up", f.name(), f.number()));
+                errors.push(format!(
+                    "{name}.{} #{}: extension fields must be numbered 100 and up",
+                    f.name(),
+                    f.number()
+                ));
             }
         }
     }

@@ -8,12 +8,33 @@ use crate::store::{StoreError, StoreRead, WriteBatch};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusRequest {
-    Record { kind: StoreKind, id: String, status: Status, error: Option<String> },
-    Update { kind: StoreKind, id: String, status: Status, error: Option<String> },
-    Delete { kind: StoreKind, id: String },
+    Record {
+        kind: StoreKind,
+        id: String,
+        status: Status,
+        error: Option<String>,
+    },
+    Update {
+        kind: StoreKind,
+        id: String,
+        status: Status,
+        error: Option<String>,
+    },
+    Delete {
+        kind: StoreKind,
+        id: String,
+    },
     /// `kind: None` looks in every store.
-    Get { ids: Vec<String>, kind: Option<StoreKind> },
-    List { kind: Option<StoreKind>, filter: Option<Status>, max_results: Option<i32>, page_token: Option<String> },
+    Get {
+        ids: Vec<String>,
+        kind: Option<StoreKind>,
+    },
+    List {
+        kind: Option<StoreKind>,
+        filter: Option<Status>,
+        max_results: Option<i32>,
+        page_token: Option<String>,
+    },
     Info,
 }
 
@@ -49,7 +70,12 @@ impl StatusMachine {
         &self.registry
     }
 
-    fn handle(&mut self, now: u64, req: StatusRequest, store: &dyn StoreRead) -> (CoreResult<StatusResponse>, WriteBatch) {
+    fn handle(
+        &mut self,
+        now: u64,
+        req: StatusRequest,
+        store: &dyn StoreRead,
+    ) -> (CoreResult<StatusResponse>, WriteBatch) {
         let r = &mut self.registry;
         let result = match req {
             StatusRequest::Record { kind, id, status, error } => r
@@ -58,13 +84,17 @@ impl StatusMachine {
             StatusRequest::Update { kind, id, status, error } => {
                 r.update(store, now, kind, &id, status, error).map(|(e, b)| (StatusResponse::Updated(e), b))
             }
-            StatusRequest::Delete { kind, id } => r.delete(store, now, kind, &id).map(|(e, b)| (StatusResponse::Deleted(e), b)),
+            StatusRequest::Delete { kind, id } => {
+                r.delete(store, now, kind, &id).map(|(e, b)| (StatusResponse::Deleted(e), b))
+            }
             StatusRequest::Get { ids, kind } => {
                 r.get_many(store, &ids, kind).map(|e| (StatusResponse::Statuses(e), WriteBatch::default()))
             }
-            StatusRequest::List { kind, filter, max_results, page_token } => r
-                .list(store, kind, filter, max_results, page_token.as_deref())
-                .map(|(entries, next_page_token)| (StatusResponse::Page { entries, next_page_token }, WriteBatch::default())),
+            StatusRequest::List { kind, filter, max_results, page_token } => {
+                r.list(store, kind, filter, max_results, page_token.as_deref()).map(|(entries, next_page_token)| {
+                    (StatusResponse::Page { entries, next_page_token }, WriteBatch::default())
+                })
+            }
             StatusRequest::Info => Ok((StatusResponse::Info(r.info()), WriteBatch::default())),
         };
         match result {

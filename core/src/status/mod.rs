@@ -114,14 +114,21 @@ impl StatusRegistry {
 
     /// Removes the `n` oldest finished entries of `kind`, all or nothing. Returns the
     /// evicted ids, or None if fewer than `n` entries have finished.
-    fn evict(&mut self, store: &dyn StoreRead, kind: StoreKind, n: usize, batch: &mut WriteBatch) -> Result<Option<Vec<String>>, StoreError> {
+    fn evict(
+        &mut self,
+        store: &dyn StoreRead,
+        kind: StoreKind,
+        n: usize,
+        batch: &mut WriteBatch,
+    ) -> Result<Option<Vec<String>>, StoreError> {
         let rows = store.prefix(STATUS, &keys::finished_prefix(kind), None, n)?;
         if rows.len() < n {
             return Ok(None);
         }
         let mut ids = Vec::with_capacity(n);
         for (fkey, id) in rows {
-            let id = String::from_utf8(id).map_err(|_| StoreError::Corrupt { keyspace: STATUS, reason: "finished index id".into() })?;
+            let id = String::from_utf8(id)
+                .map_err(|_| StoreError::Corrupt { keyspace: STATUS, reason: "finished index id".into() })?;
             let seq = keys::seq_of(&fkey)?;
             batch.delete(STATUS, fkey);
             batch.delete(STATUS, keys::order(kind, seq));
@@ -215,7 +222,13 @@ impl StatusRegistry {
     }
 
     /// Marks a request DELETED (idempotent).
-    pub fn delete(&mut self, store: &dyn StoreRead, now: u64, kind: StoreKind, id: &str) -> CoreResult<(Entry, WriteBatch)> {
+    pub fn delete(
+        &mut self,
+        store: &dyn StoreRead,
+        now: u64,
+        kind: StoreKind,
+        id: &str,
+    ) -> CoreResult<(Entry, WriteBatch)> {
         validate_request_id("request_id", id)?;
         self.transition(store, now, kind, id, Status::Deleted, None)
     }
@@ -351,7 +364,8 @@ impl StatusRegistry {
                     if out.len() == limit {
                         // One more match exists: hand out a token for the rest.
                         let last: &Entry = &out[limit - 1];
-                        let t = token::encode(&self.token_key, &scope, token::Position { kind: last.kind, seq: last.seq });
+                        let t =
+                            token::encode(&self.token_key, &scope, token::Position { kind: last.kind, seq: last.seq });
                         return Ok((out, Some(t)));
                     }
                     out.push(e);
@@ -368,10 +382,9 @@ impl StatusRegistry {
 
 fn validate_error(error: &Option<String>) -> CoreResult<()> {
     match error {
-        Some(e) if e.len() > MAX_ERROR_LEN => Err(CoreError::InvalidArgument(format!(
-            "error_message: {} bytes, at most {MAX_ERROR_LEN}",
-            e.len()
-        ))),
+        Some(e) if e.len() > MAX_ERROR_LEN => {
+            Err(CoreError::InvalidArgument(format!("error_message: {} bytes, at most {MAX_ERROR_LEN}", e.len())))
+        }
         _ => Ok(()),
     }
 }

@@ -50,7 +50,9 @@ pub fn encode(key: &[u8; 32], scope: &Scope, pos: Position) -> String {
 }
 
 pub fn decode(key: &[u8; 32], scope: &Scope, token: &str) -> Result<Position, CoreError> {
-    let bad = || CoreError::InvalidArgument("page_token: not a token this server issued (was it altered or truncated?)".into());
+    let bad = || {
+        CoreError::InvalidArgument("page_token: not a token this server issued (was it altered or truncated?)".into())
+    };
     let raw = unhex(token).ok_or_else(bad)?;
     if raw.len() != PAYLOAD_LEN + MAC_LEN || raw[0] != VERSION {
         return Err(bad());

@@ -1,0 +1,272 @@
+//! tessera: the operator's command line for a running tesserad.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tessera_core::status::{Status as EntryStatus, StoreKind};
+use tessera_proto::kms::v1::Empty;
+use tessera_proto::metastore_status::v1 as wire;
+use tessera_proto::metastore_status::v1::meta_store_status_service_client::MetaStoreStatusServiceClient;
+use tessera_proto::tessera::status::v1 as producer;
+use tessera_proto::tessera::status::v1::status_producer_service_client::StatusProducerServiceClient;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Operate a running tesserad")]
+struct Cli {
+    /// tesserad's gRPC address
+    #[arg(long, env = "TESSERA_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
+    addr: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the gRPC services the server offers (through reflection)
+    Services,
+    /// Query and record long-running request statuses
+    #[command(subcommand)]
+    Status(StatusCmd),
+}
+
+#[derive(Subcommand)]
+enum StatusCmd {
+    /// List requests, following page tokens
+    List {
+        /// Meta-store: all, key_generation, public_decryption, user_decryption, crs_generation,
+        /// preprocessing, migration, upload, plan, reconcile_job
+        #[arg(long = "type", default_value = "all")]
+        kind: String,
+        /// any, processing, completed, failed, deleted
+        #[arg(long, default_value = "any")]
+        status: String,
+        /// Page size asked of the server
+        #[arg(long, default_value_t = 100)]
+        page_size: i32,
+        /// Stop after this many entries (0: no limit)
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// Show the status of the given request ids
+    Get {
+        ids: Vec<String>,
+        #[arg(long = "type", default_value = "all")]
+        kind: String,
+    },
+    /// Capacity and count of every meta-store
+    Info,
+    /// Record a request (producer API)
+    Record {
+        id: String,
+        #[arg(long = "type")]
+        kind: String,
+        #[arg(long, default_value = "processing")]
+        status: String,
+        #[arg(long)]
+        error: Option<String>,
+    },
+    /// Move a request to a new status (producer API)
+    Update {
+        id: String,
+        #[arg(long = "type")]
+        kind: String,
+        #[arg(long)]
+        status: String,
+        #[arg(long)]
+        error: Option<String>,
+    },
+    /// Mark a request deleted (producer API)
+    Delete {
+        id: String,
+        #[arg(long = "type")]
+        kind: String,
+    },
+}
+
+fn parse_kind(s: &str) -> anyhow::Result<i32> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(wire::MetaStoreType::All as i32);
+    }
+    StoreKind::from_name(s).map(|k| k as i32).with_context(|| format!("unknown meta-store type {s:?}"))
+}
+
+fn parse_status(s: &str) -> anyhow::Result<i32> {
+    if s.eq_ignore_ascii_case("any") {
+        return Ok(wire::RequestProcessingStatus::Any as i32);
+    }
+    EntryStatus::from_name(s).map(|k| k as i32).with_context(|| format!("unknown status {s:?}"))
+}
+
+fn kind_name(n: i32) -> String {
+    StoreKind::from_wire(n).map_or_else(|| format!("#{n}"), |k| k.name().to_owned())
+}
+
+fn status_name(n: i32) -> String {
+    EntryStatus::from_wire(n).map_or_else(|| format!("#{n}"), |k| k.name().to_owned())
+}
+
+fn print_info(i: &wire::RequestStatusInfo) {
+    let err = i.error_message.as_deref().map(|e| format!("  {e}")).unwrap_or_default();
+    println!("{:<16} {:<10} {}{err}", kind_name(i.meta_store_type), status_name(i.status), i.request_id);
+}
+
+async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(addr.to_owned())
+        .with_context(|| format!("bad --addr {addr:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach tesserad at {addr}"))
+}
+
+fn grpc(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+}
+
+async fn services(ch: Channel) -> anyhow::Result<()> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client.server_reflection_info(tokio_stream_once(req)).await.map_err(grpc)?.into_inner();
+    if let Some(resp) = stream.message().await.map_err(grpc)? {
+        match resp.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                for s in list.service {
+                    println!("{}", s.name);
+                }
+            }
+            Some(MessageResponse::ErrorResponse(e)) => bail!("reflection error: {}", e.error_message),
+            _ => bail!("unexpected reflection answer"),
+        }
+    }
+    Ok(())
+}
+
+/// A one-message request stream without pulling in a stream crate.
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::codegen::tokio_stream::Stream<Item = T> {
+    tonic::codegen::tokio_stream::iter(std::iter::once(item))
+}
+
+async fn status(ch: Channel, cmd: StatusCmd) -> anyhow::Result<()> {
+    let mut client = MetaStoreStatusServiceClient::new(ch.clone());
+    let mut prod = StatusProducerServiceClient::new(ch);
+    match cmd {
+        StatusCmd::List { kind, status, page_size, limit } => {
+            let (kind, filter) = (parse_kind(&kind)?, parse_status(&status)?);
+            let mut token = None;
+            let mut shown = 0usize;
+            loop {
+                let resp = client
+                    .list_requests(wire::ListRequestsRequest {
+                        meta_store_type: kind,
+                        status_filter: Some(filter),
+                        max_results: Some(page_size),
+                        page_token: token.take(),
+                    })
+                    .await
+                    .map_err(grpc)?
+                    .into_inner();
+                for r in &resp.requests {
+                    print_info(r);
+                    shown += 1;
+                    if limit > 0 && shown >= limit {
+                        return Ok(());
+                    }
+                }
+                match resp.next_page_token {
+                    Some(t) if !t.is_empty() => token = Some(t),
+                    _ => break,
+                }
+            }
+            eprintln!("{shown} request(s)");
+        }
+        StatusCmd::Get { ids, kind } => {
+            let kind = parse_kind(&kind)?;
+            let resp = client
+                .get_request_statuses(wire::GetRequestStatusesRequest { request_ids: ids, meta_store_type: Some(kind) })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            resp.statuses.iter().for_each(print_info);
+        }
+        StatusCmd::Info => {
+            let resp = client.get_meta_store_info(Empty {}).await.map_err(grpc)?.into_inner();
+            println!("{:<18} {:>10} {:>10}", "META-STORE", "CAPACITY", "COUNT");
+            for s in resp.meta_stores {
+                let cap = if s.capacity < 0 { "unlimited".to_owned() } else { s.capacity.to_string() };
+                println!("{:<18} {cap:>10} {:>10}", kind_name(s.r#type), s.current_count);
+            }
+        }
+        StatusCmd::Record { id, kind, status, error } => {
+            let r = prod
+                .record_request(producer::RecordRequestRequest {
+                    request_id: id,
+                    meta_store_type: parse_kind(&kind)?,
+                    status: parse_status(&status)?,
+                    error_message: error,
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if let Some(i) = &r.info {
+                print_info(i);
+            }
+            if let Some(e) = r.evicted_request_id {
+                eprintln!("evicted {e} to make room");
+            }
+        }
+        StatusCmd::Update { id, kind, status, error } => {
+            let r = prod
+                .update_status(producer::UpdateStatusRequest {
+                    request_id: id,
+                    meta_store_type: parse_kind(&kind)?,
+                    status: parse_status(&status)?,
+                    error_message: error,
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if let Some(i) = &r.info {
+                print_info(i);
+            }
+        }
+        StatusCmd::Delete { id, kind } => {
+            let r = prod
+                .delete_request(producer::DeleteRequestRequest { request_id: id, meta_store_type: parse_kind(&kind)? })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if let Some(i) = &r.info {
+                print_info(i);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tessera: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let ch = connect(&cli.addr).await?;
+        match cli.command {
+            Command::Services => services(ch).await,
+            Command::Status(cmd) => status(ch, cmd).await,
+        }
+    })
+}

@@ -1,0 +1,160 @@
+//! tesserad's configuration: flags, `TESSERA_*` environment variables and an optional TOML
+//! file, in that order of precedence, over built-in defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+use tessera_core::status::{StatusConfig, StoreKind};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_DATA_DIR: &str = "./tessera-data";
+
+/// tesserad: one daemon serving Tessera's gRPC APIs on one port, on embedded storage (fjall).
+#[derive(Debug, Parser)]
+#[command(name = "tesserad", version, about)]
+pub struct Flags {
+    /// Address to serve gRPC on [default: 127.0.0.1:50051]
+    #[arg(long, env = "TESSERA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for all durable state [default: ./tessera-data]
+    #[arg(long, env = "TESSERA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML config file; flags and env vars override it
+    #[arg(long, env = "TESSERA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on (HTTP, path /metrics); off unless set
+    #[arg(long, env = "TESSERA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log filter, e.g. "info" or "tessera_shell=debug" [default: RUST_LOG, else info]
+    #[arg(long, env = "TESSERA_LOG")]
+    pub log: Option<String>,
+}
+
+/// The TOML file's shape. Every key is optional.
+///
+/// ```toml
+/// listen = "127.0.0.1:50051"
+/// data_dir = "/var/lib/tessera"
+/// metrics_listen = "127.0.0.1:9100"
+/// log = "info"
+///
+/// [status.capacity]        # per meta-store; -1 (or absent) = unlimited
+/// key_generation = 1000
+/// upload = 10000
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log: Option<String>,
+    #[serde(default)]
+    pub status: StatusSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusSection {
+    #[serde(default)]
+    pub capacity: BTreeMap<String, i64>,
+}
+
+/// The resolved configuration tesserad runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log: Option<String>,
+    pub status: StatusConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn resolve(flags: Flags) -> Result<Self, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => {
+                let p = path.display().to_string();
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|source| ConfigError::Parse { path: p, source: Box::new(source) })?
+            }
+            None => FileConfig::default(),
+        };
+        let mut status = StatusConfig::default();
+        for (name, cap) in &file.status.capacity {
+            let kind = StoreKind::from_name(name).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "status.capacity.{name}: unknown meta-store (known: {})",
+                    StoreKind::ALL.iter().map(|k| k.name().to_ascii_lowercase()).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            if *cap < -1 || *cap > i64::from(i32::MAX) {
+                return Err(ConfigError::Invalid(format!(
+                    "status.capacity.{name}: {cap} is not a capacity (-1 for unlimited, or 0 to {})",
+                    i32::MAX
+                )));
+            }
+            status = status.with_capacity(kind, *cap);
+        }
+        let default_listen: SocketAddr =
+            DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid("default listen".into()))?;
+        Ok(Self {
+            listen: flags.listen.or(file.listen).unwrap_or(default_listen),
+            data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
+            log: flags.log.or(file.log),
+            status,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::parse_from(std::iter::once("tesserad").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:7000\"\ndata_dir = \"/x\"\n[status.capacity]\nupload = 5\n")
+            .unwrap();
+        let c = Config::resolve(flags(&["--config", path.to_str().unwrap(), "--listen", "127.0.0.1:7001"])).unwrap();
+        assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        assert_eq!(c.status.capacity(StoreKind::Upload), 5);
+        assert_eq!(c.status.capacity(StoreKind::Plan), -1);
+        let d = Config::resolve(flags(&[])).unwrap();
+        assert_eq!(d.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn bad_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[status.capacity]\nnope = 5\n").unwrap();
+        let e = Config::resolve(flags(&["--config", path.to_str().unwrap()])).unwrap_err().to_string();
+        assert!(e.contains("unknown meta-store"), "{e}");
+        std::fs::write(&path, "lisen = 1\n").unwrap();
+        let e = Config::resolve(flags(&["--config", path.to_str().unwrap()])).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+}

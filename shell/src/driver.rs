@@ -1,0 +1,260 @@
+//! The driver: pumps a [`Machine`] with group commit.
+//!
+//! Requests queue on a channel. The driver takes every request waiting (up to a group
+//! limit), steps the machine once per request and writes each step's batch (visible, not
+//! durable), then makes the whole group durable with a single `sync`, and only then releases
+//! the replies. This is the only place that ordering lives: production (tokio + fjall) and
+//! the simulator (madsim + MemStore) both run this code.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_core::{ClientToken, Machine, Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+/// Time as the driver sees it: wall clock in production, simulated time under madsim.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+    fn sleep_ms(&self, ms: u64) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// Hooks for metrics; the default does nothing.
+pub trait Observer: Send + Sync + 'static {
+    fn group_committed(&self, _requests: usize, _synced: bool, _sync_time: Duration) {}
+}
+
+pub struct NoopObserver;
+impl Observer for NoopObserver {}
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Most requests stepped before one sync.
+    pub max_group: usize,
+    /// Requests that may wait in the queue before callers are slowed down.
+    pub queue_depth: usize,
+    /// Test hook for the simulator: release replies *before* the sync. Never set in
+    /// production; the simulator's checker must catch the lost acknowledged writes it causes.
+    pub ack_before_sync: bool,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self { max_group: 1024, queue_depth: 8192, ack_before_sync: false }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("the node's storage failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("the node is shutting down or has stopped")]
+    Stopped,
+}
+
+struct Call<I, O> {
+    input: I,
+    reply: oneshot::Sender<O>,
+}
+
+/// Cloneable handle that services use to send requests to the driver.
+pub struct DriverHandle<I, O> {
+    tx: mpsc::Sender<Call<I, O>>,
+}
+
+impl<I, O> Clone for DriverHandle<I, O> {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone() }
+    }
+}
+
+impl<I, O> DriverHandle<I, O> {
+    /// Sends one request and waits for its reply, which arrives only after the writes it
+    /// caused are durable.
+    pub async fn call(&self, input: I) -> Result<O, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Call { input, reply }).await.map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+}
+
+/// The handle type for a machine's driver.
+pub type HandleFor<M> = DriverHandle<<M as Machine>::Input, <M as Machine>::Output>;
+
+pub struct Driver<M: Machine, S: Store> {
+    machine: M,
+    store: S,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn Observer>,
+    config: DriverConfig,
+    rx: mpsc::Receiver<Call<M::Input, M::Output>>,
+    deadline: Option<u64>,
+}
+
+impl<M, S> Driver<M, S>
+where
+    M: Machine,
+    S: Store,
+{
+    /// Makes the machine's start-up batch durable and returns the driver and its handle.
+    pub fn new(
+        machine: M,
+        init: tessera_core::WriteBatch,
+        store: S,
+        clock: Arc<dyn Clock>,
+        observer: Arc<dyn Observer>,
+        config: DriverConfig,
+    ) -> Result<(Self, HandleFor<M>), DriverError> {
+        if !init.is_empty() {
+            store.write(&init)?;
+            store.sync()?;
+        }
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        Ok((Self { machine, store, clock, observer, config, rx, deadline: None }, DriverHandle { tx }))
+    }
+
+    /// Runs until every handle is dropped (after serving what was queued) or the store fails.
+    /// A store failure is fatal: the node must restart and recover from what is durable.
+    pub async fn run(mut self) -> Result<(), DriverError> {
+        loop {
+            let first = match self.deadline {
+                Some(at) => {
+                    let wait = at.saturating_sub(self.clock.now_ms());
+                    let sleep = self.clock.sleep_ms(wait);
+                    tokio::select! {
+                        biased;
+                        call = self.rx.recv() => call,
+                        _ = sleep => {
+                            self.tick()?;
+                            continue;
+                        }
+                    }
+                }
+                None => self.rx.recv().await,
+            };
+            let Some(first) = first else { return Ok(()) };
+            let mut group = vec![first];
+            while group.len() < self.config.max_group {
+                match self.rx.try_recv() {
+                    Ok(call) => group.push(call),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group)?;
+        }
+    }
+
+    fn tick(&mut self) -> Result<(), DriverError> {
+        let now = self.clock.now_ms();
+        self.deadline = None;
+        let ready = self.machine.tick(now, &self.store)?;
+        self.deadline = ready.deadline;
+        if !ready.writes.is_empty() {
+            self.store.write(&ready.writes)?;
+            self.store.sync()?;
+        }
+        Ok(())
+    }
+
+    fn commit_group(&mut self, group: Vec<Call<M::Input, M::Output>>) -> Result<(), DriverError> {
+        let now = self.clock.now_ms();
+        let n = group.len();
+        let mut waiting: Vec<Option<oneshot::Sender<M::Output>>> = Vec::with_capacity(n);
+        let mut replies: Vec<(ClientToken, M::Output)> = Vec::with_capacity(n);
+        let mut dirty = false;
+        for (i, call) in group.into_iter().enumerate() {
+            waiting.push(Some(call.reply));
+            let ready = self.machine.step(now, i as ClientToken, call.input, &self.store)?;
+            if !ready.writes.is_empty() {
+                self.store.write(&ready.writes)?;
+                dirty = true;
+            }
+            if let Some(d) = ready.deadline {
+                self.deadline = Some(self.deadline.map_or(d, |cur| cur.min(d)));
+            }
+            replies.extend(ready.replies);
+        }
+        if self.config.ack_before_sync {
+            release(&mut waiting, replies);
+            if dirty {
+                self.store.sync()?;
+            }
+            return Ok(());
+        }
+        let started = Instant::now();
+        if dirty {
+            self.store.sync()?;
+        }
+        self.observer.group_committed(n, dirty, started.elapsed());
+        release(&mut waiting, replies);
+        Ok(())
+    }
+}
+
+fn release<O>(waiting: &mut [Option<oneshot::Sender<O>>], replies: Vec<(ClientToken, O)>) {
+    for (token, out) in replies {
+        if let Some(tx) = waiting.get_mut(token as usize).and_then(Option::take) {
+            // The caller may have gone away (deadline, disconnect); the write stands.
+            let _ = tx.send(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::mem_store::MemStore;
+    use tessera_core::rng::Rng;
+    use tessera_core::status::{Status, StatusConfig, StatusMachine, StatusRequest, StoreKind};
+
+    struct FixedClock;
+    impl Clock for FixedClock {
+        fn now_ms(&self) -> u64 {
+            1
+        }
+        fn sleep_ms(&self, _ms: u64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn group_shares_one_sync_and_replies_after_it() {
+        let store = MemStore::new();
+        let (machine, init) = StatusMachine::open(&store, StatusConfig::default(), &mut Rng::new(3)).unwrap();
+        let (driver, handle) = Driver::new(
+            machine,
+            init,
+            store.clone(),
+            Arc::new(FixedClock),
+            Arc::new(NoopObserver),
+            DriverConfig::default(),
+        )
+        .unwrap();
+        let syncs_before = store.sync_count();
+        let mut calls = Vec::new();
+        for i in 0..50 {
+            let h = handle.clone();
+            calls.push(tokio::spawn(async move {
+                h.call(StatusRequest::Record {
+                    kind: StoreKind::Upload,
+                    id: format!("u{i}"),
+                    status: Status::Processing,
+                    error: None,
+                })
+                .await
+            }));
+        }
+        drop(handle);
+        let run = tokio::spawn(driver.run());
+        for c in calls {
+            assert!(c.await.unwrap().unwrap().is_ok());
+        }
+        run.await.unwrap().unwrap();
+        // Every acknowledged record is durable: a crash now loses none of them.
+        store.crash();
+        assert!(store.durable_len(tessera_core::store::STATUS) > 50);
+        let syncs = store.sync_count() - syncs_before;
+        assert!(syncs < 50, "group commit should share syncs, got {syncs} for 50 writes");
+    }
+}

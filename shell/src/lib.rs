@@ -1,0 +1,20 @@
+//! tessera-shell: the production driver of tessera-core.
+//!
+//! [`driver`] is the one place that orders "write, sync, then reply"; the simulator runs the
+//! same code. Everything else (fjall storage, tonic services, config, metrics) sits behind
+//! the `server` feature so the simulator can build the driver alone.
+
+pub mod driver;
+
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod fjall_store;
+#[cfg(feature = "server")]
+pub mod lock;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod services;

@@ -1,0 +1,190 @@
+//! Prometheus text metrics: request counts and latency histograms per RPC (a tower layer on
+//! the gRPC server), and fsync count and latency (the driver's observer). Served over plain
+//! HTTP on `--metrics-listen`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::driver::Observer;
+
+const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", self.counts[i]);
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// (method path, grpc status code) -> count
+    requests: BTreeMap<(String, String), u64>,
+    latency: BTreeMap<String, Histogram>,
+    fsync: Histogram,
+    groups: u64,
+    grouped_requests: u64,
+}
+
+#[derive(Default, Clone)]
+pub struct Metrics {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn observe_rpc(&self, method: &str, code: &str, elapsed: Duration) {
+        let mut m = self.lock();
+        *m.requests.entry((method.to_owned(), code.to_owned())).or_default() += 1;
+        m.latency.entry(method.to_owned()).or_default().observe(elapsed.as_secs_f64());
+    }
+
+    pub fn render(&self) -> String {
+        let m = self.lock();
+        let mut out = String::new();
+        out.push_str("# HELP tessera_grpc_requests_total gRPC requests by method and status code.\n");
+        out.push_str("# TYPE tessera_grpc_requests_total counter\n");
+        for ((method, code), n) in &m.requests {
+            let _ = writeln!(out, "tessera_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}");
+        }
+        out.push_str("# HELP tessera_grpc_request_duration_seconds Time to the response headers.\n");
+        out.push_str("# TYPE tessera_grpc_request_duration_seconds histogram\n");
+        for (method, h) in &m.latency {
+            h.render(&mut out, "tessera_grpc_request_duration_seconds", &format!("method=\"{method}\""));
+        }
+        out.push_str("# HELP tessera_fsync_duration_seconds Duration of each group-commit fsync.\n");
+        out.push_str("# TYPE tessera_fsync_duration_seconds histogram\n");
+        m.fsync.render(&mut out, "tessera_fsync_duration_seconds", "");
+        out.push_str("# HELP tessera_fsync_total Group-commit fsyncs.\n# TYPE tessera_fsync_total counter\n");
+        let _ = writeln!(out, "tessera_fsync_total {}", m.fsync.count);
+        out.push_str("# HELP tessera_commit_groups_total Driver groups (one fsync at most each).\n# TYPE tessera_commit_groups_total counter\n");
+        let _ = writeln!(out, "tessera_commit_groups_total {}", m.groups);
+        out.push_str("# HELP tessera_commit_group_requests_total Requests served by those groups.\n# TYPE tessera_commit_group_requests_total counter\n");
+        let _ = writeln!(out, "tessera_commit_group_requests_total {}", m.grouped_requests);
+        out
+    }
+
+    /// Serves `GET /metrics` until the process exits.
+    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "metrics listening");
+        loop {
+            let (mut sock, _) = listener.accept().await?;
+            let metrics = self.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
+                    ("200 OK", metrics.render())
+                } else {
+                    ("404 Not Found", "not found; metrics are at /metrics\n".to_owned())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    }
+}
+
+impl Observer for Metrics {
+    fn group_committed(&self, requests: usize, synced: bool, sync_time: Duration) {
+        let mut m = self.lock();
+        m.groups += 1;
+        m.grouped_requests += requests as u64;
+        if synced {
+            m.fsync.observe(sync_time.as_secs_f64());
+        }
+    }
+}
+
+/// Tower layer that counts and times every gRPC call.
+#[derive(Clone)]
+pub struct MetricsLayer {
+    pub metrics: Metrics,
+}
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService { inner, metrics: self.metrics.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            // Errors answered "trailers-only" carry grpc-status in the headers; a streamed
+            // or successful unary answer carries it in trailers, which we count as 0 (OK).
+            let code = match &res {
+                Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned(),
+                Err(_) => "transport".to_owned(),
+            };
+            metrics.observe_rpc(&method, &code, started.elapsed());
+            res
+        })
+    }
+}

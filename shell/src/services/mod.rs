@@ -1,0 +1,5 @@
+//! tonic services. Each only translates protobuf to the core's domain types and back; every
+//! decision is the core's.
+
+pub mod errors;
+pub mod status;
