@@ -18,6 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
     fn sleep_ms(&self, ms: u64) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// Awaited just before each group's sync. Production: nothing. The simulator uses it to
+    /// model fsync latency, so a crash can land between "written" and "durable".
+    fn before_sync(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Hooks for metrics; the default does nothing.
@@ -141,7 +146,7 @@ where
                     Err(_) => break,
                 }
             }
-            self.commit_group(group)?;
+            self.commit_group(group).await?;
         }
     }
 
@@ -157,7 +162,7 @@ where
         Ok(())
     }
 
-    fn commit_group(&mut self, group: Vec<Call<M::Input, M::Output>>) -> Result<(), DriverError> {
+    async fn commit_group(&mut self, group: Vec<Call<M::Input, M::Output>>) -> Result<(), DriverError> {
         let now = self.clock.now_ms();
         let n = group.len();
         let mut waiting: Vec<Option<oneshot::Sender<M::Output>>> = Vec::with_capacity(n);
@@ -176,14 +181,11 @@ where
             replies.extend(ready.replies);
         }
         if self.config.ack_before_sync {
-            release(&mut waiting, replies);
-            if dirty {
-                self.store.sync()?;
-            }
-            return Ok(());
+            release(&mut waiting, std::mem::take(&mut replies));
         }
         let started = Instant::now();
         if dirty {
+            self.clock.before_sync().await;
             self.store.sync()?;
         }
         self.observer.group_committed(n, dirty, started.elapsed());

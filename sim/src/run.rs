@@ -1,0 +1,257 @@
+//! One seeded run: build the world, start the nodes, run clients and faults, heal, check.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tessera_core::rng::Rng;
+use tessera_core::status::{StatusConfig, StoreKind};
+use tessera_shell::driver::DriverConfig;
+
+use crate::faults::FaultPlan;
+use crate::model::{self, Model};
+use crate::node::{Handle, SimNode};
+use crate::trace::Trace;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nodes: usize,
+    pub clients: usize,
+    /// Simulated duration of the faulty phase.
+    pub duration_ms: u64,
+    /// Run the driver with replies released before the sync (a deliberately broken driver).
+    pub ack_before_sync: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { nodes: 3, clients: 6, duration_ms: 5_000, ack_before_sync: false }
+    }
+}
+
+/// Stores with a capacity, so eviction is exercised; the others are unlimited.
+pub const CAPPED: StoreKind = StoreKind::Upload;
+pub const CAPACITY: i64 = 6;
+pub const KINDS: [StoreKind; 3] = [StoreKind::KeyGeneration, StoreKind::Upload, StoreKind::Plan];
+
+pub struct SeedReport {
+    pub seed: u64,
+    pub hash: String,
+    pub violations: Vec<String>,
+    pub events: Vec<String>,
+    pub plan: String,
+    pub ops: u64,
+}
+
+pub struct WorldInner {
+    pub rng: Rng,
+    pub trace: Trace,
+    pub violations: Vec<String>,
+    /// (client, node) pairs that cannot talk.
+    pub cuts: BTreeSet<(usize, usize)>,
+    pub model: Model,
+    pub ops: u64,
+}
+
+pub struct World {
+    pub seed: u64,
+    pub plan: FaultPlan,
+    pub opts: Options,
+    start: madsim::time::Instant,
+    inner: Mutex<WorldInner>,
+    nodes: Mutex<Vec<SimNode>>,
+}
+
+impl World {
+    pub fn lock(&self) -> MutexGuard<'_, WorldInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn elapsed_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn rng_below(&self, n: u64) -> u64 {
+        if n == 0 {
+            return 0;
+        }
+        self.lock().rng.below(n)
+    }
+
+    pub fn chance(&self, p: f64) -> bool {
+        p > 0.0 && self.lock().rng.chance(p)
+    }
+
+    pub fn event(&self, e: String) {
+        let now = self.elapsed_ms();
+        self.lock().trace.record(now, e);
+    }
+
+    pub fn violation(&self, v: String) {
+        let now = self.elapsed_ms();
+        let mut w = self.lock();
+        w.trace.record(now, format!("VIOLATION {v}"));
+        w.violations.push(format!("at {now}ms: {v}"));
+    }
+
+    pub fn cut(&self, client: usize, node: usize) -> bool {
+        self.lock().cuts.contains(&(client, node))
+    }
+
+    pub fn node_handle(&self, node: usize) -> Option<Handle> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(node).and_then(SimNode::handle)
+    }
+
+    fn with_nodes<R>(&self, f: impl FnOnce(&mut Vec<SimNode>) -> R) -> R {
+        f(&mut self.nodes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Injects crashes, partitions and disk errors until `until_ms`, restarting nodes whose
+/// driver stopped on a storage error.
+async fn faults(world: Arc<World>, until_ms: u64) {
+    let plan = world.plan.clone();
+    let n = world.opts.nodes;
+    loop {
+        let wait = 1 + world.rng_below(plan.fault_every_ms.min(10_000) * 2);
+        madsim::time::sleep(Duration::from_millis(wait.min(until_ms))).await;
+        supervise(&world);
+        if world.elapsed_ms() >= until_ms {
+            return;
+        }
+        let node = world.rng_below(n as u64) as usize;
+        let outage = 1 + world.rng_below(plan.max_outage_ms);
+        let roll = world.rng_below(1000) as f64 / 1000.0;
+        if roll < plan.crash_share {
+            let crashed = world.with_nodes(|nodes| {
+                if nodes[node].up {
+                    nodes[node].crash();
+                    true
+                } else {
+                    false
+                }
+            });
+            if crashed {
+                world.event(format!("n{node} CRASH for {outage}ms"));
+                let w = world.clone();
+                madsim::task::spawn(async move {
+                    madsim::time::sleep(Duration::from_millis(outage)).await;
+                    w.with_nodes(|nodes| nodes[node].restart());
+                    w.event(format!("n{node} restart"));
+                });
+            }
+        } else if roll < plan.crash_share + plan.disk_error_share {
+            world.with_nodes(|nodes| nodes[node].store.fail_next_sync());
+            world.event(format!("n{node} disk will fail its next sync"));
+        } else {
+            let clients: Vec<usize> = (0..world.opts.clients).filter(|_| world.chance(0.6)).collect();
+            {
+                let mut w = world.lock();
+                for c in &clients {
+                    w.cuts.insert((*c, node));
+                }
+            }
+            world.event(format!("partition n{node} from clients {clients:?} for {outage}ms"));
+            let w = world.clone();
+            madsim::task::spawn(async move {
+                madsim::time::sleep(Duration::from_millis(outage)).await;
+                let mut g = w.lock();
+                for c in clients {
+                    g.cuts.remove(&(c, node));
+                }
+            });
+        }
+    }
+}
+
+/// Restarts nodes whose driver stopped on a disk error (what a process supervisor does).
+fn supervise(world: &Arc<World>) {
+    let failed: Vec<usize> = world.with_nodes(|nodes| {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.failed.load(std::sync::atomic::Ordering::SeqCst))
+            .map(|(i, _)| i)
+            .collect()
+    });
+    for i in failed {
+        world.with_nodes(|nodes| {
+            nodes[i].crash();
+            nodes[i].restart();
+        });
+        world.event(format!("n{i} restarted after a storage failure"));
+    }
+}
+
+/// Runs one seed to completion and reports what the checkers found.
+pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
+    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    let opts = opts.clone();
+    rt.block_on(async move {
+        let mut rng = Rng::new(seed ^ 0x7e55_e7a5_1a0b_u64);
+        let plan = FaultPlan::draw(&mut rng, opts.nodes);
+        let world = Arc::new(World {
+            seed,
+            plan: plan.clone(),
+            opts: opts.clone(),
+            start: madsim::time::Instant::now(),
+            inner: Mutex::new(WorldInner {
+                rng,
+                trace: Trace::default(),
+                violations: Vec::new(),
+                cuts: BTreeSet::new(),
+                model: Model::new(opts.nodes),
+                ops: 0,
+            }),
+            nodes: Mutex::new(Vec::new()),
+        });
+        world.event(format!("seed {seed} plan {}", plan.describe()));
+        let config = StatusConfig::default().with_capacity(CAPPED, CAPACITY);
+        let driver = DriverConfig { ack_before_sync: opts.ack_before_sync, ..DriverConfig::default() };
+        for i in 0..opts.nodes {
+            let node = SimNode::start(&world, i, config.clone(), driver.clone());
+            world.with_nodes(|nodes| nodes.push(node));
+        }
+        madsim::time::sleep(Duration::from_millis(5)).await;
+
+        let mut tasks = Vec::new();
+        for c in 0..opts.clients {
+            tasks.push(madsim::task::spawn(model::client(world.clone(), c, opts.duration_ms)));
+        }
+        tasks.push(madsim::task::spawn(faults(world.clone(), opts.duration_ms)));
+        for t in tasks {
+            let _ = t.await;
+        }
+
+        // Heal: no more faults, every node back up, wait for in-flight copies to land.
+        world.lock().cuts.clear();
+        madsim::time::sleep(Duration::from_millis(1_000)).await;
+        supervise(&world);
+        world.with_nodes(|nodes| {
+            for n in nodes.iter_mut().filter(|n| !n.up) {
+                n.restart();
+            }
+        });
+        madsim::time::sleep(Duration::from_millis(50)).await;
+        world.event("healed".into());
+        // One more crash of every node, so the final check reads only what is durable.
+        world.with_nodes(|nodes| {
+            for n in nodes.iter_mut() {
+                n.crash();
+                n.restart();
+            }
+        });
+        madsim::time::sleep(Duration::from_millis(50)).await;
+        model::final_check(&world).await;
+
+        let w = world.lock();
+        SeedReport {
+            seed,
+            hash: w.trace.hash(),
+            violations: w.violations.clone(),
+            events: w.trace.events().to_vec(),
+            plan: plan.describe(),
+            ops: w.ops,
+        }
+    })
+}
