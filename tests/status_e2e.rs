@@ -2,10 +2,8 @@
 //! from the contract, bad inputs, kill -9 during a stream of producer writes, graceful
 //! shutdown, the data-dir lock and the metrics endpoint.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,65 +15,10 @@ use tessera_proto::metastore_status::v1::{
 use tessera_proto::tessera::status::v1::status_producer_service_client::StatusProducerServiceClient;
 use tessera_proto::tessera::status::v1::{DeleteRequestRequest, RecordRequestRequest, UpdateStatusRequest};
 use tonic::Code;
-use tonic::transport::Channel;
 
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Daemon {
-    fn start(dir: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tesserad"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tesserad");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read ready line");
-        let addr = line
-            .trim()
-            .strip_prefix("tesserad listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from tesserad: {line:?}"))
-            .parse()
-            .expect("address");
-        Daemon { child, addr }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect")
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("wait");
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "tesserad did not stop within 20 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::Daemon;
 
 fn rec(id: &str, kind: MetaStoreType, status: RequestProcessingStatus) -> RecordRequestRequest {
     RecordRequestRequest {

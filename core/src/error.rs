@@ -19,6 +19,9 @@ pub enum CoreError {
     Aborted(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A deadline the client set has passed (an expired transaction).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The store failed or holds bytes we cannot decode. Fatal for the node.
     #[error("storage: {0}")]
     Storage(#[from] StoreError),

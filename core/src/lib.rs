@@ -16,6 +16,7 @@ pub mod ready;
 pub mod rng;
 pub mod status;
 pub mod store;
+pub mod txn;
 
 pub use error::{CoreError, CoreResult};
 pub use ready::{ClientToken, Machine, Ready};

@@ -6,12 +6,14 @@
 //! many batches: that is group commit.
 
 /// Every keyspace Tessera uses, so a backend can open them all up front.
-pub const KEYSPACES: &[&str] = &[META, STATUS];
+pub const KEYSPACES: &[&str] = &[META, STATUS, STATE];
 
 /// Node-wide metadata: counters, secrets, format version.
 pub const META: &str = "meta";
 /// The status registry.
 pub const STATUS: &str = "status";
+/// The transactional state store (statehouse).
+pub const STATE: &str = "state";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -98,6 +100,31 @@ pub trait Store: StoreRead {
     fn write(&self, batch: &WriteBatch) -> Result<(), StoreError>;
     /// Makes every write so far durable.
     fn sync(&self) -> Result<(), StoreError>;
+}
+
+// A store shared by several drivers (one per log) on one node.
+impl<S: StoreRead + ?Sized> StoreRead for std::sync::Arc<S> {
+    fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(keyspace, key)
+    }
+    fn range(
+        &self,
+        keyspace: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        (**self).range(keyspace, start, end, limit)
+    }
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        (**self).write(batch)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        (**self).sync()
+    }
 }
 
 /// The smallest key greater than `key`.

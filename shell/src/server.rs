@@ -12,15 +12,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use tessera_core::rng::Rng;
 use tessera_core::status::StatusMachine;
+use tessera_core::txn::{TxnConfig, TxnMachine};
 use tessera_proto::metastore_status::v1::meta_store_status_service_server::MetaStoreStatusServiceServer;
+use tessera_proto::statehouse::v1::statehouse_service_server::StatehouseServiceServer;
 use tessera_proto::tessera::status::v1::status_producer_service_server::StatusProducerServiceServer;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
-use crate::driver::{Clock, Driver, DriverConfig};
+use crate::driver::{Clock, Driver, DriverConfig, HandleFor};
 use crate::fjall_store::FjallStore;
 use crate::lock::lock_data_dir;
 use crate::metrics::{Metrics, MetricsLayer};
+use crate::services::statehouse::StatehouseService;
 use crate::services::status::StatusService;
 
 /// Wall-clock milliseconds and tokio timers.
@@ -45,6 +48,42 @@ fn os_seed() -> u64 {
     SystemClock.now_ms() ^ (u64::from(std::process::id()) << 32)
 }
 
+/// Runs a machine's driver on its own thread (fsync blocks: it must not sit on the async
+/// workers). A storage failure is reported on `failed`.
+fn spawn_driver<M>(
+    name: &'static str,
+    machine: M,
+    init: tessera_core::WriteBatch,
+    store: Arc<FjallStore>,
+    metrics: &Metrics,
+    failed: tokio::sync::mpsc::Sender<String>,
+) -> anyhow::Result<(HandleFor<M>, std::thread::JoinHandle<()>)>
+where
+    M: tessera_core::Machine + Send + 'static,
+    M::Input: Send + 'static,
+    M::Output: Send + 'static,
+{
+    let (driver, handle) =
+        Driver::new(machine, init, store, Arc::new(SystemClock), Arc::new(metrics.clone()), DriverConfig::default())?;
+    let thread = std::thread::Builder::new()
+        .name(format!("tessera-{name}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = failed.blocking_send(format!("{name} driver: cannot start its runtime: {e}"));
+                    return;
+                }
+            };
+            if let Err(e) = rt.block_on(driver.run()) {
+                tracing::error!(driver = name, error = %e, "driver stopped");
+                let _ = failed.blocking_send(format!("{name} driver: {e}"));
+            }
+        })
+        .with_context(|| format!("spawning the {name} driver thread"))?;
+    Ok((handle, thread))
+}
+
 /// Runs tesserad until `shutdown` resolves, then drains in-flight requests, lets the driver
 /// sync what it holds, and returns. `on_listening` is told the bound address.
 pub async fn run(
@@ -53,32 +92,23 @@ pub async fn run(
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
-    let store = FjallStore::open(&config.data_dir.join("db"))
-        .with_context(|| format!("opening storage in {}", config.data_dir.display()))?;
+    let store = Arc::new(
+        FjallStore::open(&config.data_dir.join("db"))
+            .with_context(|| format!("opening storage in {}", config.data_dir.display()))?,
+    );
     let mut rng = Rng::new(os_seed());
-    let (machine, init) =
-        StatusMachine::open(&store, config.status.clone(), &mut rng).context("opening the status registry")?;
     let metrics = Metrics::default();
-    let (driver, handle) =
-        Driver::new(machine, init, store, Arc::new(SystemClock), Arc::new(metrics.clone()), DriverConfig::default())?;
+    let (failed_tx, failed_rx) = tokio::sync::mpsc::channel::<String>(4);
+    let mut drivers = Vec::new();
 
-    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
-    let driver_thread = std::thread::Builder::new()
-        .name("tessera-driver".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = failed_tx.send(format!("cannot start the driver runtime: {e}"));
-                    return;
-                }
-            };
-            if let Err(e) = rt.block_on(driver.run()) {
-                tracing::error!(error = %e, "driver stopped");
-                let _ = failed_tx.send(e.to_string());
-            }
-        })
-        .context("spawning the driver thread")?;
+    let (machine, init) =
+        StatusMachine::open(&*store, config.status.clone(), &mut rng).context("opening the status registry")?;
+    let (status_handle, t) = spawn_driver("status", machine, init, store.clone(), &metrics, failed_tx.clone())?;
+    drivers.push(t);
+    let machine =
+        TxnMachine::open(&*store, TxnConfig::default(), Rng::new(rng.next_u64())).context("opening the state store")?;
+    let (txn_handle, t) = spawn_driver("state", machine, Default::default(), store.clone(), &metrics, failed_tx)?;
+    drivers.push(t);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -90,7 +120,8 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
-    let status = StatusService::new(handle);
+    let status = StatusService::new(status_handle);
+    let statehouse = StatehouseService::new(txn_handle);
 
     if let Some(maddr) = config.metrics_listen {
         let m = metrics.clone();
@@ -103,6 +134,7 @@ pub async fn run(
 
     health.set_serving::<MetaStoreStatusServiceServer<StatusService>>().await;
     health.set_serving::<StatusProducerServiceServer<StatusService>>().await;
+    health.set_serving::<StatehouseServiceServer<StatehouseService>>().await;
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tesserad serving");
     on_listening(addr);
@@ -110,10 +142,11 @@ pub async fn run(
     let health_on_stop = health.clone();
     let driver_failed = Arc::new(std::sync::Mutex::new(None::<String>));
     let failed_slot = driver_failed.clone();
+    let mut failed_rx = failed_rx;
     let stop = async move {
         tokio::select! {
             _ = shutdown => tracing::info!("shutdown requested: finishing in-flight requests"),
-            Ok(reason) = failed_rx => {
+            Some(reason) = failed_rx.recv() => {
                 tracing::error!(%reason, "storage failed: stopping so a restart can recover");
                 *failed_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
             }
@@ -127,15 +160,24 @@ pub async fn run(
         .add_service(reflection)
         .add_service(MetaStoreStatusServiceServer::new(status.clone()))
         .add_service(StatusProducerServiceServer::new(status))
+        .add_service(StatehouseServiceServer::new(statehouse))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop)
         .await
         .context("gRPC server")?;
 
-    // Every service (and so every driver handle) is gone: the driver serves what is queued,
+    // Every service (and so every driver handle) is gone: each driver serves what is queued,
     // syncs, and returns.
-    let joined = tokio::task::spawn_blocking(move || driver_thread.join()).await;
-    if joined.is_err() || joined.is_ok_and(|j| j.is_err()) {
-        anyhow::bail!("the driver thread panicked");
+    // A stream still open past the grace period only holds reads: nothing unsynced is lost by
+    // exiting without it.
+    // Join every thread, even after one failed.
+    let join = tokio::task::spawn_blocking(move || {
+        let joined: Vec<bool> = drivers.into_iter().map(|t| t.join().is_ok()).collect();
+        joined.into_iter().all(|ok| ok)
+    });
+    match tokio::time::timeout(Duration::from_secs(10), join).await {
+        Ok(Ok(true)) => {}
+        Ok(_) => anyhow::bail!("a driver thread panicked"),
+        Err(_) => tracing::warn!("drivers still busy 10 s after shutdown (open streams?); exiting anyway"),
     }
     if let Some(reason) = driver_failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
         anyhow::bail!("storage failure: {reason}");

@@ -27,6 +27,169 @@ enum Command {
     /// Query and record long-running request statuses
     #[command(subcommand)]
     Status(StatusCmd),
+    /// Read and write the transactional state store (statehouse API)
+    #[command(subcommand)]
+    State(StateCmd),
+}
+
+#[derive(Subcommand)]
+enum StateCmd {
+    /// Show a key's latest value (or the one at --version)
+    Get {
+        agent: String,
+        key: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Write a JSON object to a key, in its own transaction
+    Put {
+        agent: String,
+        key: String,
+        /// A JSON object, e.g. '{"step": 3}'
+        json: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+    /// Delete a key (writes a tombstone), in its own transaction
+    Delete {
+        agent: String,
+        key: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+    /// List an agent's live keys, optionally under a prefix with their values
+    Ls {
+        agent: String,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+    /// Print an agent's committed transactions in commit_ts order
+    Replay {
+        agent: String,
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long)]
+        to: Option<u64>,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+async fn state(ch: Channel, cmd: StateCmd) -> anyhow::Result<()> {
+    use tessera_proto::statehouse::v1 as sh;
+    use tessera_shell::cli::json;
+    let mut c = sh::statehouse_service_client::StatehouseServiceClient::new(ch);
+    let show =
+        |v: &Option<prost_types::Struct>| v.as_ref().map_or("null".to_owned(), |s| json::from_struct(s).to_string());
+    match cmd {
+        StateCmd::Get { agent, key, namespace, version } => {
+            let (value, version, commit_ts, exists) = match version {
+                Some(version) => {
+                    let r = c
+                        .get_state_at_version(sh::GetStateAtVersionRequest { namespace, agent_id: agent, key, version })
+                        .await
+                        .map_err(grpc)?
+                        .into_inner();
+                    (r.value, r.version, r.commit_ts, r.exists)
+                }
+                None => {
+                    let r = c
+                        .get_state(sh::GetStateRequest { namespace, agent_id: agent, key })
+                        .await
+                        .map_err(grpc)?
+                        .into_inner();
+                    (r.value, r.version, r.commit_ts, r.exists)
+                }
+            };
+            if exists {
+                println!("{}  (version {version}, commit_ts {commit_ts})", show(&value));
+            } else if version > 0 {
+                println!("deleted  (version {version}, commit_ts {commit_ts})");
+            } else {
+                bail!("no such key");
+            }
+        }
+        StateCmd::Put { agent, key, json: text, namespace } => {
+            let serde_json::Value::Object(obj) = serde_json::from_str(&text).context("the value must be JSON")? else {
+                bail!("the value must be a JSON object, like '{{\"a\": 1}}'");
+            };
+            let txn_id = c
+                .begin_transaction(sh::BeginTransactionRequest { timeout_ms: None })
+                .await
+                .map_err(grpc)?
+                .into_inner()
+                .txn_id;
+            c.write(sh::WriteRequest {
+                txn_id: txn_id.clone(),
+                namespace,
+                agent_id: agent,
+                key,
+                value: Some(json::to_struct(obj)),
+            })
+            .await
+            .map_err(grpc)?;
+            let ts = c.commit(sh::CommitRequest { txn_id }).await.map_err(grpc)?.into_inner().commit_ts;
+            println!("committed at commit_ts {ts}");
+        }
+        StateCmd::Delete { agent, key, namespace } => {
+            let txn_id = c
+                .begin_transaction(sh::BeginTransactionRequest { timeout_ms: None })
+                .await
+                .map_err(grpc)?
+                .into_inner()
+                .txn_id;
+            c.delete(sh::DeleteRequest { txn_id: txn_id.clone(), namespace, agent_id: agent, key })
+                .await
+                .map_err(grpc)?;
+            let ts = c.commit(sh::CommitRequest { txn_id }).await.map_err(grpc)?.into_inner().commit_ts;
+            println!("deleted at commit_ts {ts}");
+        }
+        StateCmd::Ls { agent, prefix: None, namespace } => {
+            let r = c
+                .list_keys(sh::ListKeysRequest { namespace, agent_id: agent, limit: 0, page_token: String::new() })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            r.keys.iter().for_each(|k| println!("{k}"));
+        }
+        StateCmd::Ls { agent, prefix: Some(prefix), namespace } => {
+            let r = c
+                .scan_prefix(sh::ScanPrefixRequest {
+                    namespace,
+                    agent_id: agent,
+                    prefix,
+                    limit: 0,
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            for e in r.entries {
+                println!("{}  {}  (version {}, commit_ts {})", e.key, show(&e.value), e.version, e.commit_ts);
+            }
+        }
+        StateCmd::Replay { agent, from, to, namespace } => {
+            let mut s = c
+                .replay(sh::ReplayRequest { namespace, agent_id: agent, start_ts: from, end_ts: to })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            while let Some(e) = s.message().await.map_err(grpc)? {
+                println!("commit_ts {}  txn {}", e.commit_ts, e.txn_id);
+                for op in e.operations {
+                    match &op.value {
+                        Some(_) => println!("  put {} = {}  (version {})", op.key, show(&op.value), op.version),
+                        None => println!("  delete {}  (version {})", op.key, op.version),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -267,6 +430,7 @@ fn run() -> anyhow::Result<()> {
         match cli.command {
             Command::Services => services(ch).await,
             Command::Status(cmd) => status(ch, cmd).await,
+            Command::State(cmd) => state(ch, cmd).await,
         }
     })
 }

@@ -14,6 +14,7 @@ pub fn to_status(e: CoreError) -> Status {
         CoreError::ResourceExhausted(_) => Code::ResourceExhausted,
         CoreError::Aborted(_) => Code::Aborted,
         CoreError::Unavailable(_) => Code::Unavailable,
+        CoreError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         CoreError::Storage(_) => Code::Internal,
     };
     Status::new(code, e.to_string())

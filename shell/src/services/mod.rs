@@ -2,4 +2,5 @@
 //! decision is the core's.
 
 pub mod errors;
+pub mod statehouse;
 pub mod status;

@@ -1,0 +1,3 @@
+//! Pieces of the `tessera` CLI that are worth testing on their own.
+
+pub mod json;

@@ -1,0 +1,81 @@
+//! Shared by the end-to-end tests: start and stop real tesserad processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts tesserad on a free loopback port and waits for its ready line.
+    pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tesserad"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tesserad");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read ready line");
+        let addr = line
+            .trim()
+            .strip_prefix("tesserad listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from tesserad: {line:?}"))
+            .parse()
+            .expect("address");
+        Daemon { child, addr }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect")
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+    }
+
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "tesserad did not stop within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `tests/python/run.sh MODULE` against this daemon.
+    pub fn run_python(&self, module: &str) -> ExitStatus {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/run.sh");
+        Command::new("bash")
+            .arg(script)
+            .arg(module)
+            .env("TESSERA_ADDR", self.addr.to_string())
+            .env("TESSERA_PYENV", concat!(env!("CARGO_TARGET_TMPDIR"), "/pyenv"))
+            .status()
+            .expect("run the Python client test (is python3 installed?)")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
