@@ -161,7 +161,7 @@ pub async fn run(
         .add_service(MetaStoreStatusServiceServer::new(status.clone()))
         .add_service(StatusProducerServiceServer::new(status))
         .add_service(StatehouseServiceServer::new(statehouse))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await
         .context("gRPC server")?;
 

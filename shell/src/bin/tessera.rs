@@ -30,6 +30,41 @@ enum Command {
     /// Read and write the transactional state store (statehouse API)
     #[command(subcommand)]
     State(StateCmd),
+    /// Load generators (figures for the README; not pass/fail)
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Commits/s of 1-write transactions at each concurrency, then GetState reads/s
+    State {
+        /// Concurrent clients, comma-separated
+        #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+        clients: Vec<usize>,
+        /// Seconds per load level
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Clients for the read phase (0 skips it)
+        #[arg(long, default_value_t = 64)]
+        readers: usize,
+    },
+}
+
+async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
+    use std::time::Duration;
+    use tessera_shell::bench;
+    match cmd {
+        BenchCmd::State { clients, secs, readers } => {
+            for c in clients {
+                println!("{}", bench::state_commits(addr, c.max(1), Duration::from_secs(secs)).await?.line());
+            }
+            if readers > 0 {
+                println!("{}", bench::state_reads(addr, readers, Duration::from_secs(secs)).await?.line());
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -424,10 +459,12 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Multi-threaded: `tessera bench` drives many clients at once.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let ch = connect(&cli.addr).await?;
         match cli.command {
+            Command::Bench(cmd) => bench(&cli.addr, cmd).await,
             Command::Services => services(ch).await,
             Command::Status(cmd) => status(ch, cmd).await,
             Command::State(cmd) => state(ch, cmd).await,

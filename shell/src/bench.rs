@@ -1,0 +1,166 @@
+//! `tessera bench`: load generators against a running tesserad. Figures, not assertions:
+//! compare them against a peer measured in the same run (see README, Benchmarks).
+
+use std::time::{Duration, Instant};
+
+use prost_types::value::Kind;
+use prost_types::{Struct, Value};
+use tessera_proto::statehouse::v1 as sh;
+use tessera_proto::statehouse::v1::statehouse_service_client::StatehouseServiceClient;
+use tonic::transport::Channel;
+
+/// Throughput and latency of one load level.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub label: String,
+    pub ops: u64,
+    pub errors: u64,
+    pub secs: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+}
+
+impl Figures {
+    fn from_samples(label: String, mut lat_us: Vec<u64>, errors: u64, secs: f64) -> Self {
+        lat_us.sort_unstable();
+        let pct = |p: f64| {
+            lat_us.get(((lat_us.len() as f64 * p) as usize).min(lat_us.len().saturating_sub(1))).copied().unwrap_or(0)
+        };
+        Self {
+            label,
+            ops: lat_us.len() as u64,
+            errors,
+            secs,
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            p999_us: pct(0.999),
+        }
+    }
+
+    pub fn per_sec(&self) -> f64 {
+        self.ops as f64 / self.secs.max(1e-9)
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{:<28} {:>10.0} ops/s  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  ({} ops, {} errors, {:.1}s)",
+            self.label,
+            self.per_sec(),
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.ops,
+            self.errors,
+            self.secs
+        )
+    }
+}
+
+async fn channels(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let endpoint = Channel::from_shared(addr.to_owned()).map_err(|e| anyhow::anyhow!("bad address {addr:?}: {e}"))?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        // Several connections, so one HTTP/2 connection's ordering is not the bottleneck.
+        out.push(endpoint.connect().await?);
+    }
+    Ok(out)
+}
+
+fn payload(i: u64) -> Struct {
+    let mut s = Struct::default();
+    s.fields.insert("i".into(), Value { kind: Some(Kind::NumberValue(i as f64)) });
+    s.fields.insert("note".into(), Value { kind: Some(Kind::StringValue("benchmark payload".into())) });
+    s
+}
+
+async fn one_commit(
+    c: &mut StatehouseServiceClient<Channel>,
+    agent: &str,
+    key: &str,
+    i: u64,
+) -> Result<(), tonic::Status> {
+    let txn_id = c.begin_transaction(sh::BeginTransactionRequest { timeout_ms: None }).await?.into_inner().txn_id;
+    c.write(sh::WriteRequest {
+        txn_id: txn_id.clone(),
+        namespace: "bench".into(),
+        agent_id: agent.into(),
+        key: key.into(),
+        value: Some(payload(i)),
+    })
+    .await?;
+    c.commit(sh::CommitRequest { txn_id }).await?;
+    Ok(())
+}
+
+/// Commits/s of 1-write transactions (begin, write, commit) with `clients` concurrent clients.
+pub async fn state_commits(addr: &str, clients: usize, duration: Duration) -> anyhow::Result<Figures> {
+    let chans = channels(addr, clients.clamp(1, 8)).await?;
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..clients {
+        let mut c = StatehouseServiceClient::new(chans[t % chans.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            let agent = format!("bench-agent-{t}");
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                match one_commit(&mut c, &agent, &format!("k{}", i % 1000), i).await {
+                    Ok(()) => lat.push(t0.elapsed().as_micros() as u64),
+                    Err(_) => errors += 1,
+                }
+                i += 1;
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    Ok(Figures::from_samples(format!("commit, {clients} clients"), lat, errors, started.elapsed().as_secs_f64()))
+}
+
+/// GetState reads/s over keys written beforehand.
+pub async fn state_reads(addr: &str, clients: usize, duration: Duration) -> anyhow::Result<Figures> {
+    let chans = channels(addr, clients.clamp(1, 8)).await?;
+    let mut c = StatehouseServiceClient::new(chans[0].clone());
+    for k in 0..100u64 {
+        one_commit(&mut c, "bench-reader", &format!("r{k}"), k).await?;
+    }
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..clients {
+        let mut c = StatehouseServiceClient::new(chans[t % chans.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            let mut i = t as u64;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let req = sh::GetStateRequest {
+                    namespace: "bench".into(),
+                    agent_id: "bench-reader".into(),
+                    key: format!("r{}", i % 100),
+                };
+                match c.get_state(req).await {
+                    Ok(r) if r.get_ref().exists => lat.push(t0.elapsed().as_micros() as u64),
+                    _ => errors += 1,
+                }
+                i += 1;
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    Ok(Figures::from_samples(format!("get_state, {clients} clients"), lat, errors, started.elapsed().as_secs_f64()))
+}
