@@ -24,3 +24,5 @@ pub mod net;
 pub mod node;
 #[cfg(madsim)]
 pub mod run;
+#[cfg(madsim)]
+pub mod txn_model;

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::CoreError;
 use tessera_core::status::{Entry, Status, StatusRequest, StatusResponse, StoreKind};
+use tessera_core::{CoreError, CoreResult};
 
 use crate::net::{self, Outcome};
 use crate::run::{CAPACITY, CAPPED, KINDS, World};
@@ -60,7 +60,22 @@ fn short_entry(e: &Entry) -> String {
     format!("{}/{}={}#{}", e.kind.name(), e.id, e.status.name(), e.seq)
 }
 
-pub fn short_out(o: &Outcome) -> String {
+/// Shortens a debug rendering for the trace.
+pub fn clip(s: &str) -> String {
+    if s.len() <= 160 {
+        s.to_owned()
+    } else {
+        format!("{}…", &s[..s.char_indices().nth(160).map_or(s.len(), |c| c.0)])
+    }
+}
+
+type StatusOutcome = Outcome<CoreResult<StatusResponse>>;
+
+fn pick_status(world: &World, node: usize) -> Option<crate::node::Handle> {
+    world.node_handle(node)
+}
+
+pub fn short_out(o: &StatusOutcome) -> String {
     match o {
         Outcome::Unknown => "no answer".into(),
         Outcome::Reply(Err(e)) => format!("error {e:?}"),
@@ -80,9 +95,9 @@ pub fn short_out(o: &Outcome) -> String {
     }
 }
 
-async fn call(world: &Arc<World>, client: usize, node: usize, req: StatusRequest) -> Outcome {
+async fn call(world: &Arc<World>, client: usize, node: usize, req: StatusRequest) -> StatusOutcome {
     let desc = short_req(&req);
-    let out = net::call(world, client, node, req).await;
+    let out = net::call(world, client, node, pick_status, req).await;
     world.event(format!("c{client}->n{node} {desc} => {}", short_out(&out)));
     world.lock().ops += 1;
     out

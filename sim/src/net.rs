@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::CoreResult;
-use tessera_core::status::{StatusRequest, StatusResponse};
+use tessera_shell::driver::DriverHandle;
 
 use crate::run::World;
 
@@ -13,8 +12,8 @@ use crate::run::World;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(400);
 
 #[derive(Debug)]
-pub enum Outcome {
-    Reply(CoreResult<StatusResponse>),
+pub enum Outcome<O> {
+    Reply(O),
     /// No answer: lost, timed out, or the node died. The request may or may not have
     /// taken effect, now or later (a delayed copy may still arrive).
     Unknown,
@@ -25,13 +24,16 @@ async fn delay(world: &World) {
     madsim::time::sleep(Duration::from_millis(ms)).await;
 }
 
+/// Which driver of a node a request is for.
+pub type Pick<I, O> = fn(&World, usize) -> Option<DriverHandle<I, O>>;
+
 /// Delivers one request to a node's driver, if the network lets it through.
-async fn deliver(world: &Arc<World>, client: usize, node: usize, req: StatusRequest) -> Outcome {
+async fn deliver<I, O>(world: &Arc<World>, client: usize, node: usize, pick: Pick<I, O>, req: I) -> Outcome<O> {
     delay(world).await;
     if world.cut(client, node) || world.chance(world.plan.loss) {
         return Outcome::Unknown;
     }
-    let Some(handle) = world.node_handle(node) else { return Outcome::Unknown };
+    let Some(handle) = pick(world, node) else { return Outcome::Unknown };
     match madsim::time::timeout(REQUEST_TIMEOUT, handle.call(req)).await {
         Ok(Ok(reply)) => {
             delay(world).await;
@@ -45,20 +47,29 @@ async fn deliver(world: &Arc<World>, client: usize, node: usize, req: StatusRequ
     }
 }
 
-pub async fn call(world: &Arc<World>, client: usize, node: usize, req: StatusRequest) -> Outcome {
+pub async fn call<I, O>(world: &Arc<World>, client: usize, node: usize, pick: Pick<I, O>, req: I) -> Outcome<O>
+where
+    I: Clone + std::fmt::Debug + Send + 'static,
+    O: std::fmt::Debug + Send + 'static,
+{
     if world.chance(world.plan.duplicate) {
         let (w, r) = (world.clone(), req.clone());
         madsim::task::spawn(async move {
-            let out = deliver(&w, client, node, r.clone()).await;
+            let desc = format!("{r:?}");
+            let out = deliver(&w, client, node, pick, r).await;
+            let shown = match &out {
+                Outcome::Reply(o) => format!("{o:?}"),
+                Outcome::Unknown => "no answer".into(),
+            };
             w.event(format!(
                 "c{client}->n{node} duplicate {} => {}",
-                crate::model::short_req(&r),
-                crate::model::short_out(&out)
+                crate::model::clip(&desc),
+                crate::model::clip(&shown)
             ));
         });
     }
     let started = world.elapsed_ms();
-    let out = deliver(world, client, node, req).await;
+    let out = deliver(world, client, node, pick, req).await;
     if matches!(out, Outcome::Unknown) {
         // A client only learns of a lost message by waiting out its timeout.
         let waited = world.elapsed_ms().saturating_sub(started);

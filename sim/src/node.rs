@@ -1,5 +1,6 @@
 //! A simulated tesserad: the production driver over a crashable MemStore, inside a madsim
-//! node so that a kill stops all of its tasks at once.
+//! node so that a kill stops all of its tasks at once. Like tesserad, a node runs one driver
+//! per log (the status registry and the transaction store) over one store.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,15 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tessera_core::CoreResult;
 use tessera_core::mem_store::MemStore;
 use tessera_core::rng::Rng;
-use tessera_core::status::{StatusConfig, StatusMachine, StatusRequest, StatusResponse};
-use tessera_shell::driver::{Clock, Driver, DriverConfig, DriverHandle, NoopObserver};
+use tessera_core::status::{StatusConfig, StatusMachine};
+use tessera_core::txn::{TxnConfig, TxnMachine};
+use tessera_core::{Machine, WriteBatch};
+use tessera_shell::driver::{Clock, Driver, DriverConfig, HandleFor, NoopObserver};
 
 use crate::run::World;
 
-pub type Handle = DriverHandle<StatusRequest, CoreResult<StatusResponse>>;
+pub type Handle = HandleFor<StatusMachine>;
+pub type TxnHandle = HandleFor<TxnMachine>;
 
 /// Simulated time plus this node's skew; fsync takes a random, seed-drawn time.
 pub struct SimClock {
@@ -38,70 +41,127 @@ impl Clock for SimClock {
     }
 }
 
+type Slot<H> = Arc<Mutex<Option<H>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct SimNode {
     pub name: String,
     pub id: madsim::task::NodeId,
     pub store: MemStore,
-    /// The running driver's handle; None while the node is down.
-    pub slot: Arc<Mutex<Option<Handle>>>,
-    /// Set when the driver stopped on a storage error (the node must restart).
+    /// The running drivers' handles; None while the node is down.
+    pub slot: Slot<Handle>,
+    pub txn_slot: Slot<TxnHandle>,
+    /// Set when a driver stopped on a storage error (the node must restart).
     pub failed: Arc<AtomicBool>,
     pub up: bool,
+}
+
+struct Boot {
+    world: Arc<World>,
+    store: MemStore,
+    failed: Arc<AtomicBool>,
+    name: String,
+    skew_ms: i64,
+    max_fsync_ms: u64,
+    driver: DriverConfig,
+}
+
+impl Boot {
+    /// Starts one driver for `machine` on this node and publishes its handle in `slot`.
+    fn spawn<M>(&self, log: &'static str, opened: Result<(M, WriteBatch), String>, slot: Slot<HandleFor<M>>)
+    where
+        M: Machine + Send + 'static,
+        M::Input: Send + 'static,
+        M::Output: Send + 'static,
+    {
+        let clock =
+            Arc::new(SimClock { world: self.world.clone(), skew_ms: self.skew_ms, max_fsync_ms: self.max_fsync_ms });
+        let started = opened.and_then(|(machine, init)| {
+            Driver::new(machine, init, self.store.clone(), clock, Arc::new(NoopObserver), self.driver.clone())
+                .map_err(|e| e.to_string())
+        });
+        let (driver, handle) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                self.world.event(format!("{} {log} failed to open: {e}", self.name));
+                self.failed.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        *lock(&slot) = Some(handle);
+        let (world, failed, name) = (self.world.clone(), self.failed.clone(), self.name.clone());
+        madsim::task::spawn(async move {
+            match driver.run().await {
+                Err(e) => {
+                    world.event(format!("{name} {log} driver stopped: {e}"));
+                    lock(&slot).take();
+                    failed.store(true, Ordering::SeqCst);
+                }
+                Ok(()) => world.event(format!("{name} {log} driver ended: every handle dropped")),
+            }
+        });
+    }
 }
 
 impl SimNode {
     pub fn start(world: &Arc<World>, index: usize, config: StatusConfig, driver: DriverConfig) -> SimNode {
         let name = format!("n{index}");
         let store = MemStore::new();
-        let slot: Arc<Mutex<Option<Handle>>> = Arc::new(Mutex::new(None));
+        let slot: Slot<Handle> = Arc::new(Mutex::new(None));
+        let txn_slot: Slot<TxnHandle> = Arc::new(Mutex::new(None));
         let failed = Arc::new(AtomicBool::new(false));
-        let (st, sl, fl, w, nm) = (store.clone(), slot.clone(), failed.clone(), world.clone(), name.clone());
+        let (st, sl, tsl, fl, w, nm) =
+            (store.clone(), slot.clone(), txn_slot.clone(), failed.clone(), world.clone(), name.clone());
         let skew_ms = world.plan.skew_ms[index];
         let max_fsync_ms = world.plan.max_fsync_ms;
         let id = madsim::runtime::Handle::current()
             .create_node()
             .name(&name)
             .init(move || {
-                let (store, slot, failed, world, name) = (st.clone(), sl.clone(), fl.clone(), w.clone(), nm.clone());
-                let (config, driver_config) = (config.clone(), driver.clone());
+                let boot = Boot {
+                    world: w.clone(),
+                    store: st.clone(),
+                    failed: fl.clone(),
+                    name: nm.clone(),
+                    skew_ms,
+                    max_fsync_ms,
+                    driver: driver.clone(),
+                };
+                let (slot, txn_slot, config) = (sl.clone(), tsl.clone(), config.clone());
                 async move {
-                    let clock = Arc::new(SimClock { world: world.clone(), skew_ms, max_fsync_ms });
-                    let mut rng = Rng::new(world.rng_below(u64::MAX));
-                    let opened = StatusMachine::open(&store, config, &mut rng).map_err(|e| e.to_string()).and_then(
-                        |(machine, init)| {
-                            Driver::new(machine, init, store.clone(), clock, Arc::new(NoopObserver), driver_config)
-                                .map_err(|e| e.to_string())
-                        },
-                    );
-                    let (driver, handle) = match opened {
-                        Ok(x) => x,
-                        Err(e) => {
-                            world.event(format!("{name} failed to open: {e}"));
-                            failed.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                    };
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-                    world.event(format!("{name} up"));
-                    if let Err(e) = driver.run().await {
-                        world.event(format!("{name} driver stopped: {e}"));
-                        slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-                        failed.store(true, Ordering::SeqCst);
-                    }
+                    let mut rng = Rng::new(boot.world.rng_below(u64::MAX));
+                    let status = StatusMachine::open(&boot.store, config, &mut rng).map_err(|e| e.to_string());
+                    boot.spawn("status", status, slot);
+                    let txn = TxnMachine::open(&boot.store, TxnConfig::default(), Rng::new(rng.next_u64()))
+                        .map(|m| (m, WriteBatch::default()))
+                        .map_err(|e| e.to_string());
+                    boot.spawn("txn", txn, txn_slot);
+                    boot.world.event(format!("{} up", boot.name));
+                    // madsim ends a node whose initial task returns (as a process whose main
+                    // returns): live until killed, like tesserad.
+                    std::future::pending::<()>().await;
                 }
             })
             .build()
             .id();
-        SimNode { name, id, store, slot, failed, up: true }
+        SimNode { name, id, store, slot, txn_slot, failed, up: true }
     }
 
     pub fn handle(&self) -> Option<Handle> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.slot).clone()
+    }
+
+    pub fn txn_handle(&self) -> Option<TxnHandle> {
+        lock(&self.txn_slot).clone()
     }
 
     /// Power cut: every task stops, every unsynced write is gone.
     pub fn crash(&mut self) {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        lock(&self.slot).take();
+        lock(&self.txn_slot).take();
         madsim::runtime::Handle::current().kill(self.id);
         self.store.crash();
         self.failed.store(false, Ordering::SeqCst);

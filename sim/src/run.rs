@@ -10,8 +10,9 @@ use tessera_shell::driver::DriverConfig;
 
 use crate::faults::FaultPlan;
 use crate::model::{self, Model};
-use crate::node::{Handle, SimNode};
+use crate::node::{Handle, SimNode, TxnHandle};
 use crate::trace::Trace;
+use crate::txn_model::{self, TxnModel};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -50,6 +51,7 @@ pub struct WorldInner {
     /// (client, node) pairs that cannot talk.
     pub cuts: BTreeSet<(usize, usize)>,
     pub model: Model,
+    pub txn: TxnModel,
     pub ops: u64,
 }
 
@@ -100,6 +102,15 @@ impl World {
 
     pub fn node_handle(&self, node: usize) -> Option<Handle> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(node).and_then(SimNode::handle)
+    }
+
+    pub fn txn_handle(&self, node: usize) -> Option<TxnHandle> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(node).and_then(SimNode::txn_handle)
+    }
+
+    /// The node's store, for checkers that read what is durable directly.
+    pub fn store(&self, node: usize) -> Option<tessera_core::mem_store::MemStore> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(node).map(|n| n.store.clone())
     }
 
     fn with_nodes<R>(&self, f: impl FnOnce(&mut Vec<SimNode>) -> R) -> R {
@@ -201,6 +212,7 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
                 violations: Vec::new(),
                 cuts: BTreeSet::new(),
                 model: Model::new(opts.nodes),
+                txn: TxnModel::new(opts.nodes),
                 ops: 0,
             }),
             nodes: Mutex::new(Vec::new()),
@@ -217,6 +229,7 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
         let mut tasks = Vec::new();
         for c in 0..opts.clients {
             tasks.push(madsim::task::spawn(model::client(world.clone(), c, opts.duration_ms)));
+            tasks.push(madsim::task::spawn(txn_model::client(world.clone(), c, opts.duration_ms)));
         }
         tasks.push(madsim::task::spawn(faults(world.clone(), opts.duration_ms)));
         for t in tasks {
@@ -243,6 +256,7 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
         });
         madsim::time::sleep(Duration::from_millis(50)).await;
         model::final_check(&world).await;
+        txn_model::final_check(&world).await;
 
         let w = world.lock();
         SeedReport {

@@ -288,6 +288,11 @@ impl TxnMachine {
     }
 
     fn commit(&mut self, now: u64, id: &str, store: &dyn StoreRead) -> CoreResult<(TxnResponse, WriteBatch)> {
+        // A retried commit (the reply was lost, or the request was duplicated) learns the
+        // outcome instead of an error: commit is idempotent while the id is remembered.
+        if let Some(Finished::Committed(ts)) = self.finished.get(id) {
+            return Ok((TxnResponse::Committed { commit_ts: *ts }, WriteBatch::default()));
+        }
         self.live(now, id)?;
         let Some(txn) = self.open.remove(id) else {
             return Err(CoreError::NotFound(format!("transaction {id:?} not found")));
