@@ -19,11 +19,21 @@ pub struct Ready<R, M = ()> {
     pub replies: Vec<(ClientToken, R)>,
     /// When the driver should call [`Machine::tick`] next (milliseconds).
     pub deadline: Option<u64>,
+    /// The replies promise nothing about durable state (for example: a transaction was
+    /// begun, a write was staged in memory), so the driver may release them without waiting
+    /// for the group's sync. Only valid with no writes.
+    pub volatile: bool,
 }
 
 impl<R, M> Default for Ready<R, M> {
     fn default() -> Self {
-        Self { writes: WriteBatch::default(), messages: Vec::new(), replies: Vec::new(), deadline: None }
+        Self {
+            writes: WriteBatch::default(),
+            messages: Vec::new(),
+            replies: Vec::new(),
+            deadline: None,
+            volatile: false,
+        }
     }
 }
 

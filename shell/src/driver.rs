@@ -171,12 +171,17 @@ where
         for (i, call) in group.into_iter().enumerate() {
             waiting.push(Some(call.reply));
             let ready = self.machine.step(now, i as ClientToken, call.input, &self.store)?;
+            if let Some(d) = ready.deadline {
+                self.deadline = Some(self.deadline.map_or(d, |cur| cur.min(d)));
+            }
+            if ready.volatile && ready.writes.is_empty() {
+                // Nothing durable is promised: answer now rather than after the fsync.
+                release(&mut waiting, ready.replies);
+                continue;
+            }
             if !ready.writes.is_empty() {
                 self.store.write(&ready.writes)?;
                 dirty = true;
-            }
-            if let Some(d) = ready.deadline {
-                self.deadline = Some(self.deadline.map_or(d, |cur| cur.min(d)));
             }
             replies.extend(ready.replies);
         }

@@ -496,8 +496,14 @@ impl Machine for TxnMachine {
             Err(CoreError::Storage(e)) => return Err(e),
             Err(e) => (Err(e), WriteBatch::default()),
         };
+        // Begun, staged and aborted transactions live in memory only (a crash forgets them
+        // whatever we answer), so those answers need not wait for anyone's fsync. Errors
+        // wait: "already committed" may speak of a commit that is not yet durable.
+        let volatile = writes.is_empty()
+            && matches!(reply, Ok(TxnResponse::Begun { .. } | TxnResponse::Staged | TxnResponse::Aborted));
         let mut ready = Ready::reply(token, reply, writes);
         ready.deadline = self.next_deadline();
+        ready.volatile = volatile;
         Ok(ready)
     }
 

@@ -1,5 +1,8 @@
 //! tessera: the operator's command line for a running tesserad.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tessera_core::status::{Status as EntryStatus, StoreKind};

@@ -1,5 +1,8 @@
 //! tesserad: the Tessera daemon.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use tessera_shell::config::{Config, Flags};
 use tracing_subscriber::EnvFilter;
