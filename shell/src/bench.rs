@@ -93,23 +93,36 @@ async fn one_commit(
     Ok(())
 }
 
-/// Commits/s of 1-write transactions (begin, write, commit) with `clients` concurrent clients.
-pub async fn state_commits(addr: &str, clients: usize, duration: Duration) -> anyhow::Result<Figures> {
-    let chans = channels(addr, clients.clamp(1, 8)).await?;
+type Client = StatehouseServiceClient<Channel>;
+
+/// Runs `clients` concurrent loops of `op` (given a client, the loop's number and the
+/// iteration) until `duration` has passed; `op` answers whether the operation succeeded.
+async fn drive<F, Fut>(
+    label: String,
+    chans: &[Channel],
+    clients: usize,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<Figures>
+where
+    F: Fn(Client, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..clients {
-        let mut c = StatehouseServiceClient::new(chans[t % chans.len()].clone());
+        let client = StatehouseServiceClient::new(chans[t % chans.len()].clone());
+        let op = op.clone();
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors) = (Vec::new(), 0u64);
-            let agent = format!("bench-agent-{t}");
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                match one_commit(&mut c, &agent, &format!("k{}", i % 1000), i).await {
-                    Ok(()) => lat.push(t0.elapsed().as_micros() as u64),
-                    Err(_) => errors += 1,
+                if op(client.clone(), t, i).await {
+                    lat.push(t0.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
                 }
                 i += 1;
             }
@@ -122,7 +135,16 @@ pub async fn state_commits(addr: &str, clients: usize, duration: Duration) -> an
         lat.extend(l);
         errors += e;
     }
-    Ok(Figures::from_samples(format!("commit, {clients} clients"), lat, errors, started.elapsed().as_secs_f64()))
+    Ok(Figures::from_samples(label, lat, errors, started.elapsed().as_secs_f64()))
+}
+
+/// Commits/s of 1-write transactions (begin, write, commit) with `clients` concurrent clients.
+pub async fn state_commits(addr: &str, clients: usize, duration: Duration) -> anyhow::Result<Figures> {
+    let chans = channels(addr, clients.clamp(1, 8)).await?;
+    drive(format!("commit, {clients} clients"), &chans, clients, duration, |mut c, t, i| async move {
+        one_commit(&mut c, &format!("bench-agent-{t}"), &format!("k{}", i % 1000), i).await.is_ok()
+    })
+    .await
 }
 
 /// GetState reads/s over keys written beforehand.
@@ -132,35 +154,13 @@ pub async fn state_reads(addr: &str, clients: usize, duration: Duration) -> anyh
     for k in 0..100u64 {
         one_commit(&mut c, "bench-reader", &format!("r{k}"), k).await?;
     }
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..clients {
-        let mut c = StatehouseServiceClient::new(chans[t % chans.len()].clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut lat, mut errors) = (Vec::new(), 0u64);
-            let mut i = t as u64;
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                let req = sh::GetStateRequest {
-                    namespace: "bench".into(),
-                    agent_id: "bench-reader".into(),
-                    key: format!("r{}", i % 100),
-                };
-                match c.get_state(req).await {
-                    Ok(r) if r.get_ref().exists => lat.push(t0.elapsed().as_micros() as u64),
-                    _ => errors += 1,
-                }
-                i += 1;
-            }
-            (lat, errors)
-        }));
-    }
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await?;
-        lat.extend(l);
-        errors += e;
-    }
-    Ok(Figures::from_samples(format!("get_state, {clients} clients"), lat, errors, started.elapsed().as_secs_f64()))
+    drive(format!("get_state, {clients} clients"), &chans, clients, duration, |mut c, t, i| async move {
+        let req = sh::GetStateRequest {
+            namespace: "bench".into(),
+            agent_id: "bench-reader".into(),
+            key: format!("r{}", (i + t as u64) % 100),
+        };
+        matches!(c.get_state(req).await, Ok(r) if r.get_ref().exists)
+    })
+    .await
 }

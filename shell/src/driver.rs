@@ -23,7 +23,14 @@ pub trait Clock: Send + Sync + 'static {
     fn before_sync(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(std::future::ready(()))
     }
+    /// Runs blocking storage work (the fsync). Production moves it off the driver thread so
+    /// stepping goes on meanwhile; the simulator runs it in place.
+    fn offload(&self, work: BlockingWork) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>> {
+        Box::pin(std::future::ready(work()))
+    }
 }
+
+pub type BlockingWork = Box<dyn FnOnce() -> Result<(), StoreError> + Send>;
 
 /// Hooks for metrics; the default does nothing.
 pub trait Observer: Send + Sync + 'static {
@@ -100,7 +107,7 @@ pub struct Driver<M: Machine, S: Store> {
 impl<M, S> Driver<M, S>
 where
     M: Machine,
-    S: Store,
+    S: Store + Clone + Send + 'static,
 {
     /// Makes the machine's start-up batch durable and returns the driver and its handle.
     pub fn new(
@@ -121,82 +128,111 @@ where
 
     /// Runs until every handle is dropped (after serving what was queued) or the store fails.
     /// A store failure is fatal: the node must restart and recover from what is durable.
-    pub async fn run(mut self) -> Result<(), DriverError> {
-        loop {
-            let first = match self.deadline {
-                Some(at) => {
-                    let wait = at.saturating_sub(self.clock.now_ms());
-                    let sleep = self.clock.sleep_ms(wait);
-                    tokio::select! {
-                        biased;
-                        call = self.rx.recv() => call,
-                        _ = sleep => {
-                            self.tick()?;
-                            continue;
+    ///
+    /// Two loops run together. The stepper takes groups of requests, steps the machine and
+    /// writes each batch (visible, not durable). The syncer takes everything the stepper has
+    /// finished, makes it durable with one fsync (off the driver thread where the
+    /// environment allows) and only then releases those replies, in order. So the stepper
+    /// keeps working while the disk syncs, and the next fsync covers all it did meanwhile.
+    pub async fn run(self) -> Result<(), DriverError> {
+        let Driver { mut machine, store, clock, observer, config, mut rx, mut deadline } = self;
+        // Bounded: a stepper far ahead of the disk slows its callers down instead of growing.
+        let (ptx, mut prx) = mpsc::channel::<Pending<M::Output>>(64);
+        let stepper = async {
+            // Owned by the stepper: when it ends, the syncer drains what is left and ends too.
+            let ptx = ptx;
+            loop {
+                let first = match deadline {
+                    Some(at) => {
+                        let sleep = clock.sleep_ms(at.saturating_sub(clock.now_ms()));
+                        tokio::select! {
+                            biased;
+                            call = rx.recv() => call,
+                            _ = sleep => {
+                                deadline = None;
+                                let ready = machine.tick(clock.now_ms(), &store)?;
+                                deadline = ready.deadline;
+                                if !ready.writes.is_empty() {
+                                    store.write(&ready.writes)?;
+                                    let p = Pending { waiting: Vec::new(), replies: Vec::new(), dirty: true, requests: 0 };
+                                    ptx.send(p).await.map_err(|_| DriverError::Stopped)?;
+                                }
+                                continue;
+                            }
                         }
                     }
+                    None => rx.recv().await,
+                };
+                // No more handles: what is queued has been served; the syncer drains the rest.
+                let Some(first) = first else { return Ok::<(), DriverError>(()) };
+                let mut group = vec![first];
+                while group.len() < config.max_group {
+                    match rx.try_recv() {
+                        Ok(call) => group.push(call),
+                        Err(_) => break,
+                    }
                 }
-                None => self.rx.recv().await,
-            };
-            let Some(first) = first else { return Ok(()) };
-            let mut group = vec![first];
-            while group.len() < self.config.max_group {
-                match self.rx.try_recv() {
-                    Ok(call) => group.push(call),
-                    Err(_) => break,
+                let now = clock.now_ms();
+                let mut p = Pending {
+                    waiting: Vec::with_capacity(group.len()),
+                    replies: Vec::with_capacity(group.len()),
+                    dirty: false,
+                    requests: group.len(),
+                };
+                for (i, call) in group.into_iter().enumerate() {
+                    p.waiting.push(Some(call.reply));
+                    let ready = machine.step(now, i as ClientToken, call.input, &store)?;
+                    if let Some(d) = ready.deadline {
+                        deadline = Some(deadline.map_or(d, |cur| cur.min(d)));
+                    }
+                    if ready.volatile && ready.writes.is_empty() {
+                        // Nothing durable is promised: answer now rather than after the fsync.
+                        release(&mut p.waiting, ready.replies);
+                        continue;
+                    }
+                    if !ready.writes.is_empty() {
+                        store.write(&ready.writes)?;
+                        p.dirty = true;
+                    }
+                    p.replies.extend(ready.replies);
+                }
+                if config.ack_before_sync {
+                    let replies = std::mem::take(&mut p.replies);
+                    release(&mut p.waiting, replies);
+                }
+                ptx.send(p).await.map_err(|_| DriverError::Stopped)?;
+            }
+        };
+        let syncer = async {
+            while let Some(first) = prx.recv().await {
+                let mut done = vec![first];
+                while let Ok(p) = prx.try_recv() {
+                    done.push(p);
+                }
+                let dirty = done.iter().any(|p| p.dirty);
+                let started = Instant::now();
+                if dirty {
+                    clock.before_sync().await;
+                    let s = store.clone();
+                    clock.offload(Box::new(move || s.sync())).await?;
+                }
+                observer.group_committed(done.iter().map(|p| p.requests).sum(), dirty, started.elapsed());
+                for mut p in done {
+                    release(&mut p.waiting, p.replies);
                 }
             }
-            self.commit_group(group).await?;
-        }
+            Ok::<(), DriverError>(())
+        };
+        tokio::try_join!(stepper, syncer).map(|_| ())
     }
+}
 
-    fn tick(&mut self) -> Result<(), DriverError> {
-        let now = self.clock.now_ms();
-        self.deadline = None;
-        let ready = self.machine.tick(now, &self.store)?;
-        self.deadline = ready.deadline;
-        if !ready.writes.is_empty() {
-            self.store.write(&ready.writes)?;
-            self.store.sync()?;
-        }
-        Ok(())
-    }
-
-    async fn commit_group(&mut self, group: Vec<Call<M::Input, M::Output>>) -> Result<(), DriverError> {
-        let now = self.clock.now_ms();
-        let n = group.len();
-        let mut waiting: Vec<Option<oneshot::Sender<M::Output>>> = Vec::with_capacity(n);
-        let mut replies: Vec<(ClientToken, M::Output)> = Vec::with_capacity(n);
-        let mut dirty = false;
-        for (i, call) in group.into_iter().enumerate() {
-            waiting.push(Some(call.reply));
-            let ready = self.machine.step(now, i as ClientToken, call.input, &self.store)?;
-            if let Some(d) = ready.deadline {
-                self.deadline = Some(self.deadline.map_or(d, |cur| cur.min(d)));
-            }
-            if ready.volatile && ready.writes.is_empty() {
-                // Nothing durable is promised: answer now rather than after the fsync.
-                release(&mut waiting, ready.replies);
-                continue;
-            }
-            if !ready.writes.is_empty() {
-                self.store.write(&ready.writes)?;
-                dirty = true;
-            }
-            replies.extend(ready.replies);
-        }
-        if self.config.ack_before_sync {
-            release(&mut waiting, std::mem::take(&mut replies));
-        }
-        let started = Instant::now();
-        if dirty {
-            self.clock.before_sync().await;
-            self.store.sync()?;
-        }
-        self.observer.group_committed(n, dirty, started.elapsed());
-        release(&mut waiting, replies);
-        Ok(())
-    }
+/// Replies of one group, waiting for the fsync that covers its writes.
+struct Pending<O> {
+    waiting: Vec<Option<oneshot::Sender<O>>>,
+    replies: Vec<(ClientToken, O)>,
+    dirty: bool,
+    requests: usize,
 }
 
 fn release<O>(waiting: &mut [Option<oneshot::Sender<O>>], replies: Vec<(ClientToken, O)>) {

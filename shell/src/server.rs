@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use tessera_core::StoreError;
 use tessera_core::rng::Rng;
 use tessera_core::status::StatusMachine;
 use tessera_core::txn::{TxnConfig, TxnMachine};
@@ -19,7 +20,7 @@ use tessera_proto::tessera::status::v1::status_producer_service_server::StatusPr
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
-use crate::driver::{Clock, Driver, DriverConfig, HandleFor};
+use crate::driver::{BlockingWork, Clock, Driver, DriverConfig, HandleFor};
 use crate::fjall_store::FjallStore;
 use crate::lock::lock_data_dir;
 use crate::metrics::{Metrics, MetricsLayer};
@@ -35,6 +36,13 @@ impl Clock for SystemClock {
     }
     fn sleep_ms(&self, ms: u64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(tokio::time::sleep(Duration::from_millis(ms)))
+    }
+    fn offload(&self, work: BlockingWork) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>> {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(work)
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Io(format!("fsync task failed: {e}"))))
+        })
     }
 }
 

@@ -76,6 +76,7 @@ impl Boot {
         M: Machine + Send + 'static,
         M::Input: Send + 'static,
         M::Output: Send + 'static,
+        M::Message: Send,
     {
         let clock =
             Arc::new(SimClock { world: self.world.clone(), skew_ms: self.skew_ms, max_fsync_ms: self.max_fsync_ms });
