@@ -11,12 +11,14 @@
 
 pub mod codec;
 pub mod error;
+pub mod ids;
 pub mod mem_store;
 pub mod ready;
 pub mod rng;
 pub mod status;
 pub mod store;
 pub mod txn;
+pub mod upload;
 
 pub use error::{CoreError, CoreResult};
 pub use ready::{ClientToken, Machine, Ready};

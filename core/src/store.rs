@@ -6,7 +6,7 @@
 //! many batches: that is group commit.
 
 /// Every keyspace Tessera uses, so a backend can open them all up front.
-pub const KEYSPACES: &[&str] = &[META, STATUS, STATE];
+pub const KEYSPACES: &[&str] = &[META, STATUS, STATE, UPLOAD];
 
 /// Node-wide metadata: counters, secrets, format version.
 pub const META: &str = "meta";
@@ -14,6 +14,8 @@ pub const META: &str = "meta";
 pub const STATUS: &str = "status";
 /// The transactional state store (statehouse).
 pub const STATE: &str = "state";
+/// The document repository: uploads, their chunks and versions.
+pub const UPLOAD: &str = "upload";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {

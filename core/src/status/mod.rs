@@ -20,7 +20,7 @@ use crate::rng::Rng;
 use crate::store::{STATUS, StoreError, StoreRead, WriteBatch};
 
 /// Longest request id we accept.
-pub const MAX_REQUEST_ID_LEN: usize = 128;
+pub const MAX_REQUEST_ID_LEN: usize = crate::ids::MAX_ID_LEN;
 /// Most ids one `GetRequestStatuses` call may ask for.
 pub const MAX_BATCH_IDS: usize = 1000;
 /// `ListRequests` page size when the client gives none, and the largest we serve.
@@ -31,20 +31,9 @@ pub const MAX_ERROR_LEN: usize = 4096;
 /// How many index rows one store read fetches while filling a page.
 const SCAN_CHUNK: usize = 256;
 
-/// Checks a request id: 1..=128 characters from `A-Z a-z 0-9 . _ : -`.
-/// (KMS uses 64 hex digits; producers of ours use UUIDs and prefixed names.)
+/// Checks a request id (see [`crate::ids::validate_id`]); KMS uses 64 hex digits.
 pub fn validate_request_id(field: &str, id: &str) -> CoreResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_REQUEST_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        let shown: String = id.chars().take(40).collect();
-        Err(CoreError::InvalidArgument(format!(
-            "{field}: {shown:?} is not a valid request id (1 to {MAX_REQUEST_ID_LEN} characters from A-Z a-z 0-9 . _ : -)"
-        )))
-    }
+    crate::ids::validate_id(field, id)
 }
 
 /// The registry's in-memory summary of what the store holds: per-kind counts, the next
