@@ -193,6 +193,9 @@ fn bad_chunks_are_clear_errors() {
     let r = sut.call(UploadRequest::Chunk(neg), true);
     assert!(matches!(r, Err(CoreError::InvalidArgument(m)) if m.contains("negative")));
     sut.chunk(&ids, 2, b"x", false, true).unwrap();
+    sut.chunk(&ids, 4, b"x", false, true).unwrap();
+    let r = sut.call(UploadRequest::Missing { upload_id: ids.1.clone(), limit: 10 }, true);
+    assert_eq!(r, Ok(UploadResponse::Missing(vec![0, 1, 3])));
     assert!(matches!(sut.chunk(&ids, 1, b"x", true, true), Err(CoreError::InvalidArgument(_))));
     let unknown = ("n".to_string(), "nope".to_string());
     assert!(matches!(sut.chunk(&unknown, 0, b"x", false, true), Err(CoreError::NotFound(_))));

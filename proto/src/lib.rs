@@ -78,6 +78,11 @@ pub mod ai {
 }
 
 pub mod tessera {
+    pub mod repository {
+        pub mod v1 {
+            package!("tessera.repository.v1");
+        }
+    }
     pub mod status {
         pub mod v1 {
             package!("tessera.status.v1");

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::Deserialize;
 use tessera_core::status::{StatusConfig, StoreKind};
+use tessera_core::upload::UploadConfig;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./tessera-data";
@@ -44,6 +45,9 @@ pub struct Flags {
 /// [status.capacity]        # per meta-store; -1 (or absent) = unlimited
 /// key_generation = 1000
 /// upload = 10000
+///
+/// [upload]
+/// ttl_secs = 86400          # abandoned uploads expire after this long without a chunk
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +58,15 @@ pub struct FileConfig {
     pub log: Option<String>,
     #[serde(default)]
     pub status: StatusSection,
+    #[serde(default)]
+    pub upload: UploadSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSection {
+    /// An open upload with no chunk for this long expires and frees its chunks (default 24 h).
+    pub ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +84,7 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub log: Option<String>,
     pub status: StatusConfig,
+    pub upload: UploadConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +125,13 @@ impl Config {
             }
             status = status.with_capacity(kind, *cap);
         }
+        let mut upload = UploadConfig::default();
+        if let Some(t) = file.upload.ttl_secs {
+            if t == 0 {
+                return Err(ConfigError::Invalid("upload.ttl_secs: must be at least 1".into()));
+            }
+            upload.ttl_ms = t.saturating_mul(1000);
+        }
         let default_listen: SocketAddr =
             DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid("default listen".into()))?;
         Ok(Self {
@@ -119,6 +140,7 @@ impl Config {
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             log: flags.log.or(file.log),
             status,
+            upload,
         })
     }
 }

@@ -14,8 +14,11 @@ use tessera_core::StoreError;
 use tessera_core::rng::Rng;
 use tessera_core::status::StatusMachine;
 use tessera_core::txn::{TxnConfig, TxnMachine};
+use tessera_core::upload::{MAX_CHUNK_BYTES, UploadMachine};
+use tessera_proto::ai::pipestream::repository::filesystem::upload::node_upload_service_server::NodeUploadServiceServer;
 use tessera_proto::metastore_status::v1::meta_store_status_service_server::MetaStoreStatusServiceServer;
 use tessera_proto::statehouse::v1::statehouse_service_server::StatehouseServiceServer;
+use tessera_proto::tessera::repository::v1::document_service_server::DocumentServiceServer;
 use tessera_proto::tessera::status::v1::status_producer_service_server::StatusProducerServiceServer;
 use tonic::transport::server::TcpIncoming;
 
@@ -26,6 +29,10 @@ use crate::lock::lock_data_dir;
 use crate::metrics::{Metrics, MetricsLayer};
 use crate::services::statehouse::StatehouseService;
 use crate::services::status::StatusService;
+use crate::services::upload::UploadService;
+
+/// Largest upload message: one chunk plus room for its other fields.
+const UPLOAD_MESSAGE_LIMIT: usize = MAX_CHUNK_BYTES + (64 << 10);
 
 /// Wall-clock milliseconds and tokio timers.
 pub struct SystemClock;
@@ -115,7 +122,12 @@ pub async fn run(
     drivers.push(t);
     let machine =
         TxnMachine::open(&*store, TxnConfig::default(), Rng::new(rng.next_u64())).context("opening the state store")?;
-    let (txn_handle, t) = spawn_driver("state", machine, Default::default(), store.clone(), &metrics, failed_tx)?;
+    let (txn_handle, t) =
+        spawn_driver("state", machine, Default::default(), store.clone(), &metrics, failed_tx.clone())?;
+    drivers.push(t);
+    let machine = UploadMachine::open(&*store, config.upload.clone(), Rng::new(rng.next_u64()))
+        .context("opening the document repository")?;
+    let (upload_handle, t) = spawn_driver("upload", machine, Default::default(), store.clone(), &metrics, failed_tx)?;
     drivers.push(t);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -128,8 +140,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
+    let status_handle_for_uploads = status_handle.clone();
     let status = StatusService::new(status_handle);
     let statehouse = StatehouseService::new(txn_handle);
+    let uploads = UploadService::new(upload_handle, status_handle_for_uploads);
 
     if let Some(maddr) = config.metrics_listen {
         let m = metrics.clone();
@@ -143,6 +157,8 @@ pub async fn run(
     health.set_serving::<MetaStoreStatusServiceServer<StatusService>>().await;
     health.set_serving::<StatusProducerServiceServer<StatusService>>().await;
     health.set_serving::<StatehouseServiceServer<StatehouseService>>().await;
+    health.set_serving::<NodeUploadServiceServer<UploadService>>().await;
+    health.set_serving::<DocumentServiceServer<UploadService>>().await;
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tesserad serving");
     on_listening(addr);
@@ -169,6 +185,9 @@ pub async fn run(
         .add_service(MetaStoreStatusServiceServer::new(status.clone()))
         .add_service(StatusProducerServiceServer::new(status))
         .add_service(StatehouseServiceServer::new(statehouse))
+        // Chunks may be up to 16 MiB (tessera_core::upload::MAX_CHUNK_BYTES).
+        .add_service(NodeUploadServiceServer::new(uploads.clone()).max_decoding_message_size(UPLOAD_MESSAGE_LIMIT))
+        .add_service(DocumentServiceServer::new(uploads))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await
         .context("gRPC server")?;

@@ -73,6 +73,12 @@ pub enum UploadRequest {
     ChunkLengths {
         upload_id: String,
     },
+    /// Chunk numbers not yet received below the highest (or last) one, at most `limit`:
+    /// what a client resuming after a crash must send again.
+    Missing {
+        upload_id: String,
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +90,7 @@ pub enum UploadResponse {
     Document(Upload),
     Chunk(Vec<u8>),
     ChunkLengths(Vec<u64>),
+    Missing(Vec<u64>),
 }
 
 /// The running hash over an upload's contiguous chunk prefix.
@@ -459,6 +466,37 @@ impl UploadMachine {
         Ok(rec)
     }
 
+    fn missing(store: &dyn StoreRead, upload_id: &str, limit: usize) -> CoreResult<Vec<u64>> {
+        let Some(rec) = load(store, upload_id)? else {
+            return Err(CoreError::NotFound(format!("upload {upload_id:?} not found")));
+        };
+        let Some(top) = rec.last_chunk.or(rec.highest_chunk) else { return Ok(Vec::new()) };
+        let prefix = keys::digest_prefix(upload_id);
+        let (mut out, mut expect) = (Vec::new(), 0u64);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = store.prefix(UPLOAD, &prefix, after.as_deref(), 1024)?;
+            let done = rows.len() < 1024;
+            for (k, _) in rows {
+                let n = keys::tail_u64(&k).unwrap_or(expect);
+                while expect < n && out.len() < limit {
+                    out.push(expect);
+                    expect += 1;
+                }
+                expect = n + 1;
+                after = Some(k);
+            }
+            if done {
+                break;
+            }
+        }
+        while expect <= top && out.len() < limit {
+            out.push(expect);
+            expect += 1;
+        }
+        Ok(out)
+    }
+
     fn chunk_lengths(store: &dyn StoreRead, upload_id: &str) -> CoreResult<Vec<u64>> {
         let prefix = keys::digest_prefix(upload_id);
         let mut out = Vec::new();
@@ -503,6 +541,10 @@ impl UploadMachine {
                     Some(b) => Ok((UploadResponse::Chunk(b), none())),
                     None => Err(CoreError::NotFound(format!("upload {upload_id:?} has no chunk {number}"))),
                 }
+            }
+            UploadRequest::Missing { upload_id, limit } => {
+                validate_id("upload_id", &upload_id)?;
+                Ok((UploadResponse::Missing(Self::missing(store, &upload_id, limit)?), none()))
             }
             UploadRequest::ChunkLengths { upload_id } => {
                 validate_id("upload_id", &upload_id)?;

@@ -4,3 +4,4 @@
 pub mod errors;
 pub mod statehouse;
 pub mod status;
+pub mod upload;

@@ -74,6 +74,12 @@ pub struct ChannelStream<T> {
     rx: mpsc::Receiver<T>,
 }
 
+impl<T> ChannelStream<T> {
+    pub fn new(rx: mpsc::Receiver<T>) -> Self {
+        Self { rx }
+    }
+}
+
 impl<T> Stream for ChannelStream<T> {
     type Item = T;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
@@ -306,6 +312,6 @@ impl wire::statehouse_service_server::StatehouseService for StatehouseService {
                 }
             }
         });
-        Ok(Response::new(ChannelStream { rx }))
+        Ok(Response::new(ChannelStream::new(rx)))
     }
 }
