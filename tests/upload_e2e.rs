@@ -77,6 +77,11 @@ async fn download(ch: &Channel, node: &str, offset: u64, length: u64) -> (repo::
     (doc.expect("first message carries the document"), bytes)
 }
 
+/// Chunk files in the daemon's data dir.
+fn blob_files(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(data_dir.join("blobs")).map(|d| d.count()).unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shuffled_duplicated_parallel_chunks_assemble_and_download() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,6 +145,8 @@ async fn shuffled_duplicated_parallel_chunks_assemble_and_download() {
     assert!(bytes == doc, "downloaded bytes differ");
     let (_, part) = download(&ch, &init.node_id, 1000, 300_000).await;
     assert!(part == doc[1000..301_000], "ranged download differs");
+    // One file per chunk: files written ahead for duplicates were removed, not kept.
+    assert_eq!(blob_files(dir.path()), n_chunks);
 
     // Visible in the status registry as a completed UPLOAD request.
     let mut q = MetaStoreStatusServiceClient::new(ch.clone());
@@ -184,10 +191,13 @@ async fn bad_chunks_cancel_and_versions() {
         ..Default::default()
     };
     assert_eq!(c.initiate_upload(bad_sha).await.unwrap_err().code(), Code::InvalidArgument);
+    // Only the accepted chunk holds a file; the rejected ones left nothing behind.
+    assert_eq!(blob_files(dir.path()), 1);
 
-    // Cancel frees the upload; later chunks are refused.
+    // Cancel frees the upload and its chunk files; later chunks are refused.
     let r = c.cancel_upload(up::CancelUploadRequest { node_id: init.node_id.clone() }).await.unwrap().into_inner();
     assert!(r.success);
+    assert_eq!(blob_files(dir.path()), 0);
     assert_eq!(c.upload_chunk(chunk_req(&init, &doc, 1)).await.unwrap_err().code(), Code::FailedPrecondition);
     let s =
         c.get_upload_status(up::GetUploadStatusRequest { node_id: init.node_id.clone() }).await.unwrap().into_inner();

@@ -6,7 +6,7 @@
 //! many batches: that is group commit.
 
 /// Every keyspace Tessera uses, so a backend can open them all up front.
-pub const KEYSPACES: &[&str] = &[META, STATUS, STATE, UPLOAD];
+pub const KEYSPACES: &[&str] = &[META, STATUS, STATE, UPLOAD, BLOB];
 
 /// Node-wide metadata: counters, secrets, format version.
 pub const META: &str = "meta";
@@ -16,6 +16,9 @@ pub const STATUS: &str = "status";
 pub const STATE: &str = "state";
 /// The document repository: uploads, their chunks and versions.
 pub const UPLOAD: &str = "upload";
+/// Large values written whole and read whole (upload chunk bodies, up to megabytes each).
+/// A backend may keep them outside its log, so each value's bytes are written once.
+pub const BLOB: &str = "blob";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {

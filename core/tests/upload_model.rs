@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 use tessera_core::mem_store::MemStore;
 use tessera_core::rng::Rng;
-use tessera_core::store::UPLOAD;
+use tessera_core::store::BLOB;
 use tessera_core::upload::{ChunkIn, Intake, UploadConfig, UploadMachine, UploadRequest, UploadResponse, UploadState};
 use tessera_core::{CoreError, Machine, Store, StoreRead};
 
@@ -78,7 +78,7 @@ impl Sut {
     }
     fn chunk_keys(&self, upload_id: &str) -> usize {
         let _ = upload_id;
-        self.store.prefix(UPLOAD, b"c", None, usize::MAX).unwrap().len()
+        self.store.prefix(BLOB, b"c", None, usize::MAX).unwrap().len()
     }
 }
 

@@ -9,11 +9,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use tessera_core::store::{Entry, KEYSPACES, Op, Store, StoreError, StoreRead, WriteBatch};
+use tessera_core::store::{BLOB, Entry, KEYSPACES, Op, Store, StoreError, StoreRead, WriteBatch};
+
+use crate::blob_files::BlobFiles;
+pub use crate::blob_files::Prestaged;
 
 pub struct FjallStore {
     db: Database,
     keyspaces: BTreeMap<&'static str, Keyspace>,
+    blobs: BlobFiles,
 }
 
 fn io(e: fjall::Error) -> StoreError {
@@ -24,27 +28,48 @@ fn io(e: fjall::Error) -> StoreError {
 }
 
 impl FjallStore {
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = Database::builder(dir).manual_journal_persist(true).open().map_err(io)?;
+    /// Opens (or creates) the store in a data directory: fjall in `db/`, blob files in `blobs/`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let dir = &data_dir.join("db");
+        // A bounded block cache keeps tesserad's memory flat whatever it stores; the large
+        // values (upload chunks) live in files, not in memtables (see `blob_files`).
+        let db = Database::builder(dir).manual_journal_persist(true).cache_size(32 << 20).open().map_err(io)?;
         let mut keyspaces = BTreeMap::new();
         for name in KEYSPACES {
             keyspaces.insert(*name, db.keyspace(name, KeyspaceCreateOptions::default).map_err(io)?);
         }
-        Ok(Self { db, keyspaces })
+        let index = keyspaces.get(BLOB).cloned().ok_or_else(|| StoreError::UnknownKeyspace(BLOB.to_owned()))?;
+        let blob_dir = data_dir.join("blobs");
+        let blobs = BlobFiles::open(blob_dir, index)?;
+        Ok(Self { db, keyspaces, blobs })
     }
 
     fn ks(&self, name: &str) -> Result<&Keyspace, StoreError> {
         self.keyspaces.get(name).ok_or_else(|| StoreError::UnknownKeyspace(name.to_owned()))
     }
 
+    /// Writes and fsyncs a `blob` value ahead of the batch expected to put it under `key`
+    /// (see `blob_files`); call [`FjallStore::release_blob`] once that batch is done.
+    pub fn prestage_blob(&self, key: &[u8], bytes: &[u8]) -> Result<Prestaged, StoreError> {
+        self.blobs.prestage(key, bytes)
+    }
+
+    /// Drops a prestaged value no batch adopted.
+    pub fn release_blob(&self, key: &[u8], p: Prestaged) {
+        self.blobs.release(key, p)
+    }
+
     /// Bytes on disk, for metrics and node listings.
     pub fn disk_space(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+        self.db.disk_space().unwrap_or(0) + self.blobs.bytes()
     }
 }
 
 impl StoreRead for FjallStore {
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if keyspace == BLOB {
+            return self.blobs.get(key);
+        }
         Ok(self.ks(keyspace)?.get(key).map_err(io)?.map(|v| v.to_vec()))
     }
 
@@ -55,6 +80,9 @@ impl StoreRead for FjallStore {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
+        if keyspace == BLOB {
+            return self.blobs.range(start, end, limit);
+        }
         let ks = self.ks(keyspace)?;
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
@@ -75,23 +103,37 @@ impl StoreRead for FjallStore {
 impl Store for FjallStore {
     fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         let mut b = self.db.batch();
+        let blob_ops = batch.ops.iter().filter_map(|op| match op {
+            Op::Put { keyspace: BLOB, key, value } => Some((key.as_slice(), Some(value.as_slice()))),
+            Op::Delete { keyspace: BLOB, key } => Some((key.as_slice(), None)),
+            _ => None,
+        });
+        let staged = self.blobs.stage(blob_ops, &mut b)?;
         for op in &batch.ops {
             match op {
+                Op::Put { keyspace: BLOB, .. } | Op::Delete { keyspace: BLOB, .. } => {}
                 Op::Put { keyspace, key, value } => b.insert(self.ks(keyspace)?, key.as_slice(), value.as_slice()),
                 Op::Delete { keyspace, key } => b.remove(self.ks(keyspace)?, key.as_slice()),
             }
         }
-        b.commit().map_err(io)
+        b.commit().map_err(io)?;
+        self.blobs.committed(staged);
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncAll).map_err(io)
+        // Only files whose removal was committed before this persist may go after it.
+        let doomed = self.blobs.take_doomed();
+        self.db.persist(PersistMode::SyncAll).map_err(io)?;
+        self.blobs.unlink(doomed);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use tessera_core::store::STATUS;
 
     #[test]
@@ -113,5 +155,71 @@ mod tests {
         assert_eq!(s.get(STATUS, b"a").unwrap(), None);
         assert_eq!(s.get(STATUS, b"b").unwrap(), Some(b"2".to_vec()));
         assert_eq!(s.prefix(STATUS, b"", None, 10).unwrap().len(), 1);
+    }
+
+    fn blob_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn blobs_are_files_written_once_and_freed_after_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FjallStore::open(dir.path()).unwrap();
+        let big = vec![7u8; 1 << 20];
+        let mut b = WriteBatch::default();
+        b.put(BLOB, b"c1".to_vec(), big.clone());
+        b.put(BLOB, b"c2".to_vec(), b"small".to_vec());
+        b.put(STATUS, b"rec".to_vec(), b"names c1".to_vec());
+        s.write(&b).unwrap();
+        s.sync().unwrap();
+        assert_eq!(s.get(BLOB, b"c1").unwrap(), Some(big.clone()));
+        assert_eq!(blob_files(dir.path()).len(), 2);
+        let got = s.range(BLOB, b"c", None, 10).unwrap();
+        assert_eq!(got.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), vec![&b"c1"[..], b"c2"]);
+
+        // Replace and delete: the old files outlive the batch until a sync covers it.
+        let mut b = WriteBatch::default();
+        b.put(BLOB, b"c2".to_vec(), b"other".to_vec());
+        b.delete(BLOB, b"c1".to_vec());
+        s.write(&b).unwrap();
+        assert_eq!(s.get(BLOB, b"c1").unwrap(), None);
+        assert_eq!(s.get(BLOB, b"c2").unwrap(), Some(b"other".to_vec()));
+        assert_eq!(blob_files(dir.path()).len(), 3);
+        s.sync().unwrap();
+        assert_eq!(blob_files(dir.path()).len(), 1);
+        assert!(s.disk_space() >= 5);
+    }
+
+    #[test]
+    fn reopen_removes_orphans_and_keeps_named_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = FjallStore::open(dir.path()).unwrap();
+            let mut b = WriteBatch::default();
+            b.put(BLOB, b"kept".to_vec(), b"bytes".to_vec());
+            s.write(&b).unwrap();
+            s.sync().unwrap();
+            // A delete committed but never synced: the file must survive (the index may too).
+            let mut b = WriteBatch::default();
+            b.delete(BLOB, b"kept".to_vec());
+            s.write(&b).unwrap();
+        }
+        // A file from a batch that never committed.
+        std::fs::write(dir.path().join("blobs").join(format!("{:016x}", 999u64)), b"torn").unwrap();
+        let s = FjallStore::open(dir.path()).unwrap();
+        let kept = s.get(BLOB, b"kept").unwrap();
+        assert!(kept.is_none() || kept == Some(b"bytes".to_vec()));
+        assert_eq!(blob_files(dir.path()).len(), usize::from(kept.is_some()));
+        // New generations never reuse an old file name.
+        let mut b = WriteBatch::default();
+        b.put(BLOB, b"new".to_vec(), b"n".to_vec());
+        s.write(&b).unwrap();
+        s.sync().unwrap();
+        assert!(blob_files(dir.path()).iter().all(|n| n.as_str() > "00000000000003e7"));
     }
 }

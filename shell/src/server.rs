@@ -108,7 +108,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let store = Arc::new(
-        FjallStore::open(&config.data_dir.join("db"))
+        FjallStore::open(&config.data_dir)
             .with_context(|| format!("opening storage in {}", config.data_dir.display()))?,
     );
     let mut rng = Rng::new(os_seed());
@@ -143,7 +143,7 @@ pub async fn run(
     let status_handle_for_uploads = status_handle.clone();
     let status = StatusService::new(status_handle);
     let statehouse = StatehouseService::new(txn_handle);
-    let uploads = UploadService::new(upload_handle, status_handle_for_uploads);
+    let uploads = UploadService::new(upload_handle, status_handle_for_uploads).with_prestage(store.clone());
 
     if let Some(maddr) = config.metrics_listen {
         let m = metrics.clone();
@@ -179,6 +179,11 @@ pub async fn run(
     };
 
     tonic::transport::Server::builder()
+        // HTTP/2's default 64 KiB windows cost a round trip per 64 KiB of a multi-MiB chunk;
+        // these let a whole chunk in flight per stream, still bounded per connection.
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .max_frame_size(Some(1 << 20))
         .layer(MetricsLayer { metrics })
         .add_service(health_service)
         .add_service(reflection)

@@ -1,8 +1,10 @@
-//! Key layout of the document repository inside the `upload` keyspace.
+//! Key layout of the document repository: chunk bodies in the `blob` keyspace, everything
+//! else in the `upload` keyspace.
 //!
 //! ```text
+//! blob:   c <upload_id> <chunk:u64>  -> chunk bytes (stay as the document's body once complete)
+//! upload:
 //! u <upload_id>                 -> upload record (one version of a document)
-//! c <upload_id> <chunk:u64>     -> chunk bytes (stay as the document's body once complete)
 //! d <upload_id> <chunk:u64>     -> chunk length (received chunks, download ranges)
 //! n <node_id>                   -> latest version number and its upload id
 //! v <node_id> <version:u64>     -> upload id of that version

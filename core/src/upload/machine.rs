@@ -12,7 +12,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::ids::validate_id;
 use crate::ready::{ClientToken, Machine, Ready};
 use crate::rng::Rng;
-use crate::store::{StoreError, StoreRead, UPLOAD, WriteBatch};
+use crate::store::{BLOB, StoreError, StoreRead, UPLOAD, WriteBatch};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadConfig {
@@ -192,7 +192,7 @@ impl UploadMachine {
             for (k, _) in rows {
                 let n =
                     keys::tail_u64(&k).ok_or(StoreError::Corrupt { keyspace: UPLOAD, reason: "chunk key".into() })?;
-                batch.delete(UPLOAD, keys::chunk(id, n));
+                batch.delete(BLOB, keys::chunk(id, n));
                 batch.delete(UPLOAD, k.clone());
                 after = Some(k);
             }
@@ -282,7 +282,7 @@ impl UploadMachine {
             if p.next == fresh.0 {
                 p.hasher.update(fresh.1);
             } else {
-                match store.get(UPLOAD, &keys::chunk(&id, p.next))? {
+                match store.get(BLOB, &keys::chunk(&id, p.next))? {
                     Some(bytes) => p.hasher.update(&bytes),
                     None => break,
                 }
@@ -317,7 +317,7 @@ impl UploadMachine {
             return Err(invalid(format!("upload {upload_id:?} belongs to node {:?}, not {node_id:?}", rec.node_id)));
         }
         // A repeated chunk with the same bytes is a success, even after completion.
-        if let Some(stored) = store.get(UPLOAD, &keys::chunk(upload_id, n))? {
+        if let Some(stored) = store.get(BLOB, &keys::chunk(upload_id, n))? {
             if stored == data {
                 return Ok((
                     UploadResponse::ChunkStored { upload: rec, chunk: n, duplicate: true },
@@ -359,7 +359,7 @@ impl UploadMachine {
         rec.state = UploadState::Uploading;
         rec.updated_ms = now;
         let contiguous = self.advance_prefix(store, &rec, (n, &data))?;
-        batch.put(UPLOAD, keys::chunk(upload_id, n), data);
+        batch.put(BLOB, keys::chunk(upload_id, n), data);
         batch.put(UPLOAD, keys::digest(upload_id, n), encode_len(len));
         let complete = rec.last_chunk.is_some_and(|l| rec.chunks_received == l + 1 && contiguous == l + 1);
         if complete {
@@ -382,7 +382,7 @@ impl UploadMachine {
                     rec.state = UploadState::Failed;
                     rec.error = Some(reason);
                     Self::free_chunks(store, &mut batch, upload_id)?;
-                    batch.delete(UPLOAD, keys::chunk(upload_id, n));
+                    batch.delete(BLOB, keys::chunk(upload_id, n));
                     batch.delete(UPLOAD, keys::digest(upload_id, n));
                 }
             }
@@ -537,7 +537,7 @@ impl UploadMachine {
             }
             UploadRequest::ReadChunk { upload_id, number } => {
                 validate_id("upload_id", &upload_id)?;
-                match store.get(UPLOAD, &keys::chunk(&upload_id, number))? {
+                match store.get(BLOB, &keys::chunk(&upload_id, number))? {
                     Some(b) => Ok((UploadResponse::Chunk(b), none())),
                     None => Err(CoreError::NotFound(format!("upload {upload_id:?} has no chunk {number}"))),
                 }

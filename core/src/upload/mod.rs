@@ -15,6 +15,12 @@ mod records;
 pub use machine::{ChunkIn, Intake, UploadConfig, UploadMachine, UploadRequest, UploadResponse};
 pub use records::{Upload, UploadState};
 
+/// The `blob` keyspace key of a chunk's bytes, for drivers that write chunk files ahead of
+/// the step that stores them.
+pub fn chunk_key(upload_id: &str, number: u64) -> Vec<u8> {
+    keys::chunk(upload_id, number)
+}
+
 /// Largest chunk, in bytes.
 pub const MAX_CHUNK_BYTES: usize = 16 << 20;
 /// Most chunks one document may have.

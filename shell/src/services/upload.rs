@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::status::{Status as EntryStatus, StatusRequest, StoreKind};
-use tessera_core::upload::{ChunkIn, Intake, Upload, UploadMachine, UploadRequest, UploadResponse, UploadState};
+use tessera_core::upload::{
+    ChunkIn, Intake, MAX_CHUNK_BYTES, Upload, UploadMachine, UploadRequest, UploadResponse, UploadState, chunk_key,
+};
 use tessera_proto::ai::pipestream::repository::filesystem::upload as wire;
 use tessera_proto::tessera::repository::v1 as repo;
 use tokio::sync::{mpsc, watch};
@@ -16,8 +18,23 @@ use super::errors::{driver_status, to_status};
 use super::statehouse::ChannelStream;
 use super::status::StatusHandle;
 use crate::driver::HandleFor;
+use crate::fjall_store::{FjallStore, Prestaged};
 
 pub type UploadHandle = HandleFor<UploadMachine>;
+
+/// A chunk file written ahead of the driver; released when the call is over (or abandoned,
+/// if the caller goes away), which removes it unless the driver adopted it.
+struct StagedChunk {
+    store: Arc<FjallStore>,
+    key: Vec<u8>,
+    p: Prestaged,
+}
+
+impl Drop for StagedChunk {
+    fn drop(&mut self) {
+        self.store.release_blob(&self.key, self.p);
+    }
+}
 
 /// Bytes per download message, well under gRPC's default 4 MiB receive limit.
 const DOWNLOAD_PIECE: usize = 1 << 20;
@@ -30,11 +47,23 @@ pub struct UploadService {
     status: StatusHandle,
     /// Bumped on every change, so progress streams wake up.
     changed: Arc<watch::Sender<u64>>,
+    /// Where chunk files are written ahead of the driver, in parallel (see `blob_files`).
+    prestage: Option<Arc<FjallStore>>,
 }
+
+/// Chunks smaller than this go through the driver's own write: a head start is not worth a
+/// thread hop.
+const PRESTAGE_MIN_BYTES: usize = 256 << 10;
 
 impl UploadService {
     pub fn new(driver: UploadHandle, status: StatusHandle) -> Self {
-        Self { driver, status, changed: Arc::new(watch::channel(0).0) }
+        Self { driver, status, changed: Arc::new(watch::channel(0).0), prestage: None }
+    }
+
+    /// Lets chunk uploads write their files in parallel ahead of the driver.
+    pub fn with_prestage(mut self, store: Arc<FjallStore>) -> Self {
+        self.prestage = Some(store);
+        self
     }
 
     async fn call(&self, req: UploadRequest) -> Result<UploadResponse, Status> {
@@ -67,15 +96,32 @@ impl UploadService {
     }
 
     async fn chunk(&self, r: wire::UploadChunkRequest) -> Result<wire::UploadChunkResponse, Status> {
-        let req = ChunkIn {
-            node_id: r.node_id,
-            upload_id: r.upload_id,
-            number: r.chunk_number,
-            data: r.data,
-            is_last: r.is_last,
-        };
-        let UploadResponse::ChunkStored { upload, chunk, duplicate } = self.call(UploadRequest::Chunk(req)).await?
-        else {
+        let mut data = r.data;
+        let mut staged = None;
+        if let Some(store) = &self.prestage
+            && let Ok(n) = u64::try_from(r.chunk_number)
+            && (PRESTAGE_MIN_BYTES..=MAX_CHUNK_BYTES).contains(&data.len())
+        {
+            // The driver re-checks everything; a file it does not adopt is removed below.
+            let (store, key) = (store.clone(), chunk_key(&r.upload_id, n));
+            let (back, result) = tokio::task::spawn_blocking(move || {
+                let result = store.prestage_blob(&key, &data);
+                (data, result.map(|p| StagedChunk { store, key, p }))
+            })
+            .await
+            .map_err(|e| Status::internal(format!("chunk write task failed: {e}")))?;
+            data = back;
+            match result {
+                Ok(s) => staged = Some(s),
+                // The driver's own write will meet the same disk and report it properly.
+                Err(e) => tracing::warn!(error = %e, "cannot write a chunk ahead of the driver"),
+            }
+        }
+        let req =
+            ChunkIn { node_id: r.node_id, upload_id: r.upload_id, number: r.chunk_number, data, is_last: r.is_last };
+        let answer = self.call(UploadRequest::Chunk(req)).await;
+        drop(staged);
+        let UploadResponse::ChunkStored { upload, chunk, duplicate } = answer? else {
             return Err(Status::internal("unexpected answer to a chunk"));
         };
         if !duplicate {
@@ -293,6 +339,7 @@ impl wire::node_upload_service_server::NodeUploadService for UploadService {
             chunks_received: u.chunks_received as i64,
             missing_chunks: missing,
             last_chunk: u.last_chunk.map(|n| n as i64),
+            highest_chunk: u.highest_chunk.map(|n| n as i64),
             file_sha: u.sha256.clone().filter(|_| complete).unwrap_or_default(),
         }))
     }
