@@ -164,3 +164,74 @@ pub async fn state_reads(addr: &str, clients: usize, duration: Duration) -> anyh
     })
     .await
 }
+
+/// Ingest throughput: one upload of `size` bytes in `chunk` byte chunks from `parallel`
+/// senders (data generated in memory, so the client reads no disk).
+pub async fn upload(addr: &str, size: u64, chunk: u64, parallel: usize) -> anyhow::Result<Figures> {
+    use tessera_proto::ai::pipestream::repository::filesystem::upload as up;
+    use tessera_proto::ai::pipestream::repository::filesystem::upload::node_upload_service_client::NodeUploadServiceClient;
+    let chans = channels(addr, parallel.clamp(1, 8)).await?;
+    let mut c = NodeUploadServiceClient::new(chans[0].clone());
+    let init = c
+        .initiate_upload(up::InitiateUploadRequest {
+            name: "bench.bin".into(),
+            expected_size: size as i64,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let n_chunks = size.div_ceil(chunk);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..parallel.max(1) {
+        let mut c = NodeUploadServiceClient::new(chans[t % chans.len()].clone());
+        let (next, init) = (next.clone(), init.clone());
+        tasks.push(tokio::spawn(async move {
+            // One random buffer per sender, stamped with the chunk number: chunks differ, and
+            // the load generator spends its CPU sending rather than generating.
+            let mut rng = tessera_core::rng::Rng::new(t as u64);
+            let mut template = vec![0u8; chunk as usize];
+            rng.fill(&mut template);
+            let mut lat = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= n_chunks {
+                    return Ok::<_, tonic::Status>(lat);
+                }
+                let mut data = template[..(size - n * chunk).min(chunk) as usize].to_vec();
+                let stamp = n.to_le_bytes();
+                let k = stamp.len().min(data.len());
+                data[..k].copy_from_slice(&stamp[..k]);
+                let t0 = Instant::now();
+                c.upload_chunk(up::UploadChunkRequest {
+                    node_id: init.node_id.clone(),
+                    upload_id: init.upload_id.clone(),
+                    data,
+                    chunk_number: n as i64,
+                    is_last: n == n_chunks - 1,
+                })
+                .await?;
+                lat.push(t0.elapsed().as_micros() as u64);
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let s = c.get_upload_status(up::GetUploadStatusRequest { node_id: init.node_id.clone() }).await?.into_inner();
+    if s.state != up::UploadState::Completed as i32 {
+        anyhow::bail!("the benchmark upload did not complete: {s:?}");
+    }
+    let mut f = Figures::from_samples(
+        format!("upload {} MiB, {} KiB chunks, {parallel} senders", size >> 20, chunk >> 10),
+        lat,
+        0,
+        secs,
+    );
+    // Report bytes, not chunks: ops = MiB moved.
+    f.ops = size >> 20;
+    Ok(f)
+}

@@ -33,6 +33,27 @@ enum Command {
     /// Read and write the transactional state store (statehouse API)
     #[command(subcommand)]
     State(StateCmd),
+    /// Upload a file in parallel chunks (resumable with --resume NODE_ID)
+    Upload {
+        file: std::path::PathBuf,
+        /// Chunk size in bytes (at most 16 MiB)
+        #[arg(long, default_value_t = 4 << 20)]
+        chunk_size: u64,
+        /// Concurrent senders
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Continue the interrupted upload of this node id
+        #[arg(long)]
+        resume: Option<String>,
+    },
+    /// Download a completed document, checking its SHA-256
+    Download {
+        node_id: String,
+        #[arg(short = 'o', long)]
+        output: std::path::PathBuf,
+        #[arg(long)]
+        version: Option<u64>,
+    },
     /// Load generators (figures for the README; not pass/fail)
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -40,6 +61,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Ingest throughput of one large upload (MiB/s, with per-chunk latency)
+    Upload {
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 4096)]
+        chunk_kib: u64,
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+    },
     /// Commits/s of 1-write transactions at each concurrency, then GetState reads/s
     State {
         /// Concurrent clients, comma-separated
@@ -58,6 +88,10 @@ async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
     use std::time::Duration;
     use tessera_shell::bench;
     match cmd {
+        BenchCmd::Upload { size_mib, chunk_kib, parallel } => {
+            let f = bench::upload(addr, size_mib << 20, chunk_kib << 10, parallel).await?;
+            println!("{}  => {:.1} MiB/s", f.line(), f.per_sec());
+        }
         BenchCmd::State { clients, secs, readers } => {
             for c in clients {
                 println!("{}", bench::state_commits(addr, c.max(1), Duration::from_secs(secs)).await?.line());
@@ -468,6 +502,12 @@ fn run() -> anyhow::Result<()> {
         let ch = connect(&cli.addr).await?;
         match cli.command {
             Command::Bench(cmd) => bench(&cli.addr, cmd).await,
+            Command::Upload { file, chunk_size, parallel, resume } => {
+                tessera_shell::cli::transfer::upload(ch, &file, chunk_size, parallel, resume).await
+            }
+            Command::Download { node_id, output, version } => {
+                tessera_shell::cli::transfer::download(ch, node_id, version, &output).await
+            }
             Command::Services => services(ch).await,
             Command::Status(cmd) => status(ch, cmd).await,
             Command::State(cmd) => state(ch, cmd).await,

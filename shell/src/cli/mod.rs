@@ -1,3 +1,4 @@
 //! Pieces of the `tessera` CLI that are worth testing on their own.
 
 pub mod json;
+pub mod transfer;
