@@ -9,6 +9,7 @@
 //! No tokio, tonic, fjall, `std::time` or threads may enter this crate's dependency tree;
 //! `.ci/run` checks it.
 
+pub mod catalog;
 pub mod codec;
 pub mod error;
 pub mod ids;

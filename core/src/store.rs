@@ -6,7 +6,7 @@
 //! many batches: that is group commit.
 
 /// Every keyspace Tessera uses, so a backend can open them all up front.
-pub const KEYSPACES: &[&str] = &[META, STATUS, STATE, UPLOAD, BLOB];
+pub const KEYSPACES: &[&str] = &[META, STATUS, STATE, UPLOAD, BLOB, CATALOG];
 
 /// Node-wide metadata: counters, secrets, format version.
 pub const META: &str = "meta";
@@ -16,6 +16,8 @@ pub const STATUS: &str = "status";
 pub const STATE: &str = "state";
 /// The document repository: uploads, their chunks and versions.
 pub const UPLOAD: &str = "upload";
+/// The data catalog (metacat): its resource tree, names, idempotency records.
+pub const CATALOG: &str = "catalog";
 /// Large values written whole and read whole (upload chunk bodies, up to megabytes each).
 /// A backend may keep them outside its log, so each value's bytes are written once.
 pub const BLOB: &str = "blob";

@@ -1,0 +1,64 @@
+//! Key layout of the `catalog` keyspace.
+//!
+//! ```text
+//! r <tenant> 0 <id>                          -> resource record
+//! n <tenant> 0 <parent> 0 <kind:u8> <name>   -> id   (names, unique per parent and kind; list order)
+//! i <tenant> 0 <op> 0 <key>                  -> idempotency record
+//! e <expires:u64> <i-key>                    -> ()   (idempotency records by expiry)
+//! k                                          -> page-token signing key
+//! ```
+//! Tenants themselves live in the realm with the empty tenant id.
+
+use super::records::Kind;
+
+fn part(k: &mut Vec<u8>, s: &str) {
+    k.extend_from_slice(s.as_bytes());
+    k.push(0);
+}
+
+pub fn resource(tenant: &str, id: &str) -> Vec<u8> {
+    let mut k = vec![b'r'];
+    part(&mut k, tenant);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Every child name under `parent`, of every kind.
+pub fn children(tenant: &str, parent: &str) -> Vec<u8> {
+    let mut k = vec![b'n'];
+    part(&mut k, tenant);
+    part(&mut k, parent);
+    k
+}
+
+/// The names of `kind` under `parent`; a name key is this plus the name.
+pub fn names(tenant: &str, parent: &str, kind: Kind) -> Vec<u8> {
+    let mut k = children(tenant, parent);
+    k.push(kind as u8);
+    k
+}
+
+pub fn name(tenant: &str, parent: &str, kind: Kind, name: &str) -> Vec<u8> {
+    let mut k = names(tenant, parent, kind);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub fn idempotency(tenant: &str, op: &str, key: &str) -> Vec<u8> {
+    let mut k = vec![b'i'];
+    part(&mut k, tenant);
+    part(&mut k, op);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub const EXPIRY_PREFIX: &[u8] = b"e";
+
+pub fn expiry(at: u64, idem_key: &[u8]) -> Vec<u8> {
+    let mut k = EXPIRY_PREFIX.to_vec();
+    k.extend_from_slice(&at.to_be_bytes());
+    k.extend_from_slice(idem_key);
+    k
+}
+
+pub const TOKEN_KEY: &[u8] = b"k";
