@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .skip_protoc_run()
+        // Ordered maps encode deterministically: the catalog hashes requests for idempotency.
+        .btree_map(".ai.floedb.metacat")
         .file_descriptor_set_path(&fds_path)
         .compile_protos(&files, &[root])?;
     Ok(())

@@ -23,7 +23,8 @@ struct Sut {
 impl Sut {
     fn new() -> Self {
         let store = MemStore::new();
-        let (m, init) = CatalogMachine::open(&store, CatalogConfig { idempotency_ttl_ms: 1_000 }, &mut Rng::new(3)).unwrap();
+        let (m, init) =
+            CatalogMachine::open(&store, CatalogConfig { idempotency_ttl_ms: 1_000 }, &mut Rng::new(3)).unwrap();
         store.write(&init).unwrap();
         store.sync().unwrap();
         Self { store, m, now: 1 }
@@ -40,7 +41,8 @@ impl Sut {
     fn restart(&mut self) {
         self.store.crash();
         let (m, init) =
-            CatalogMachine::open(&self.store, CatalogConfig { idempotency_ttl_ms: 1_000 }, &mut Rng::new(self.now)).unwrap();
+            CatalogMachine::open(&self.store, CatalogConfig { idempotency_ttl_ms: 1_000 }, &mut Rng::new(self.now))
+                .unwrap();
         assert!(init.is_empty(), "the token key survives a restart");
         self.m = m;
     }
@@ -73,7 +75,13 @@ impl Sut {
         self.call(req).map(|_| ())
     }
 
-    fn page(&mut self, tenant: &str, parent: &str, size: usize, token: Option<String>) -> (Vec<Resource>, Option<String>) {
+    fn page(
+        &mut self,
+        tenant: &str,
+        parent: &str,
+        size: usize,
+        token: Option<String>,
+    ) -> (Vec<Resource>, Option<String>) {
         let q = ListQuery {
             tenant: tenant.into(),
             kind: Kind::Table,

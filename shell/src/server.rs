@@ -27,9 +27,17 @@ use crate::driver::{BlockingWork, Clock, Driver, DriverConfig, HandleFor};
 use crate::fjall_store::FjallStore;
 use crate::lock::lock_data_dir;
 use crate::metrics::{Metrics, MetricsLayer};
+use crate::services::metacat::Metacat;
 use crate::services::statehouse::StatehouseService;
 use crate::services::status::StatusService;
 use crate::services::upload::UploadService;
+use tessera_core::catalog::{CatalogConfig, CatalogMachine};
+use tessera_proto::ai::floedb::metacat::catalog::catalog_service_server::CatalogServiceServer;
+use tessera_proto::ai::floedb::metacat::catalog::namespace_service_server::NamespaceServiceServer;
+use tessera_proto::ai::floedb::metacat::catalog::snapshot_service_server::SnapshotServiceServer;
+use tessera_proto::ai::floedb::metacat::catalog::table_service_server::TableServiceServer;
+use tessera_proto::ai::floedb::metacat::catalog::view_service_server::ViewServiceServer;
+use tessera_proto::ai::floedb::metacat::tenant::tenant_service_server::TenantServiceServer;
 
 /// Largest upload message: one chunk plus room for its other fields.
 const UPLOAD_MESSAGE_LIMIT: usize = MAX_CHUNK_BYTES + (64 << 10);
@@ -127,7 +135,12 @@ pub async fn run(
     drivers.push(t);
     let machine = UploadMachine::open(&*store, config.upload.clone(), Rng::new(rng.next_u64()))
         .context("opening the document repository")?;
-    let (upload_handle, t) = spawn_driver("upload", machine, Default::default(), store.clone(), &metrics, failed_tx)?;
+    let (upload_handle, t) =
+        spawn_driver("upload", machine, Default::default(), store.clone(), &metrics, failed_tx.clone())?;
+    drivers.push(t);
+    let (machine, init) =
+        CatalogMachine::open(&*store, CatalogConfig::default(), &mut rng).context("opening the catalog")?;
+    let (catalog_handle, t) = spawn_driver("catalog", machine, init, store.clone(), &metrics, failed_tx)?;
     drivers.push(t);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -144,6 +157,7 @@ pub async fn run(
     let status = StatusService::new(status_handle);
     let statehouse = StatehouseService::new(txn_handle);
     let uploads = UploadService::new(upload_handle, status_handle_for_uploads).with_prestage(store.clone());
+    let metacat = Metacat::new(catalog_handle);
 
     if let Some(maddr) = config.metrics_listen {
         let m = metrics.clone();
@@ -193,6 +207,12 @@ pub async fn run(
         // Chunks may be up to 16 MiB (tessera_core::upload::MAX_CHUNK_BYTES).
         .add_service(NodeUploadServiceServer::new(uploads.clone()).max_decoding_message_size(UPLOAD_MESSAGE_LIMIT))
         .add_service(DocumentServiceServer::new(uploads))
+        .add_service(TenantServiceServer::new(metacat.clone()))
+        .add_service(CatalogServiceServer::new(metacat.clone()))
+        .add_service(NamespaceServiceServer::new(metacat.clone()))
+        .add_service(TableServiceServer::new(metacat.clone()))
+        .add_service(ViewServiceServer::new(metacat.clone()))
+        .add_service(SnapshotServiceServer::new(metacat))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await
         .context("gRPC server")?;

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use sha2::{Digest, Sha256};
 
 use super::records::{IdemRecord, KEYSPACE, Kind, Resource};
-use super::{DEFAULT_IDEMPOTENCY_TTL_MS, DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_NAME_BYTES, MAX_PAGE_SIZE, PATH_SEP, keys, page};
+use super::{
+    DEFAULT_IDEMPOTENCY_TTL_MS, DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_NAME_BYTES, MAX_PAGE_SIZE, PATH_SEP, keys, page,
+};
 use crate::codec::hex;
 use crate::error::{CoreError, CoreResult};
 use crate::ready::{ClientToken, Machine, Ready};
@@ -121,10 +123,20 @@ pub enum CatalogRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogResponse {
     /// The resource as created, read, updated or (for a delete) as it was removed.
-    Resource { resource: Resource, replayed: bool },
-    Page { items: Vec<Resource>, next_page_token: Option<String> },
+    Resource {
+        resource: Resource,
+        replayed: bool,
+    },
+    Page {
+        items: Vec<Resource>,
+        next_page_token: Option<String>,
+    },
     /// Upserted resources (a replay returns only the first, and the count).
-    Upserted { resources: Vec<Resource>, count: u64, replayed: bool },
+    Upserted {
+        resources: Vec<Resource>,
+        count: u64,
+        replayed: bool,
+    },
 }
 
 pub struct CatalogMachine {
@@ -152,10 +164,7 @@ fn validate_name(kind: Kind, name: &str) -> CoreResult<()> {
         return Err(CoreError::InvalidArgument(format!("{what} name: must not be empty")));
     }
     if name.len() > MAX_NAME_BYTES {
-        return Err(CoreError::InvalidArgument(format!(
-            "{what} name: {} bytes, at most {MAX_NAME_BYTES}",
-            name.len()
-        )));
+        return Err(CoreError::InvalidArgument(format!("{what} name: {} bytes, at most {MAX_NAME_BYTES}", name.len())));
     }
     let bad = |c: char| c.is_control() && !(kind == Kind::Namespace && c == PATH_SEP);
     if name.chars().any(bad) || name.split(PATH_SEP).any(str::is_empty) {
@@ -283,7 +292,13 @@ impl CatalogMachine {
     }
 
     /// A live record for this key: `Ok(Some)` to replay, `Err` for a different request.
-    fn replay(&self, store: &dyn StoreRead, now: u64, tenant: &str, idem: &Idempotency) -> CoreResult<Option<IdemRecord>> {
+    fn replay(
+        &self,
+        store: &dyn StoreRead,
+        now: u64,
+        tenant: &str,
+        idem: &Idempotency,
+    ) -> CoreResult<Option<IdemRecord>> {
         let Some(v) = store.get(KEYSPACE, &keys::idempotency(tenant, &idem.op, &idem.key))? else { return Ok(None) };
         let rec = IdemRecord::decode(&v)?;
         if rec.expires_ms <= now {
@@ -319,7 +334,12 @@ impl CatalogMachine {
         batch.put(KEYSPACE, keys::resource(&r.tenant, &r.id), r.encode());
     }
 
-    fn handle(&mut self, now: u64, req: CatalogRequest, store: &dyn StoreRead) -> CoreResult<(CatalogResponse, WriteBatch)> {
+    fn handle(
+        &mut self,
+        now: u64,
+        req: CatalogRequest,
+        store: &dyn StoreRead,
+    ) -> CoreResult<(CatalogResponse, WriteBatch)> {
         let mut batch = WriteBatch::default();
         let resource = |resource: Resource, replayed: bool| CatalogResponse::Resource { resource, replayed };
         match req {

@@ -40,7 +40,8 @@ pub fn encode(key: &[u8; 32], scope: [u8; SCOPE_LEN], cursor: &[u8]) -> String {
 }
 
 pub fn decode(key: &[u8; 32], scope: [u8; SCOPE_LEN], token: &str) -> Result<Vec<u8>, CoreError> {
-    let bad = || CoreError::InvalidArgument("page_token: not a token this server issued (altered or truncated?)".into());
+    let bad =
+        || CoreError::InvalidArgument("page_token: not a token this server issued (altered or truncated?)".into());
     let raw = unhex(token).ok_or_else(bad)?;
     if raw.len() < 1 + SCOPE_LEN + MAC_LEN || raw[0] != VERSION {
         return Err(bad());

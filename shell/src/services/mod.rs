@@ -2,6 +2,7 @@
 //! decision is the core's.
 
 pub mod errors;
+pub mod metacat;
 pub mod statehouse;
 pub mod status;
 pub mod upload;
