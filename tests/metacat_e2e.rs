@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use prost::Message;
 use tessera_proto::ai::floedb::metacat::catalog as cat;
 use tessera_proto::ai::floedb::metacat::catalog::catalog_service_client::CatalogServiceClient;
+use tessera_proto::ai::floedb::metacat::catalog::directory_service_client::DirectoryServiceClient;
 use tessera_proto::ai::floedb::metacat::catalog::namespace_service_client::NamespaceServiceClient;
 use tessera_proto::ai::floedb::metacat::catalog::snapshot_service_client::SnapshotServiceClient;
 use tessera_proto::ai::floedb::metacat::catalog::table_service_client::TableServiceClient;
@@ -294,6 +295,45 @@ async fn catalog_lifecycle_replays_preconditions_paging_isolation_and_restart() 
     let no_tenant =
         cat::GetTableRequest { table_id: Some(rid("", &table_id.id, mc::ResourceKind::RkTable)), snapshot: None };
     assert_eq!(c.tables.get_table(no_tenant).await.unwrap_err().code(), Code::InvalidArgument);
+
+    // Directory: names and ids agree with the CRUD services.
+    let mut dir_c = DirectoryServiceClient::with_interceptor(ch.clone(), principal(&t, false));
+    let name = |path: &[&str], n: &str| mc::NameRef {
+        catalog: "sales".into(),
+        path: path.iter().map(|s| s.to_string()).collect(),
+        name: n.into(),
+        resource_id: None,
+    };
+    let resolved = dir_c.resolve_table(cat::ResolveTableRequest { r#ref: Some(name(&["raw"], "orders")) }).await;
+    assert_eq!(resolved.unwrap().into_inner().resource_id.unwrap(), table_id);
+    let looked = dir_c.lookup_table(cat::LookupTableRequest { resource_id: Some(table_id.clone()) }).await.unwrap();
+    let looked = looked.into_inner().name.unwrap();
+    assert_eq!(
+        (looked.catalog.as_str(), looked.path.as_slice(), looked.name.as_str()),
+        ("sales", &["raw".to_string()][..], "orders")
+    );
+    let ns_eu =
+        dir_c.resolve_namespace(cat::ResolveNamespaceRequest { r#ref: Some(name(&["raw", "daily"], "eu")) }).await;
+    assert_eq!(ns_eu.unwrap().into_inner().resource_id.unwrap(), ns_ids[2]);
+    let batch = cat::ResolveFqTablesRequest {
+        selector: Some(cat::resolve_fq_tables_request::Selector::List(cat::NameList {
+            names: vec![name(&["raw"], "orders"), name(&["raw"], "missing"), name(&["curated"], "t000")],
+        })),
+        page: page(2, ""),
+    };
+    let first_page = dir_c.resolve_fq_tables(batch.clone()).await.unwrap().into_inner();
+    assert_eq!(first_page.tables.len(), 2);
+    assert!(first_page.tables[1].resource_id.is_none(), "unknown names come back without an id");
+    let rest = cat::ResolveFqTablesRequest { page: page(2, &first_page.page.unwrap().next_page_token), ..batch };
+    let rest = dir_c.resolve_fq_tables(rest).await.unwrap().into_inner();
+    assert_eq!(rest.tables.len(), 1);
+    assert!(rest.tables[0].resource_id.is_some());
+    let prefix = cat::ResolveFqTablesRequest {
+        selector: Some(cat::resolve_fq_tables_request::Selector::Prefix(name(&["curated"], "t00"))),
+        page: page(100, ""),
+    };
+    let under = dir_c.resolve_fq_tables(prefix).await.unwrap().into_inner();
+    assert_eq!(under.tables.len(), 7, "t000 t001 t002 t004 t006 t007 t008");
 
     // Non-empty catalog: refused with require_empty.
     let del_cat = |require_empty| cat::DeleteCatalogRequest {

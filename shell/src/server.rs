@@ -33,6 +33,7 @@ use crate::services::status::StatusService;
 use crate::services::upload::UploadService;
 use tessera_core::catalog::{CatalogConfig, CatalogMachine};
 use tessera_proto::ai::floedb::metacat::catalog::catalog_service_server::CatalogServiceServer;
+use tessera_proto::ai::floedb::metacat::catalog::directory_service_server::DirectoryServiceServer;
 use tessera_proto::ai::floedb::metacat::catalog::namespace_service_server::NamespaceServiceServer;
 use tessera_proto::ai::floedb::metacat::catalog::snapshot_service_server::SnapshotServiceServer;
 use tessera_proto::ai::floedb::metacat::catalog::table_service_server::TableServiceServer;
@@ -212,7 +213,8 @@ pub async fn run(
         .add_service(NamespaceServiceServer::new(metacat.clone()))
         .add_service(TableServiceServer::new(metacat.clone()))
         .add_service(ViewServiceServer::new(metacat.clone()))
-        .add_service(SnapshotServiceServer::new(metacat))
+        .add_service(SnapshotServiceServer::new(metacat.clone()))
+        .add_service(DirectoryServiceServer::new(metacat))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await
         .context("gRPC server")?;

@@ -7,6 +7,7 @@
 //! that tenant.
 
 mod catalogs;
+mod directory;
 
 pub mod principal;
 

@@ -80,9 +80,8 @@ impl Metacat {
         table: &str,
         r: Option<&mc::SnapshotRef>,
     ) -> Result<Resource, Status> {
-        let which = r
-            .and_then(|r| r.which)
-            .ok_or_else(|| invalid("snapshot: snapshot_id, as_of or special is required"))?;
+        let which =
+            r.and_then(|r| r.which).ok_or_else(|| invalid("snapshot: snapshot_id, as_of or special is required"))?;
         let tenant = caller.tenant.clone();
         let parent = table.to_owned();
         let req = match which {
