@@ -44,6 +44,13 @@ pub fn name(tenant: &str, parent: &str, kind: Kind, name: &str) -> Vec<u8> {
     k
 }
 
+/// Every namespace below the namespace `name` of `catalog` (a name key minus the tail).
+pub fn sub_namespaces(tenant: &str, catalog: &str, name: &str) -> Vec<u8> {
+    let mut k = self::name(tenant, catalog, Kind::Namespace, name);
+    k.push(0x1f);
+    k
+}
+
 pub fn idempotency(tenant: &str, op: &str, key: &str) -> Vec<u8> {
     let mut k = vec![b'i'];
     part(&mut k, tenant);
@@ -59,6 +66,11 @@ pub fn expiry(at: u64, idem_key: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&at.to_be_bytes());
     k.extend_from_slice(idem_key);
     k
+}
+
+/// The expiry time at the front of an expiry key.
+pub fn expiry_at(key: &[u8]) -> Option<u64> {
+    key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
 }
 
 pub const TOKEN_KEY: &[u8] = b"k";

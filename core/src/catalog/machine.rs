@@ -2,8 +2,6 @@
 
 use std::collections::BTreeSet;
 
-use sha2::{Digest, Sha256};
-
 use super::records::{IdemRecord, KEYSPACE, Kind, Resource};
 use super::{
     DEFAULT_IDEMPOTENCY_TTL_MS, DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_NAME_BYTES, MAX_PAGE_SIZE, PATH_SEP, keys, page,
@@ -150,14 +148,6 @@ fn not_found(kind: Kind, id: &str) -> CoreError {
     CoreError::NotFound(format!("{} {id:?} not found", kind.noun()))
 }
 
-fn etag(id: &str, version: u64, payload: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(id.as_bytes());
-    h.update(version.to_be_bytes());
-    h.update(payload);
-    hex(&h.finalize()[..8])
-}
-
 fn validate_name(kind: Kind, name: &str) -> CoreResult<()> {
     let what = kind.noun();
     if name.is_empty() {
@@ -198,7 +188,7 @@ impl CatalogMachine {
 
     fn first_expiry(store: &dyn StoreRead) -> Result<Option<u64>, StoreError> {
         let first = store.prefix(KEYSPACE, keys::EXPIRY_PREFIX, None, 1)?;
-        Ok(first.first().and_then(|(k, _)| k.get(1..9)).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
+        Ok(first.first().and_then(|(k, _)| keys::expiry_at(k)))
     }
 
     fn new_id(&mut self) -> String {
@@ -297,8 +287,9 @@ impl CatalogMachine {
         store: &dyn StoreRead,
         now: u64,
         tenant: &str,
-        idem: &Idempotency,
+        idem: Option<&Idempotency>,
     ) -> CoreResult<Option<IdemRecord>> {
+        let Some(idem) = idem else { return Ok(None) };
         let Some(v) = store.get(KEYSPACE, &keys::idempotency(tenant, &idem.op, &idem.key))? else { return Ok(None) };
         let rec = IdemRecord::decode(&v)?;
         if rec.expires_ms <= now {
@@ -372,29 +363,13 @@ impl CatalogMachine {
             }
             CatalogRequest::Create { tenant, kind, parent, name, payload, time_ms, idem } => {
                 Self::check_tenant(store, &tenant, kind)?;
-                if let Some(i) = &idem
-                    && let Some(rec) = self.replay(store, now, &tenant, i)?
-                    && let Some(r) = rec.resource
-                {
+                if let Some(r) = self.replay(store, now, &tenant, idem.as_ref())?.and_then(|rec| rec.resource) {
                     return Ok((resource(r, true), batch));
                 }
                 validate_name(kind, &name)?;
                 Self::check_parent(store, &tenant, kind, &parent)?;
                 Self::check_name_free(store, &tenant, &parent, kind, &name)?;
-                let id = self.new_id();
-                let r = Resource {
-                    kind,
-                    tenant: tenant.clone(),
-                    etag: etag(&id, 1, &payload),
-                    id,
-                    parent,
-                    name,
-                    version: 1,
-                    created_ms: now,
-                    updated_ms: now,
-                    time_ms,
-                    payload,
-                };
+                let r = Resource::fresh(kind, tenant.clone(), self.new_id(), parent, name, payload, now, time_ms);
                 Self::put(&mut batch, &r);
                 batch.put(KEYSPACE, keys::name(&tenant, &r.parent, kind, &r.name), r.id.as_bytes().to_vec());
                 if let Some(i) = &idem {
@@ -404,10 +379,7 @@ impl CatalogMachine {
             }
             CatalogRequest::Update { tenant, kind, id, name, payload, pre, idem } => {
                 Self::check_tenant(store, &tenant, kind)?;
-                if let Some(i) = &idem
-                    && let Some(rec) = self.replay(store, now, &tenant, i)?
-                    && let Some(r) = rec.resource
-                {
+                if let Some(r) = self.replay(store, now, &tenant, idem.as_ref())?.and_then(|rec| rec.resource) {
                     return Ok((resource(r, true), batch));
                 }
                 let mut r = Self::load(store, &tenant, kind, &id)?;
@@ -425,10 +397,7 @@ impl CatalogMachine {
                     batch.put(KEYSPACE, keys::name(&tenant, &r.parent, kind, &new), r.id.as_bytes().to_vec());
                     r.name = new;
                 }
-                r.version += 1;
-                r.payload = payload;
-                r.etag = etag(&r.id, r.version, &r.payload);
-                r.updated_ms = now;
+                r.revise(Some(payload), now);
                 Self::put(&mut batch, &r);
                 if let Some(i) = &idem {
                     self.remember(&mut batch, now, &tenant, i, Some(&r), 1);
@@ -437,10 +406,7 @@ impl CatalogMachine {
             }
             CatalogRequest::Delete { tenant, kind, id, pre, cascade, idem } => {
                 Self::check_tenant(store, &tenant, kind)?;
-                if let Some(i) = &idem
-                    && let Some(rec) = self.replay(store, now, &tenant, i)?
-                    && let Some(r) = rec.resource
-                {
+                if let Some(r) = self.replay(store, now, &tenant, idem.as_ref())?.and_then(|rec| rec.resource) {
                     return Ok((resource(r, true), batch));
                 }
                 let mut r = Self::load(store, &tenant, kind, &id)?;
@@ -458,9 +424,7 @@ impl CatalogMachine {
             }
             CatalogRequest::Upsert { tenant, kind, parent, items, idem } => {
                 Self::check_tenant(store, &tenant, kind)?;
-                if let Some(i) = &idem
-                    && let Some(rec) = self.replay(store, now, &tenant, i)?
-                {
+                if let Some(rec) = self.replay(store, now, &tenant, idem.as_ref())? {
                     let resources = rec.resource.into_iter().collect();
                     return Ok((CatalogResponse::Upserted { resources, count: rec.count, replayed: true }, batch));
                 }
@@ -484,28 +448,13 @@ impl CatalogMachine {
                     let r = match Self::lookup(store, &tenant, &parent, kind, &name)? {
                         Some(id) => {
                             let mut r = Self::load(store, &tenant, kind, &id)?;
-                            r.version += 1;
-                            r.payload = payload;
-                            r.etag = etag(&r.id, r.version, &r.payload);
-                            r.updated_ms = now;
+                            r.revise(Some(payload), now);
                             r
                         }
                         None => {
                             let id = self.new_id();
                             batch.put(KEYSPACE, keys::name(&tenant, &parent, kind, &name), id.as_bytes().to_vec());
-                            Resource {
-                                kind,
-                                tenant: tenant.clone(),
-                                etag: etag(&id, 1, &payload),
-                                id,
-                                parent: parent.clone(),
-                                name,
-                                version: 1,
-                                created_ms: now,
-                                updated_ms: now,
-                                time_ms: 0,
-                                payload,
-                            }
+                            Resource::fresh(kind, tenant.clone(), id, parent.clone(), name, payload, now, 0)
                         }
                     };
                     Self::put(&mut batch, &r);
@@ -521,9 +470,7 @@ impl CatalogMachine {
     }
 
     fn has_sub_namespaces(store: &dyn StoreRead, ns: &Resource) -> CoreResult<bool> {
-        let mut prefix = keys::names(&ns.tenant, &ns.parent, Kind::Namespace);
-        prefix.extend_from_slice(ns.name.as_bytes());
-        prefix.extend_from_slice(PATH_SEP.to_string().as_bytes());
+        let prefix = keys::sub_namespaces(&ns.tenant, &ns.parent, &ns.name);
         Ok(!store.prefix(KEYSPACE, &prefix, None, 1)?.is_empty())
     }
 
@@ -534,43 +481,17 @@ impl CatalogMachine {
         let mut seen = BTreeSet::new();
         let mut queue = vec![root.clone()];
         while let Some(r) = queue.pop() {
-            let mut ids: Vec<String> = Vec::new();
+            let mut ids = Vec::new();
             // A tenant's catalogs live in its own realm, with no parent id.
             let (tenant, prefix) = match r.kind {
                 Kind::Tenant => (r.id.clone(), keys::children(&r.id, "")),
                 _ => (r.tenant.clone(), keys::children(&r.tenant, &r.id)),
             };
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let rows = store.prefix(KEYSPACE, &prefix, after.as_deref(), 1024)?;
-                let done = rows.len() < 1024;
-                for (k, v) in rows {
-                    ids.push(String::from_utf8_lossy(&v).into_owned());
-                    after = Some(k);
-                }
-                if done || ids.len() > MAX_BATCH {
-                    break;
-                }
-            }
+            Self::ids_under(store, &prefix, |_| true, &mut ids)?;
             if r.kind == Kind::Namespace {
-                let mut p = keys::names(&r.tenant, &r.parent, Kind::Namespace);
-                p.extend_from_slice(r.name.as_bytes());
-                p.extend_from_slice(PATH_SEP.to_string().as_bytes());
                 // Only direct child namespaces: each one brings its own below it.
-                let mut after: Option<Vec<u8>> = None;
-                loop {
-                    let rows = store.prefix(KEYSPACE, &p, after.as_deref(), 1024)?;
-                    let done = rows.len() < 1024;
-                    for (k, v) in rows {
-                        if !k[p.len()..].contains(&0x1f) {
-                            ids.push(String::from_utf8_lossy(&v).into_owned());
-                        }
-                        after = Some(k);
-                    }
-                    if done || ids.len() > MAX_BATCH {
-                        break;
-                    }
-                }
+                let p = keys::sub_namespaces(&r.tenant, &r.parent, &r.name);
+                Self::ids_under(store, &p, |rest| !rest.contains(&0x1f), &mut ids)?;
             }
             for id in ids {
                 if !seen.insert(id.clone()) {
@@ -604,6 +525,30 @@ impl CatalogMachine {
             }
         }
         Ok(out)
+    }
+
+    /// Appends the ids named under `prefix` whose key tail (after the prefix) passes `keep`,
+    /// stopping once past [`MAX_BATCH`] (the caller refuses trees that large).
+    fn ids_under(
+        store: &dyn StoreRead,
+        prefix: &[u8],
+        keep: impl Fn(&[u8]) -> bool,
+        ids: &mut Vec<String>,
+    ) -> CoreResult<()> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = store.prefix(KEYSPACE, prefix, after.as_deref(), 1024)?;
+            let done = rows.len() < 1024;
+            for (k, v) in rows {
+                if keep(&k[prefix.len()..]) {
+                    ids.push(String::from_utf8_lossy(&v).into_owned());
+                }
+                after = Some(k);
+            }
+            if done || ids.len() > MAX_BATCH {
+                return Ok(());
+            }
+        }
     }
 
     fn latest(
@@ -693,7 +638,7 @@ impl CatalogMachine {
         let mut batch = WriteBatch::default();
         let rows = store.prefix(KEYSPACE, keys::EXPIRY_PREFIX, None, 1024)?;
         for (k, _) in &rows {
-            let Some(at) = k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else { continue };
+            let Some(at) = keys::expiry_at(k) else { continue };
             if at > now {
                 break;
             }
@@ -710,7 +655,7 @@ impl CatalogMachine {
         // row read had expired, more may wait behind them, so come back at once.
         self.next_expiry = rows
             .iter()
-            .filter_map(|(k, _)| k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
+            .filter_map(|(k, _)| keys::expiry_at(k))
             .find(|at| *at > now)
             .or(if rows.len() == 1024 { Some(now) } else { None });
         Ok(batch)

@@ -1,6 +1,8 @@
 //! The catalog's stored records.
 
-use crate::codec::{Decoder, Encoder};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{Decoder, Encoder, hex};
 use crate::store::StoreError;
 
 pub(super) const KEYSPACE: &str = crate::store::CATALOG;
@@ -72,6 +74,14 @@ impl Kind {
     }
 }
 
+fn etag(id: &str, version: u64, payload: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(id.as_bytes());
+    h.update(version.to_be_bytes());
+    h.update(payload);
+    hex(&h.finalize()[..8])
+}
+
 /// One node of the catalog tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
@@ -95,6 +105,45 @@ pub struct Resource {
 }
 
 impl Resource {
+    /// A new resource at version 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fresh(
+        kind: Kind,
+        tenant: String,
+        id: String,
+        parent: String,
+        name: String,
+        payload: Vec<u8>,
+        now: u64,
+        time_ms: u64,
+    ) -> Self {
+        let mut r = Resource {
+            kind,
+            tenant,
+            id,
+            parent,
+            name,
+            version: 0,
+            etag: String::new(),
+            created_ms: now,
+            updated_ms: now,
+            time_ms,
+            payload,
+        };
+        r.revise(None, now);
+        r
+    }
+
+    /// The next version: a new payload (if given), ETag and update time.
+    pub fn revise(&mut self, payload: Option<Vec<u8>>, now: u64) {
+        if let Some(p) = payload {
+            self.payload = p;
+        }
+        self.version += 1;
+        self.etag = etag(&self.id, self.version, &self.payload);
+        self.updated_ms = now;
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         Encoder::new()
             .u8(self.kind as u8)

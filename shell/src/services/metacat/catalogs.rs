@@ -137,7 +137,7 @@ impl CatalogService for Metacat {
         )?;
         let pre = precondition(r.precondition.as_ref())?;
         let res = self
-            .update(&caller, caller.tenant.clone(), Kind::Catalog, id, pre, None, |c: &mut Catalog, name| {
+            .update(caller.tenant.clone(), Kind::Catalog, id, pre, None, |c: &mut Catalog, name| {
                 for p in &paths {
                     match p.as_str() {
                         "display_name" => {
@@ -282,7 +282,7 @@ impl NamespaceService for Metacat {
             mask_paths(r.update_mask.as_ref(), &["display_name", "path", "description", "policy_ref", "properties"])?;
         let pre = precondition(r.precondition.as_ref())?;
         let res = self
-            .update(&caller, caller.tenant.clone(), Kind::Namespace, id, pre, None, |n: &mut Namespace, name| {
+            .update(caller.tenant.clone(), Kind::Namespace, id, pre, None, |n: &mut Namespace, name| {
                 let mut segs = segments(name);
                 for p in &paths {
                     match p.as_str() {

@@ -66,10 +66,8 @@ impl Metacat {
     /// Read, change, write back: `apply` edits the stored message and the name. Without a
     /// caller's precondition the write is guarded by the version read, and retried if
     /// another update slipped in between.
-    #[allow(clippy::too_many_arguments)]
     async fn update<M: Message + Default>(
         &self,
-        caller: &Caller,
         tenant: String,
         kind: Kind,
         id: String,
@@ -77,7 +75,6 @@ impl Metacat {
         idem: Option<Idempotency>,
         apply: impl Fn(&mut M, &mut String) -> Result<(), Status>,
     ) -> Result<Resource, Status> {
-        let _ = caller;
         let mut attempt = 0;
         loop {
             let cur = self.one(CatalogRequest::Get { tenant: tenant.clone(), kind, id: id.clone() }).await?;

@@ -181,7 +181,7 @@ impl TableService for Metacat {
         )?;
         let pre = precondition(r.precondition.as_ref())?;
         let res = self
-            .update(&caller, caller.tenant.clone(), Kind::Table, id, pre, None, |t: &mut Table, name| {
+            .update(caller.tenant.clone(), Kind::Table, id, pre, None, |t: &mut Table, name| {
                 for p in &paths {
                     match p.as_str() {
                         "display_name" => {
@@ -296,7 +296,7 @@ impl ViewService for Metacat {
         let paths = mask_paths(r.update_mask.as_ref(), &["display_name", "description", "sql", "properties"])?;
         let pre = precondition(r.precondition.as_ref())?;
         let res = self
-            .update(&caller, caller.tenant.clone(), Kind::View, id, pre, None, |v: &mut View, name| {
+            .update(caller.tenant.clone(), Kind::View, id, pre, None, |v: &mut View, name| {
                 for p in &paths {
                     match p.as_str() {
                         "display_name" => {

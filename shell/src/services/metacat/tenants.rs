@@ -97,7 +97,7 @@ impl TenantService for Metacat {
         let paths = mask_paths(r.update_mask.as_ref(), &["display_name", "description"])?;
         let pre = precondition(r.precondition.as_ref())?;
         let res = self
-            .update(&caller, String::new(), Kind::Tenant, id, pre, None, |t: &mut Tenant, name: &mut String| {
+            .update(String::new(), Kind::Tenant, id, pre, None, |t: &mut Tenant, name: &mut String| {
                 for p in &paths {
                     match p.as_str() {
                         "display_name" => {
