@@ -15,8 +15,11 @@ use tessera_proto::ai::floedb::metacat::catalog::directory_service_client::Direc
 use tessera_proto::ai::floedb::metacat::catalog::namespace_service_client::NamespaceServiceClient;
 use tessera_proto::ai::floedb::metacat::catalog::snapshot_service_client::SnapshotServiceClient;
 use tessera_proto::ai::floedb::metacat::catalog::table_service_client::TableServiceClient;
+use tessera_proto::ai::floedb::metacat::catalog::table_statistics_service_client::TableStatisticsServiceClient;
 use tessera_proto::ai::floedb::metacat::catalog::view_service_client::ViewServiceClient;
 use tessera_proto::ai::floedb::metacat::common as mc;
+use tessera_proto::ai::floedb::metacat::statistics as capture;
+use tessera_proto::ai::floedb::metacat::statistics::stats_capture_client::StatsCaptureClient;
 use tessera_proto::ai::floedb::metacat::tenant as ten;
 use tessera_proto::ai::floedb::metacat::tenant::tenant_service_client::TenantServiceClient;
 use tonic::Code;
@@ -358,4 +361,255 @@ async fn catalog_lifecycle_replays_preconditions_paging_isolation_and_restart() 
     c.catalogs.delete_catalog(del_cat(false)).await.unwrap();
     let gone = c.tables.get_table(cat::GetTableRequest { table_id: Some(table_id), snapshot: None }).await;
     assert_eq!(gone.unwrap_err().code(), Code::NotFound);
+}
+
+fn column(id: &str, ndv: i64) -> cat::ColumnStats {
+    cat::ColumnStats {
+        column_id: id.into(),
+        column_name: format!("col_{id}"),
+        logical_type: "int64".into(),
+        value_count: 1000,
+        null_count: 3,
+        ndv: Some(cat::Ndv { mode: Some(cat::ndv::Mode::Exact(ndv)), sketches: vec![] }),
+        min: "1".into(),
+        max: "999".into(),
+        tdigest: vec![7; 64],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_round_trip_atomic_batches_paging_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = common::Daemon::start(dir.path(), &[]);
+    let ch = d.channel().await;
+    let t = make_tenant(&ch, "acme").await;
+    let mut c = clients(&ch, &t);
+    let mut stats = TableStatisticsServiceClient::with_interceptor(ch.clone(), principal(&t, false));
+    let catalog = c
+        .catalogs
+        .create_catalog(cat::CreateCatalogRequest {
+            spec: Some(cat::CatalogSpec { display_name: "sales".into(), ..Default::default() }),
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .catalog
+        .unwrap()
+        .resource_id
+        .unwrap();
+    let spec = cat::NamespaceSpec {
+        catalog_id: Some(catalog.clone()),
+        display_name: Some("raw".into()),
+        ..Default::default()
+    };
+    let ns = c
+        .namespaces
+        .create_namespace(cat::CreateNamespaceRequest { spec: Some(spec), idempotency: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .namespace
+        .unwrap()
+        .resource_id
+        .unwrap();
+    let table = c
+        .tables
+        .create_table(cat::CreateTableRequest { spec: Some(table_spec(&catalog, &ns, "orders")), idempotency: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .table
+        .unwrap()
+        .resource_id
+        .unwrap();
+    for (id, at) in [(10i64, 1_000i64), (11, 2_000)] {
+        let spec = cat::SnapshotSpec {
+            table_id: Some(table.clone()),
+            snapshot_id: id,
+            upstream_created_at: Some(prost_types::Timestamp { seconds: at, nanos: 0 }),
+            ..Default::default()
+        };
+        c.snapshots.create_snapshot(cat::CreateSnapshotRequest { spec: Some(spec), idempotency: None }).await.unwrap();
+    }
+    let snap = |id: i64| Some(mc::SnapshotRef { which: Some(mc::snapshot_ref::Which::SnapshotId(id)) });
+    let current =
+        Some(mc::SnapshotRef { which: Some(mc::snapshot_ref::Which::Special(mc::SpecialSnapshot::SsCurrent as i32)) });
+
+    // Table statistics: put with a key, replay, read back by id and through SS_CURRENT.
+    let put = cat::PutTableStatsRequest {
+        table_id: Some(table.clone()),
+        snapshot_id: 11,
+        stats: Some(cat::TableStats {
+            row_count: 1000,
+            data_file_count: 4,
+            total_size_bytes: 1 << 20,
+            ..Default::default()
+        }),
+        idempotency: Some(mc::IdempotencyKey { key: "ts-11".into() }),
+    };
+    let first = stats.put_table_stats(put.clone()).await.unwrap().into_inner();
+    assert_eq!(first.stats.as_ref().unwrap().snapshot_id, 11);
+    assert_eq!(stats.put_table_stats(put.clone()).await.unwrap().into_inner(), first, "a replay is identical");
+    let mut other = put.clone();
+    other.stats.as_mut().unwrap().row_count = 5;
+    assert_eq!(stats.put_table_stats(other).await.unwrap_err().code(), Code::Aborted);
+    let got = stats
+        .get_table_stats(cat::GetTableStatsRequest {
+            table_id: Some(table.clone()),
+            snapshot: current.clone(),
+            page: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.stats.unwrap().row_count, 1000);
+    let none = stats.get_table_stats(cat::GetTableStatsRequest {
+        table_id: Some(table.clone()),
+        snapshot: snap(10),
+        page: None,
+    });
+    assert_eq!(none.await.unwrap_err().code(), Code::NotFound);
+    let mut bad = put.clone();
+    bad.stats.as_mut().unwrap().row_count = -1;
+    bad.idempotency = None;
+    assert_eq!(stats.put_table_stats(bad).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut unknown = put.clone();
+    unknown.snapshot_id = 99;
+    unknown.idempotency = None;
+    assert_eq!(stats.put_table_stats(unknown).await.unwrap_err().code(), Code::NotFound);
+
+    // Column statistics in a stream of three messages, written as one batch.
+    let batch = |cols: Vec<cat::ColumnStats>| cat::PutColumnStatsRequest {
+        table_id: Some(table.clone()),
+        snapshot_id: 11,
+        columns: cols,
+        idempotency: None,
+    };
+    let msgs = vec![
+        batch((0..40).map(|i| column(&format!("c{i:03}"), i)).collect()),
+        batch((40..80).map(|i| column(&format!("c{i:03}"), i)).collect()),
+        batch((80..120).map(|i| column(&format!("c{i:03}"), i)).collect()),
+    ];
+    let n = stats.put_column_stats(tonic::codegen::tokio_stream::iter(msgs)).await.unwrap().into_inner().upserted;
+    assert_eq!(n, 120);
+    // A bad entry in the last message refuses the whole stream: nothing of it is written.
+    let mut broken = column("c000", 1);
+    broken.null_count = -4;
+    let msgs = vec![batch(vec![column("c000", 555), column("zzz", 1)]), batch(vec![broken])];
+    let e = stats.put_column_stats(tonic::codegen::tokio_stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("columns[2].null_count"), "{}", e.message());
+    // A stream naming two snapshots is refused.
+    let mut elsewhere = batch(vec![column("x", 1)]);
+    elsewhere.snapshot_id = 10;
+    let e =
+        stats.put_column_stats(tonic::codegen::tokio_stream::iter(vec![batch(vec![column("y", 1)]), elsewhere])).await;
+    assert_eq!(e.unwrap_err().code(), Code::InvalidArgument);
+    // Page through: 120 columns in order, none repeated.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = stats
+            .list_column_stats(cat::ListColumnStatsRequest {
+                table_id: Some(table.clone()),
+                snapshot: snap(11),
+                page: page(25, &token),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for col in &r.columns {
+            assert_eq!(col.snapshot_id, 11);
+            assert_eq!(col.table_id.as_ref(), Some(&table));
+        }
+        seen.extend(r.columns.into_iter().map(|c| (c.column_id, c.ndv)));
+        token = r.page.unwrap().next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 120);
+    assert_eq!(seen[0].0, "c000");
+    assert_eq!(seen[0].1.as_ref().unwrap().mode, Some(cat::ndv::Mode::Exact(0)), "the refused stream left c000 alone");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+
+    // Per-file statistics with nested column statistics.
+    let files = cat::PutFileColumnStatsRequest {
+        table_id: Some(table.clone()),
+        snapshot_id: 11,
+        files: (0..3)
+            .map(|i| cat::FileColumnStats {
+                file_path: format!("s3://bucket/orders/part-{i}.parquet"),
+                row_count: 100,
+                size_bytes: 4096,
+                columns: vec![column("c000", i)],
+                ..Default::default()
+            })
+            .collect(),
+        idempotency: Some(mc::IdempotencyKey { key: "files-11".into() }),
+    };
+    let n = stats
+        .put_file_column_stats(tonic::codegen::tokio_stream::iter(vec![files.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(n.upserted, 3);
+    let n = stats.put_file_column_stats(tonic::codegen::tokio_stream::iter(vec![files])).await.unwrap().into_inner();
+    assert_eq!(n.upserted, 3, "a replayed stream answers the stored count");
+
+    // StatsCapture: the contract's messages carry nothing to name a job.
+    let mut capture_c = StatsCaptureClient::with_interceptor(ch.clone(), principal(&t, false));
+    capture_c.list_jobs(capture::ListJobsRequest {}).await.unwrap();
+    assert_eq!(capture_c.analyze(capture::AnalyzeRequest {}).await.unwrap_err().code(), Code::Unimplemented);
+
+    // A crash loses nothing acknowledged.
+    d.kill9();
+    let d = common::Daemon::start(dir.path(), &[]);
+    let ch = d.channel().await;
+    let mut stats = TableStatisticsServiceClient::with_interceptor(ch.clone(), principal(&t, false));
+    let mut c = clients(&ch, &t);
+    let files = stats
+        .list_file_column_stats(cat::ListFileColumnStatsRequest {
+            table_id: Some(table.clone()),
+            snapshot: snap(11),
+            page: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .file_columns;
+    assert_eq!(files.len(), 3);
+    assert_eq!(files[2].columns[0].ndv.as_ref().unwrap().mode, Some(cat::ndv::Mode::Exact(2)));
+    let got = stats.get_table_stats(cat::GetTableStatsRequest {
+        table_id: Some(table.clone()),
+        snapshot: snap(11),
+        page: None,
+    });
+    assert_eq!(got.await.unwrap().into_inner().stats.unwrap().row_count, 1000);
+    // Deleting the snapshot takes its statistics with it.
+    c.snapshots
+        .delete_snapshot(cat::DeleteSnapshotRequest {
+            table_id: Some(table.clone()),
+            snapshot_id: 11,
+            precondition: None,
+        })
+        .await
+        .unwrap();
+    let gone = stats.list_column_stats(cat::ListColumnStatsRequest {
+        table_id: Some(table.clone()),
+        snapshot: snap(11),
+        page: None,
+    });
+    assert_eq!(gone.await.unwrap_err().code(), Code::NotFound);
+    // Another tenant cannot read them, even with the right ids.
+    let other = make_tenant(&ch, "globex").await;
+    let mut theirs = TableStatisticsServiceClient::with_interceptor(ch.clone(), principal(&other, false));
+    let e = theirs.get_table_stats(cat::GetTableStatsRequest {
+        table_id: Some(table.clone()),
+        snapshot: snap(10),
+        page: None,
+    });
+    assert_eq!(e.await.unwrap_err().code(), Code::PermissionDenied);
 }

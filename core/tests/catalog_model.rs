@@ -280,3 +280,56 @@ fn preconditions_names_cascades_and_expiry() {
     s.store.write(&ready.writes).unwrap();
     assert!(s.call(req(2)).is_ok());
 }
+
+#[test]
+fn upserts_are_all_or_nothing_replay_and_go_with_their_snapshot() {
+    let mut s = Sut::new();
+    let (t, _c, ns) = s.tree();
+    let table = s.create(&t, Kind::Table, &ns, "orders").unwrap();
+    let snap = s.create(&t, Kind::Snapshot, &table.id, "0000000000000001").unwrap();
+    let upsert = |items: Vec<(&str, &str)>, key: Option<&str>| CatalogRequest::Upsert {
+        tenant: t.clone(),
+        kind: Kind::ColumnStats,
+        parent: snap.id.clone(),
+        items: items.into_iter().map(|(n, p)| (n.to_owned(), p.as_bytes().to_vec())).collect(),
+        idem: key.map(|k| Idempotency { op: "PutColumnStats".into(), key: k.into(), request_hash: vec![1] }),
+    };
+    let list = |s: &mut Sut| -> Vec<(String, Vec<u8>, u64)> {
+        let q = ListQuery {
+            tenant: t.clone(),
+            kind: Kind::ColumnStats,
+            parent: snap.id.clone(),
+            prefix: String::new(),
+            direct_below: None,
+            page_size: 100,
+            page_token: None,
+            scope: "cols".into(),
+        };
+        match s.call(CatalogRequest::List(q)).unwrap() {
+            CatalogResponse::Page { items, .. } => items.into_iter().map(|r| (r.name, r.payload, r.version)).collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let Ok(CatalogResponse::Upserted { count: 2, replayed: false, .. }) =
+        s.call(upsert(vec![("a", "1"), ("b", "1")], Some("k")))
+    else {
+        panic!()
+    };
+    // A bad item anywhere in a batch writes none of it.
+    assert!(matches!(s.call(upsert(vec![("a", "2"), ("", "2")], None)), Err(CoreError::InvalidArgument(_))));
+    assert!(matches!(s.call(upsert(vec![("c", "2"), ("c", "3")], None)), Err(CoreError::InvalidArgument(_))));
+    assert_eq!(list(&mut s), vec![("a".into(), b"1".to_vec(), 1), ("b".into(), b"1".to_vec(), 1)]);
+    // A replay answers from the record and changes nothing; a new batch replaces by name.
+    let Ok(CatalogResponse::Upserted { count: 2, replayed: true, .. }) = s.call(upsert(vec![("a", "9")], Some("k")))
+    else {
+        panic!()
+    };
+    s.call(upsert(vec![("b", "2"), ("c", "2")], None)).unwrap();
+    let got = list(&mut s);
+    assert_eq!(got.len(), 3);
+    assert_eq!((got[1].1.as_slice(), got[1].2), (b"2".as_slice(), 2), "b replaced, version moved");
+    // Statistics are children of their snapshot: deleting it needs them in the cascade.
+    assert!(matches!(s.delete(&t, Kind::Snapshot, &snap.id, vec![]), Err(CoreError::FailedPrecondition(_))));
+    s.delete(&t, Kind::Snapshot, &snap.id, vec![Kind::ColumnStats]).unwrap();
+    assert!(matches!(s.call(upsert(vec![("a", "1")], None)), Err(CoreError::NotFound(_))));
+}

@@ -37,7 +37,9 @@ use tessera_proto::ai::floedb::metacat::catalog::directory_service_server::Direc
 use tessera_proto::ai::floedb::metacat::catalog::namespace_service_server::NamespaceServiceServer;
 use tessera_proto::ai::floedb::metacat::catalog::snapshot_service_server::SnapshotServiceServer;
 use tessera_proto::ai::floedb::metacat::catalog::table_service_server::TableServiceServer;
+use tessera_proto::ai::floedb::metacat::catalog::table_statistics_service_server::TableStatisticsServiceServer;
 use tessera_proto::ai::floedb::metacat::catalog::view_service_server::ViewServiceServer;
+use tessera_proto::ai::floedb::metacat::statistics::stats_capture_server::StatsCaptureServer;
 use tessera_proto::ai::floedb::metacat::tenant::tenant_service_server::TenantServiceServer;
 
 /// Largest upload message: one chunk plus room for its other fields.
@@ -214,6 +216,8 @@ pub async fn run(
         .add_service(TableServiceServer::new(metacat.clone()))
         .add_service(ViewServiceServer::new(metacat.clone()))
         .add_service(SnapshotServiceServer::new(metacat.clone()))
+        .add_service(TableStatisticsServiceServer::new(metacat.clone()))
+        .add_service(StatsCaptureServer::new(metacat.clone()))
         .add_service(DirectoryServiceServer::new(metacat))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await

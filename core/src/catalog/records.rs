@@ -46,7 +46,9 @@ impl Kind {
             Kind::Tenant | Kind::Catalog => None,
             Kind::Namespace => Some(Kind::Catalog),
             Kind::Table | Kind::View => Some(Kind::Namespace),
-            Kind::Snapshot | Kind::TableStats | Kind::ColumnStats | Kind::FileStats => Some(Kind::Table),
+            Kind::Snapshot => Some(Kind::Table),
+            // Statistics describe one snapshot and go when it goes.
+            Kind::TableStats | Kind::ColumnStats | Kind::FileStats => Some(Kind::Snapshot),
         }
     }
 

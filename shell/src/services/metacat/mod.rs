@@ -8,6 +8,7 @@
 
 mod catalogs;
 mod directory;
+mod stats;
 
 pub mod principal;
 

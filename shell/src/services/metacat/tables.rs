@@ -423,7 +423,8 @@ impl SnapshotService for Metacat {
                 kind: Kind::Snapshot,
                 id: snap.id,
                 pre,
-                cascade: vec![],
+                // A snapshot's statistics describe only it.
+                cascade: vec![Kind::TableStats, Kind::ColumnStats, Kind::FileStats],
                 idem: None,
             })
             .await?;
