@@ -458,7 +458,7 @@ async fn statistics_round_trip_atomic_batches_paging_and_restart() {
     let got = stats
         .get_table_stats(cat::GetTableStatsRequest {
             table_id: Some(table.clone()),
-            snapshot: current.clone(),
+            snapshot: current,
             page: None,
         })
         .await
