@@ -456,11 +456,7 @@ async fn statistics_round_trip_atomic_batches_paging_and_restart() {
     other.stats.as_mut().unwrap().row_count = 5;
     assert_eq!(stats.put_table_stats(other).await.unwrap_err().code(), Code::Aborted);
     let got = stats
-        .get_table_stats(cat::GetTableStatsRequest {
-            table_id: Some(table.clone()),
-            snapshot: current,
-            page: None,
-        })
+        .get_table_stats(cat::GetTableStatsRequest { table_id: Some(table.clone()), snapshot: current, page: None })
         .await
         .unwrap()
         .into_inner();

@@ -93,9 +93,7 @@ async fn one_commit(
     Ok(())
 }
 
-type Client = StatehouseServiceClient<Channel>;
-
-/// Runs `clients` concurrent loops of `op` (given a client, the loop's number and the
+/// Runs `clients` concurrent loops of `op` (given a channel, the loop's number and the
 /// iteration) until `duration` has passed; `op` answers whether the operation succeeded.
 async fn drive<F, Fut>(
     label: String,
@@ -105,14 +103,14 @@ async fn drive<F, Fut>(
     op: F,
 ) -> anyhow::Result<Figures>
 where
-    F: Fn(Client, usize, u64) -> Fut + Clone + Send + 'static,
+    F: Fn(Channel, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..clients {
-        let client = StatehouseServiceClient::new(chans[t % chans.len()].clone());
+        let client = chans[t % chans.len()].clone();
         let op = op.clone();
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors) = (Vec::new(), 0u64);
@@ -141,8 +139,10 @@ where
 /// Commits/s of 1-write transactions (begin, write, commit) with `clients` concurrent clients.
 pub async fn state_commits(addr: &str, clients: usize, duration: Duration) -> anyhow::Result<Figures> {
     let chans = channels(addr, clients.clamp(1, 8)).await?;
-    drive(format!("commit, {clients} clients"), &chans, clients, duration, |mut c, t, i| async move {
-        one_commit(&mut c, &format!("bench-agent-{t}"), &format!("k{}", i % 1000), i).await.is_ok()
+    drive(format!("commit, {clients} clients"), &chans, clients, duration, |ch, t, i| async move {
+        one_commit(&mut StatehouseServiceClient::new(ch), &format!("bench-agent-{t}"), &format!("k{}", i % 1000), i)
+            .await
+            .is_ok()
     })
     .await
 }
@@ -154,7 +154,8 @@ pub async fn state_reads(addr: &str, clients: usize, duration: Duration) -> anyh
     for k in 0..100u64 {
         one_commit(&mut c, "bench-reader", &format!("r{k}"), k).await?;
     }
-    drive(format!("get_state, {clients} clients"), &chans, clients, duration, |mut c, t, i| async move {
+    drive(format!("get_state, {clients} clients"), &chans, clients, duration, |ch, t, i| async move {
+        let mut c = StatehouseServiceClient::new(ch);
         let req = sh::GetStateRequest {
             namespace: "bench".into(),
             agent_id: "bench-reader".into(),
@@ -234,4 +235,194 @@ pub async fn upload(addr: &str, size: u64, chunk: u64, parallel: usize) -> anyho
     // Report bytes, not chunks: ops = MiB moved.
     f.ops = size >> 20;
     Ok(f)
+}
+
+/// Point lookups and listings on a catalog of `tables` tables spread over `namespaces`
+/// namespaces (loaded first, `clients` creates at a time). Prints, for the same clients and
+/// duration: gRPC health checks (the floor cost of one call through this server), GetTable
+/// by id, ResolveTable by name, and ListTables pages of the default size walked by token.
+pub async fn catalog(
+    addr: &str,
+    tables: usize,
+    namespaces: usize,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Vec<Figures>> {
+    use prost::Message;
+    use tessera_proto::ai::floedb::metacat::catalog as cat;
+    use tessera_proto::ai::floedb::metacat::catalog::catalog_service_client::CatalogServiceClient;
+    use tessera_proto::ai::floedb::metacat::catalog::directory_service_client::DirectoryServiceClient;
+    use tessera_proto::ai::floedb::metacat::catalog::namespace_service_client::NamespaceServiceClient;
+    use tessera_proto::ai::floedb::metacat::catalog::table_service_client::TableServiceClient;
+    use tessera_proto::ai::floedb::metacat::common as mc;
+    use tessera_proto::ai::floedb::metacat::tenant as ten;
+    use tessera_proto::ai::floedb::metacat::tenant::tenant_service_client::TenantServiceClient;
+
+    let namespaces = namespaces.max(1);
+    let clients = clients.max(1);
+    let chans = channels(addr, clients.clamp(1, 8)).await?;
+    let principal = |tenant: &str, admin: bool| {
+        mc::PrincipalContext {
+            tenant_id: tenant.to_owned(),
+            subject: "bench".into(),
+            roles: if admin { vec!["platform-admin".into()] } else { vec![] },
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    fn req<T>(who: &[u8], msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert_bin("x-principal-bin", tonic::metadata::MetadataValue::from_bytes(who));
+        r
+    }
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let admin = principal("", true);
+    let tenant = TenantServiceClient::new(chans[0].clone())
+        .create_tenant(req(
+            &admin,
+            ten::CreateTenantRequest {
+                spec: Some(ten::TenantSpec { display_name: Some(format!("bench-{stamp}")), description: None }),
+                idempotency: None,
+            },
+        ))
+        .await?
+        .into_inner()
+        .tenant
+        .and_then(|t| t.resource_id)
+        .ok_or_else(|| anyhow::anyhow!("no tenant id"))?
+        .id;
+    let who = std::sync::Arc::new(principal(&tenant, false));
+    let catalog = CatalogServiceClient::new(chans[0].clone())
+        .create_catalog(req(
+            &who,
+            cat::CreateCatalogRequest {
+                spec: Some(cat::CatalogSpec { display_name: "bench".into(), ..Default::default() }),
+                idempotency: None,
+            },
+        ))
+        .await?
+        .into_inner()
+        .catalog
+        .and_then(|c| c.resource_id)
+        .ok_or_else(|| anyhow::anyhow!("no catalog id"))?;
+    let mut ns_ids = Vec::new();
+    for n in 0..namespaces {
+        let spec = cat::NamespaceSpec {
+            catalog_id: Some(catalog.clone()),
+            display_name: Some(format!("ns{n:04}")),
+            ..Default::default()
+        };
+        let r = NamespaceServiceClient::new(chans[0].clone())
+            .create_namespace(req(&who, cat::CreateNamespaceRequest { spec: Some(spec), idempotency: None }))
+            .await?;
+        ns_ids.push(r.into_inner().namespace.and_then(|n| n.resource_id).ok_or_else(|| anyhow::anyhow!("no ns id"))?);
+    }
+    let ns_ids = std::sync::Arc::new(ns_ids);
+
+    // Load.
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..clients {
+        let (ch, next, who, ns_ids, catalog) =
+            (chans[t % chans.len()].clone(), next.clone(), who.clone(), ns_ids.clone(), catalog.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = TableServiceClient::new(ch);
+            let mut ids = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= tables {
+                    return Ok::<_, tonic::Status>(ids);
+                }
+                let spec = cat::TableSpec {
+                    catalog_id: Some(catalog.clone()),
+                    namespace_id: Some(ns_ids[i % ns_ids.len()].clone()),
+                    display_name: Some(format!("t{i:07}")),
+                    schema_json: Some(r#"{"type":"struct","fields":[{"id":1,"name":"id","type":"long"}]}"#.into()),
+                    ..Default::default()
+                };
+                let r =
+                    c.create_table(req(&who, cat::CreateTableRequest { spec: Some(spec), idempotency: None })).await?;
+                ids.extend(r.into_inner().table.and_then(|t| t.resource_id));
+            }
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await??);
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+    let mut out = vec![Figures {
+        label: format!("create table ({tables})"),
+        ops: ids.len() as u64,
+        errors: 0,
+        secs: load_secs,
+        p50_us: 0,
+        p99_us: 0,
+        p999_us: 0,
+    }];
+    let ids = std::sync::Arc::new(ids);
+
+    out.push(
+        drive(format!("health check, {clients} clients"), &chans, clients, duration, |ch, _, _| async move {
+            let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
+            c.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok()
+        })
+        .await?,
+    );
+    let (w, i2) = (who.clone(), ids.clone());
+    out.push(
+        drive(format!("GetTable, {clients} clients"), &chans, clients, duration, move |ch, t, i| {
+            let (who, ids) = (w.clone(), i2.clone());
+            async move {
+                let id = ids[((i as usize) * 7919 + t * 104_729) % ids.len()].clone();
+                let r = req(&who, cat::GetTableRequest { table_id: Some(id), snapshot: None });
+                TableServiceClient::new(ch).get_table(r).await.is_ok()
+            }
+        })
+        .await?,
+    );
+    let w = who.clone();
+    out.push(
+        drive(format!("ResolveTable, {clients} clients"), &chans, clients, duration, move |ch, t, i| {
+            let who = w.clone();
+            async move {
+                let n = ((i as usize) * 7919 + t * 104_729) % tables;
+                let name = mc::NameRef {
+                    catalog: "bench".into(),
+                    path: vec![format!("ns{:04}", n % namespaces)],
+                    name: format!("t{n:07}"),
+                    resource_id: None,
+                };
+                let r = req(&who, cat::ResolveTableRequest { r#ref: Some(name) });
+                DirectoryServiceClient::new(ch).resolve_table(r).await.is_ok_and(|r| r.get_ref().resource_id.is_some())
+            }
+        })
+        .await?,
+    );
+    // Each client walks one namespace page by page (default page size), starting over at the end.
+    let tokens: std::sync::Arc<Vec<tokio::sync::Mutex<String>>> =
+        std::sync::Arc::new((0..clients).map(|_| tokio::sync::Mutex::new(String::new())).collect());
+    let (w, n2) = (who.clone(), ns_ids.clone());
+    out.push(
+        drive(format!("ListTables page of 50, {clients} clients"), &chans, clients, duration, move |ch, t, _| {
+            let (who, ns_ids, tokens) = (w.clone(), n2.clone(), tokens.clone());
+            async move {
+                let mut token = tokens[t].lock().await;
+                let r = cat::ListTablesRequest {
+                    namespace_id: Some(ns_ids[t % ns_ids.len()].clone()),
+                    page: Some(mc::PageRequest { page_size: 0, page_token: token.clone() }),
+                };
+                match TableServiceClient::new(ch).list_tables(req(&who, r)).await {
+                    Ok(r) if r.get_ref().tables.len() <= 50 => {
+                        *token = r.into_inner().page.map(|p| p.next_page_token).unwrap_or_default();
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        })
+        .await?,
+    );
+    Ok(out)
 }

@@ -54,6 +54,17 @@ enum Command {
         #[arg(long)]
         version: Option<u64>,
     },
+    /// List and create metacat catalog resources by dotted name (catalog.namespace.table)
+    Catalog {
+        /// The tenant id to act as
+        #[arg(long, env = "TESSERA_TENANT", default_value = "")]
+        tenant: String,
+        /// Call with the platform-admin role (needed for tenants)
+        #[arg(long)]
+        admin: bool,
+        #[command(subcommand)]
+        cmd: tessera_shell::cli::catalog::CatalogCmd,
+    },
     /// Load generators (figures for the README; not pass/fail)
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -69,6 +80,18 @@ enum BenchCmd {
         chunk_kib: u64,
         #[arg(long, default_value_t = 8)]
         parallel: usize,
+    },
+    /// Catalog of --tables tables: load rate, then GetTable, ResolveTable and ListTables
+    /// page rates next to a health-check baseline
+    Catalog {
+        #[arg(long, default_value_t = 100_000)]
+        tables: usize,
+        #[arg(long, default_value_t = 10)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
     },
     /// Commits/s of 1-write transactions at each concurrency, then GetState reads/s
     State {
@@ -91,6 +114,13 @@ async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Upload { size_mib, chunk_kib, parallel } => {
             let f = bench::upload(addr, size_mib << 20, chunk_kib << 10, parallel).await?;
             println!("{}  => {:.1} MiB/s", f.line(), f.per_sec());
+        }
+        BenchCmd::Catalog { tables, namespaces, clients, secs } => {
+            let figures = bench::catalog(addr, tables, namespaces, clients, Duration::from_secs(secs)).await?;
+            let floor = figures.get(1).map(|f| f.per_sec()).unwrap_or(0.0);
+            for f in &figures {
+                println!("{}  ({:.2} of health checks)", f.line(), f.per_sec() / floor.max(1e-9));
+            }
         }
         BenchCmd::State { clients, secs, readers } => {
             for c in clients {
@@ -509,6 +539,9 @@ fn run() -> anyhow::Result<()> {
                 tessera_shell::cli::transfer::download(ch, node_id, version, &output).await
             }
             Command::Services => services(ch).await,
+            Command::Catalog { tenant, admin, cmd } => {
+                tessera_shell::cli::catalog::run(ch, tessera_shell::cli::catalog::As { tenant, admin }, cmd).await
+            }
             Command::Status(cmd) => status(ch, cmd).await,
             Command::State(cmd) => state(ch, cmd).await,
         }

@@ -1,4 +1,5 @@
 //! Pieces of the `tessera` CLI that are worth testing on their own.
 
+pub mod catalog;
 pub mod json;
 pub mod transfer;
