@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod codec;
 pub mod error;
 pub mod ids;
+pub mod kv;
 pub mod mem_store;
 pub mod ready;
 pub mod rng;

@@ -6,7 +6,7 @@
 //! many batches: that is group commit.
 
 /// Every keyspace Tessera uses, so a backend can open them all up front.
-pub const KEYSPACES: &[&str] = &[META, STATUS, STATE, UPLOAD, BLOB, CATALOG];
+pub const KEYSPACES: &[&str] = &[META, STATUS, STATE, UPLOAD, BLOB, CATALOG, KV];
 
 /// Node-wide metadata: counters, secrets, format version.
 pub const META: &str = "meta";
@@ -18,6 +18,8 @@ pub const STATE: &str = "state";
 pub const UPLOAD: &str = "upload";
 /// The data catalog (metacat): its resource tree, names, idempotency records.
 pub const CATALOG: &str = "catalog";
+/// The key-value data plane: this node's replicas of keys, tenants, hints.
+pub const KV: &str = "kv";
 /// Large values written whole and read whole (upload chunk bodies, up to megabytes each).
 /// A backend may keep them outside its log, so each value's bytes are written once.
 pub const BLOB: &str = "blob";

@@ -1,0 +1,73 @@
+//! Key layout of the `kv` keyspace.
+//!
+//! ```text
+//! v <tenant> 0 <key>            -> versions (siblings) of a key
+//! t <tenant>                    -> tenant record
+//! i <tenant> 0 <idem key>       -> idempotency record
+//! e <expires:u64> <i-key>       -> ()   (idempotency records by expiry)
+//! h <target> 0 <seq:u64>        -> hint for a replica that did not answer
+//! #keys, #hints, #hseq          -> counters
+//! ```
+
+fn part(k: &mut Vec<u8>, s: &str) {
+    k.extend_from_slice(s.as_bytes());
+    k.push(0);
+}
+
+pub fn value(tenant: &str, key: &str) -> Vec<u8> {
+    let mut k = vec![b'v'];
+    part(&mut k, tenant);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub fn tenant(id: &str) -> Vec<u8> {
+    let mut k = vec![b't'];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub fn idempotency(tenant: &str, key: &str) -> Vec<u8> {
+    let mut k = vec![b'i'];
+    part(&mut k, tenant);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub const EXPIRY_PREFIX: &[u8] = b"e";
+
+pub fn expiry(at: u64, idem_key: &[u8]) -> Vec<u8> {
+    let mut k = EXPIRY_PREFIX.to_vec();
+    k.extend_from_slice(&at.to_be_bytes());
+    k.extend_from_slice(idem_key);
+    k
+}
+
+pub fn expiry_at(key: &[u8]) -> Option<u64> {
+    key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+}
+
+pub const HINT_PREFIX: &[u8] = b"h";
+
+pub fn hints(target: &str) -> Vec<u8> {
+    let mut k = HINT_PREFIX.to_vec();
+    part(&mut k, target);
+    k
+}
+
+pub fn hint(target: &str, seq: u64) -> Vec<u8> {
+    let mut k = hints(target);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// (target, seq) of a hint key.
+pub fn hint_seq(key: &[u8]) -> Option<(&[u8], u64)> {
+    let rest = key.strip_prefix(HINT_PREFIX)?;
+    let (seq, head) = rest.split_last_chunk::<8>().map(|(h, s)| (u64::from_be_bytes(*s), h))?;
+    Some((head.strip_suffix(&[0])?, seq))
+}
+
+pub const KEY_COUNT: &[u8] = b"#keys";
+pub const HINT_COUNT: &[u8] = b"#hints";
+pub const HINT_SEQ: &[u8] = b"#hseq";

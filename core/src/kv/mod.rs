@@ -1,0 +1,22 @@
+//! The Dynamo-style key-value data plane: the ring, vector clocks, each node's replica
+//! machine and the quorum rules the coordinator follows.
+
+mod keys;
+pub mod quorum;
+pub mod replica;
+pub mod ring;
+pub mod vclock;
+
+pub use quorum::Consistency;
+pub use replica::{Hint, IdemKey, IdemRecord, KvConfig, KvMachine, KvRequest, KvResponse, TenantRecord};
+pub use ring::Ring;
+pub use vclock::{Causal, VClock, Version};
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Largest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Replication factor bounds and default.
+pub const MIN_RF: u32 = 1;
+pub const MAX_RF: u32 = 10;
+pub const DEFAULT_RF: u32 = 3;

@@ -1,0 +1,438 @@
+//! One node's share of the key-value data plane: the versions of the keys it replicates,
+//! the tenants it knows, idempotency records, and hints held for replicas that were down.
+//!
+//! The coordinator (in the driver) talks to this machine on each replica, locally or over the
+//! peer transport. A write is *coordinated* by one replica of its key: that replica's stored
+//! versions are the write's context, so the new version supersedes everything it has seen,
+//! and its clock gains one tick under that replica's node id. The version is then *applied*
+//! on the other replicas, which merge it with what they hold: a version dominated by another
+//! goes, concurrent ones stay as siblings.
+
+use crate::codec::{Decoder, Encoder};
+use crate::error::{CoreError, CoreResult};
+use crate::ready::{ClientToken, Machine, Ready};
+use crate::store::{StoreError, StoreRead, WriteBatch};
+
+use super::keys;
+use super::vclock::{VClock, Version, context, decode_versions, encode_versions, reconcile};
+
+pub(super) const KEYSPACE: &str = crate::store::KV;
+
+/// Most hints one node holds for all others together.
+pub const MAX_HINTS: u64 = 100_000;
+/// Hints older than this are dropped: the replica is repaired by reads instead.
+pub const HINT_MAX_AGE_MS: u64 = 3 * 60 * 60 * 1000;
+/// Default life of an idempotency record.
+pub const DEFAULT_IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub id: String,
+    pub replication_factor: u32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl TenantRecord {
+    fn encode(&self) -> Vec<u8> {
+        Encoder::new()
+            .str(&self.id)
+            .u64(self.replication_factor as u64)
+            .u64(self.created_ms)
+            .u64(self.updated_ms)
+            .finish()
+    }
+
+    fn decode(buf: &[u8]) -> Result<TenantRecord, StoreError> {
+        let mut d = Decoder::new(KEYSPACE, buf);
+        let t = TenantRecord {
+            id: d.string()?,
+            replication_factor: d.u64()? as u32,
+            created_ms: d.u64()?,
+            updated_ms: d.u64()?,
+        };
+        d.end()?;
+        Ok(t)
+    }
+}
+
+/// A client's idempotency key for one write, with the hash of what it asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdemKey {
+    pub key: String,
+    pub request_hash: Vec<u8>,
+}
+
+/// What a replica remembers of an idempotent write: its request hash and the clock it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdemRecord {
+    pub key: String,
+    pub request_hash: Vec<u8>,
+    pub clock: VClock,
+    pub expires_ms: u64,
+}
+
+impl IdemRecord {
+    fn encode(&self) -> Vec<u8> {
+        self.clock.encode(Encoder::new().str(&self.key).bytes(&self.request_hash)).u64(self.expires_ms).finish()
+    }
+
+    fn decode(buf: &[u8]) -> Result<IdemRecord, StoreError> {
+        let mut d = Decoder::new(KEYSPACE, buf);
+        let key = d.string()?;
+        let request_hash = d.bytes()?.to_vec();
+        let clock = VClock::decode(&mut d)?;
+        let expires_ms = d.u64()?;
+        d.end()?;
+        Ok(IdemRecord { key, request_hash, clock, expires_ms })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    pub seq: u64,
+    pub tenant: String,
+    pub key: String,
+    pub versions: Vec<Version>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvRequest {
+    /// Coordinate a client's write or delete (`value: None`) of a key this node replicates.
+    Coordinate {
+        tenant: String,
+        key: String,
+        value: Option<Vec<u8>>,
+        idem: Option<IdemKey>,
+    },
+    /// Merge versions coordinated elsewhere (replication, read repair, hint delivery).
+    Apply {
+        tenant: String,
+        key: String,
+        versions: Vec<Version>,
+        idem: Option<IdemRecord>,
+    },
+    Read {
+        tenant: String,
+        key: String,
+    },
+    /// Store a tenant record. `create` refuses a different record already there; otherwise
+    /// the later `updated_ms` wins.
+    PutTenant {
+        tenant: TenantRecord,
+        create: bool,
+    },
+    GetTenant {
+        tenant: String,
+    },
+    /// Hold versions for `target`, which did not answer.
+    Hint {
+        target: String,
+        tenant: String,
+        key: String,
+        versions: Vec<Version>,
+    },
+    /// Up to `limit` hints held for `target`, oldest first.
+    Hints {
+        target: String,
+        limit: usize,
+    },
+    /// `target` has the hints up to and including `upto`.
+    HintsDelivered {
+        target: String,
+        upto: u64,
+    },
+    Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvResponse {
+    /// The write's clock, the versions to send to the other replicas, and whether this was a
+    /// replay of an idempotency key already used for the same request.
+    Coordinated {
+        clock: VClock,
+        versions: Vec<Version>,
+        duplicate: bool,
+        idem: Option<IdemRecord>,
+    },
+    /// The versions held after a merge or read (empty: the key is unknown here).
+    Versions(Vec<Version>),
+    Tenant(Option<TenantRecord>),
+    /// The record before and after a put.
+    TenantPut {
+        old: Option<TenantRecord>,
+        new: TenantRecord,
+    },
+    Done,
+    Hints(Vec<Hint>),
+    Stats {
+        keys: u64,
+        hints: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct KvConfig {
+    /// This node's id: the name of its entry in the clocks of writes it coordinates.
+    pub node_id: String,
+    pub idempotency_ttl_ms: u64,
+}
+
+pub struct KvMachine {
+    config: KvConfig,
+}
+
+fn count(store: &dyn StoreRead, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(store.get(KEYSPACE, key)?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
+}
+
+impl KvMachine {
+    pub fn new(config: KvConfig) -> KvMachine {
+        KvMachine { config }
+    }
+
+    fn versions(store: &dyn StoreRead, tenant: &str, key: &str) -> CoreResult<Option<Vec<Version>>> {
+        match store.get(KEYSPACE, &keys::value(tenant, key))? {
+            Some(buf) => Ok(Some(decode_versions(KEYSPACE, &buf)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `versions` for the key, counting it if it is new here.
+    fn store_versions(
+        store: &dyn StoreRead,
+        batch: &mut WriteBatch,
+        tenant: &str,
+        key: &str,
+        existed: bool,
+        versions: &[Version],
+    ) -> Result<(), StoreError> {
+        if !existed {
+            let n = count(store, keys::KEY_COUNT)? + 1;
+            batch.put(KEYSPACE, keys::KEY_COUNT.to_vec(), n.to_be_bytes().to_vec());
+        }
+        batch.put(KEYSPACE, keys::value(tenant, key), encode_versions(versions));
+        Ok(())
+    }
+
+    fn idem(&self, store: &dyn StoreRead, now: u64, tenant: &str, key: &str) -> CoreResult<Option<IdemRecord>> {
+        let Some(buf) = store.get(KEYSPACE, &keys::idempotency(tenant, key))? else { return Ok(None) };
+        let r = IdemRecord::decode(&buf)?;
+        // Expired but not yet swept: as good as gone.
+        Ok((r.expires_ms > now).then_some(r))
+    }
+
+    fn remember(batch: &mut WriteBatch, tenant: &str, r: &IdemRecord) {
+        let k = keys::idempotency(tenant, &r.key);
+        batch.put(KEYSPACE, keys::expiry(r.expires_ms, &k), Vec::new());
+        batch.put(KEYSPACE, k, r.encode());
+    }
+
+    fn handle(&mut self, now: u64, req: KvRequest, store: &dyn StoreRead) -> CoreResult<(KvResponse, WriteBatch)> {
+        let mut batch = WriteBatch::default();
+        match req {
+            KvRequest::Coordinate { tenant, key, value, idem } => {
+                let current = Self::versions(store, &tenant, &key)?;
+                if let Some(i) = &idem
+                    && let Some(rec) = self.idem(store, now, &tenant, &i.key)?
+                {
+                    if rec.request_hash != i.request_hash {
+                        return Err(CoreError::FailedPrecondition(format!(
+                            "idempotency key {:?} was already used for a different write; use a new key",
+                            i.key
+                        )));
+                    }
+                    // Replay: send what this replica holds again (merging is idempotent), so a
+                    // write that missed its quorum the first time can still reach it.
+                    let versions = current.unwrap_or_default();
+                    return Ok((
+                        KvResponse::Coordinated {
+                            clock: rec.clock.clone(),
+                            versions,
+                            duplicate: true,
+                            idem: Some(rec),
+                        },
+                        batch,
+                    ));
+                }
+                let existed = current.is_some();
+                let mut clock = context(current.as_deref().unwrap_or_default());
+                clock.bump(&self.config.node_id);
+                let version = Version { clock: clock.clone(), ts_ms: now, value };
+                let versions = vec![version];
+                Self::store_versions(store, &mut batch, &tenant, &key, existed, &versions)?;
+                let rec = idem.map(|i| IdemRecord {
+                    key: i.key,
+                    request_hash: i.request_hash,
+                    clock: clock.clone(),
+                    expires_ms: now.saturating_add(self.config.idempotency_ttl_ms),
+                });
+                if let Some(r) = &rec {
+                    Self::remember(&mut batch, &tenant, r);
+                }
+                Ok((KvResponse::Coordinated { clock, versions, duplicate: false, idem: rec }, batch))
+            }
+            KvRequest::Apply { tenant, key, versions, idem } => {
+                let current = Self::versions(store, &tenant, &key)?;
+                let existed = current.is_some();
+                let current = current.unwrap_or_default();
+                let merged = reconcile(&current, &versions);
+                if !existed || merged != current {
+                    Self::store_versions(store, &mut batch, &tenant, &key, existed, &merged)?;
+                }
+                if let Some(r) = idem
+                    && r.expires_ms > now
+                    && self.idem(store, now, &tenant, &r.key)?.is_none()
+                {
+                    Self::remember(&mut batch, &tenant, &r);
+                }
+                Ok((KvResponse::Versions(merged), batch))
+            }
+            KvRequest::Read { tenant, key } => {
+                Ok((KvResponse::Versions(Self::versions(store, &tenant, &key)?.unwrap_or_default()), batch))
+            }
+            KvRequest::PutTenant { tenant, create } => {
+                let k = keys::tenant(&tenant.id);
+                let old = store.get(KEYSPACE, &k)?.map(|b| TenantRecord::decode(&b)).transpose()?;
+                let new = match &old {
+                    Some(o) if create && *o != tenant => {
+                        return Err(CoreError::AlreadyExists(format!("tenant {:?} already exists", tenant.id)));
+                    }
+                    Some(o)
+                        if (o.updated_ms, o.replication_factor) >= (tenant.updated_ms, tenant.replication_factor) =>
+                    {
+                        o.clone()
+                    }
+                    _ => {
+                        batch.put(KEYSPACE, k, tenant.encode());
+                        tenant
+                    }
+                };
+                Ok((KvResponse::TenantPut { old, new }, batch))
+            }
+            KvRequest::GetTenant { tenant } => {
+                let t = store.get(KEYSPACE, &keys::tenant(&tenant))?.map(|b| TenantRecord::decode(&b)).transpose()?;
+                Ok((KvResponse::Tenant(t), batch))
+            }
+            KvRequest::Hint { target, tenant, key, versions } => {
+                let held = count(store, keys::HINT_COUNT)?;
+                if held >= MAX_HINTS {
+                    return Err(CoreError::ResourceExhausted(format!(
+                        "{held} hints held already (at most {MAX_HINTS}); {target} will be repaired by reads"
+                    )));
+                }
+                let seq = count(store, keys::HINT_SEQ)? + 1;
+                batch.put(KEYSPACE, keys::HINT_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+                batch.put(KEYSPACE, keys::HINT_COUNT.to_vec(), (held + 1).to_be_bytes().to_vec());
+                let body = Encoder::new().u64(now).str(&tenant).str(&key).bytes(&encode_versions(&versions)).finish();
+                batch.put(KEYSPACE, keys::hint(&target, seq), body);
+                Ok((KvResponse::Done, batch))
+            }
+            KvRequest::Hints { target, limit } => {
+                let rows = store.prefix(KEYSPACE, &keys::hints(&target), None, limit.clamp(1, 1000))?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (k, v) in rows {
+                    let (_, seq) = keys::hint_seq(&k)
+                        .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad hint key".into() })?;
+                    let (_, tenant, key, versions) = decode_hint(&v)?;
+                    out.push(Hint { seq, tenant, key, versions });
+                }
+                Ok((KvResponse::Hints(out), batch))
+            }
+            KvRequest::HintsDelivered { target, upto } => {
+                let mut held = count(store, keys::HINT_COUNT)?;
+                let rows = store.prefix(KEYSPACE, &keys::hints(&target), None, 1000)?;
+                for (k, _) in rows {
+                    if keys::hint_seq(&k).is_some_and(|(_, s)| s <= upto) {
+                        batch.delete(KEYSPACE, k);
+                        held = held.saturating_sub(1);
+                    }
+                }
+                batch.put(KEYSPACE, keys::HINT_COUNT.to_vec(), held.to_be_bytes().to_vec());
+                Ok((KvResponse::Done, batch))
+            }
+            KvRequest::Stats => Ok((
+                KvResponse::Stats { keys: count(store, keys::KEY_COUNT)?, hints: count(store, keys::HINT_COUNT)? },
+                batch,
+            )),
+        }
+    }
+
+    /// Removes expired idempotency records and hints too old to deliver.
+    fn sweep(&self, now: u64, store: &dyn StoreRead) -> Result<WriteBatch, StoreError> {
+        let mut batch = WriteBatch::default();
+        for (k, _) in store.prefix(KEYSPACE, keys::EXPIRY_PREFIX, None, 1000)? {
+            match keys::expiry_at(&k) {
+                Some(at) if at <= now => {
+                    let ikey = &k[9..];
+                    // A newer record under the same key has its own expiry entry.
+                    if let Some(buf) = store.get(KEYSPACE, ikey)?
+                        && IdemRecord::decode(&buf)?.expires_ms <= now
+                    {
+                        batch.delete(KEYSPACE, ikey.to_vec());
+                    }
+                    batch.delete(KEYSPACE, k);
+                }
+                _ => break,
+            }
+        }
+        let mut held = count(store, keys::HINT_COUNT)?;
+        let before = held;
+        for (k, v) in store.prefix(KEYSPACE, keys::HINT_PREFIX, None, 1000)? {
+            let (at, ..) = decode_hint(&v)?;
+            if at.saturating_add(HINT_MAX_AGE_MS) <= now {
+                batch.delete(KEYSPACE, k);
+                held = held.saturating_sub(1);
+            }
+        }
+        if held != before {
+            batch.put(KEYSPACE, keys::HINT_COUNT.to_vec(), held.to_be_bytes().to_vec());
+        }
+        Ok(batch)
+    }
+}
+
+fn decode_hint(buf: &[u8]) -> Result<(u64, String, String, Vec<Version>), StoreError> {
+    let mut d = Decoder::new(KEYSPACE, buf);
+    let at = d.u64()?;
+    let tenant = d.string()?;
+    let key = d.string()?;
+    let versions = decode_versions(KEYSPACE, d.bytes()?)?;
+    d.end()?;
+    Ok((at, tenant, key, versions))
+}
+
+/// How often the machine sweeps expired records.
+const SWEEP_EVERY_MS: u64 = 60_000;
+
+impl Machine for KvMachine {
+    type Input = KvRequest;
+    type Output = CoreResult<KvResponse>;
+    type Message = ();
+
+    fn step(
+        &mut self,
+        now: u64,
+        token: ClientToken,
+        input: KvRequest,
+        store: &dyn StoreRead,
+    ) -> Result<Ready<Self::Output>, StoreError> {
+        let read_only = matches!(
+            input,
+            KvRequest::Read { .. } | KvRequest::GetTenant { .. } | KvRequest::Hints { .. } | KvRequest::Stats
+        );
+        let mut ready = match self.handle(now, input, store) {
+            Ok((resp, batch)) => Ready::reply(token, Ok(resp), batch),
+            Err(CoreError::Storage(e)) => return Err(e),
+            Err(e) => Ready::reply(token, Err(e), WriteBatch::default()),
+        };
+        // Reads promise nothing new about durable state.
+        ready.volatile = read_only;
+        ready.deadline = Some(now + SWEEP_EVERY_MS);
+        Ok(ready)
+    }
+
+    fn tick(&mut self, now: u64, store: &dyn StoreRead) -> Result<Ready<Self::Output>, StoreError> {
+        Ok(Ready { writes: self.sweep(now, store)?, deadline: Some(now + SWEEP_EVERY_MS), ..Ready::default() })
+    }
+}

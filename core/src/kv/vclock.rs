@@ -1,0 +1,166 @@
+//! Vector clocks and the sibling sets they decide.
+//!
+//! A clock holds one counter per coordinating node. A version whose clock another version's
+//! clock dominates is superseded and dropped; versions whose clocks are concurrent are kept
+//! side by side as siblings until a write that has seen them all supersedes them.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use crate::codec::{Decoder, Encoder};
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VClock(pub BTreeMap<String, u64>);
+
+/// How two clocks relate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Causal {
+    Equal,
+    Before,
+    After,
+    Concurrent,
+}
+
+impl VClock {
+    pub fn get(&self, node: &str) -> u64 {
+        self.0.get(node).copied().unwrap_or(0)
+    }
+
+    pub fn compare(&self, other: &VClock) -> Causal {
+        let (mut less, mut greater) = (false, false);
+        for node in self.0.keys().chain(other.0.keys()) {
+            match self.get(node).cmp(&other.get(node)) {
+                Ordering::Less => less = true,
+                Ordering::Greater => greater = true,
+                Ordering::Equal => {}
+            }
+        }
+        match (less, greater) {
+            (false, false) => Causal::Equal,
+            (true, false) => Causal::Before,
+            (false, true) => Causal::After,
+            (true, true) => Causal::Concurrent,
+        }
+    }
+
+    /// The least clock that has seen both.
+    pub fn merge(&mut self, other: &VClock) {
+        for (n, c) in &other.0 {
+            let e = self.0.entry(n.clone()).or_default();
+            *e = (*e).max(*c);
+        }
+    }
+
+    /// Counts one more event at `node`.
+    pub fn bump(&mut self, node: &str) {
+        *self.0.entry(node.to_owned()).or_default() += 1;
+    }
+
+    pub fn encode(&self, mut e: Encoder) -> Encoder {
+        e = e.u64(self.0.len() as u64);
+        for (n, c) in &self.0 {
+            e = e.str(n).u64(*c);
+        }
+        e
+    }
+
+    pub fn decode(d: &mut Decoder<'_>) -> Result<VClock, StoreError> {
+        let n = d.u64()?;
+        let mut m = BTreeMap::new();
+        for _ in 0..n {
+            let node = d.string()?;
+            m.insert(node, d.u64()?);
+        }
+        Ok(VClock(m))
+    }
+}
+
+/// One version of a key: its clock, the coordinator's wall time, and its value (`None` is a
+/// delete's tombstone).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version {
+    pub clock: VClock,
+    pub ts_ms: u64,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Version {
+    pub fn encode(&self, e: Encoder) -> Encoder {
+        let e = self.clock.encode(e).u64(self.ts_ms);
+        match &self.value {
+            Some(v) => e.u8(1).bytes(v),
+            None => e.u8(0),
+        }
+    }
+
+    pub fn decode(d: &mut Decoder<'_>) -> Result<Version, StoreError> {
+        let clock = VClock::decode(d)?;
+        let ts_ms = d.u64()?;
+        let value = match d.u8()? {
+            0 => None,
+            _ => Some(d.bytes()?.to_vec()),
+        };
+        Ok(Version { clock, ts_ms, value })
+    }
+
+    /// The deterministic order that picks a winner among siblings: later wall time, then a
+    /// value over a tombstone, then the greater bytes, then the greater clock.
+    fn rank(&self) -> (u64, Option<&[u8]>, &VClock) {
+        (self.ts_ms, self.value.as_deref(), &self.clock)
+    }
+}
+
+/// Merges `incoming` into `current`: drops every version some other version dominates and
+/// keeps one copy of equal clocks. The result is sorted by clock, so it is the same whatever
+/// order versions arrive in.
+pub fn reconcile(current: &[Version], incoming: &[Version]) -> Vec<Version> {
+    let all: Vec<&Version> = current.iter().chain(incoming).collect();
+    let mut out: Vec<Version> = Vec::new();
+    for (i, v) in all.iter().enumerate() {
+        let superseded = all.iter().enumerate().any(|(j, w)| match v.clock.compare(&w.clock) {
+            Causal::Before => true,
+            // Equal clocks are the same write; keep the first copy only.
+            Causal::Equal => j < i,
+            _ => false,
+        });
+        if !superseded {
+            out.push((*v).clone());
+        }
+    }
+    out.sort_by(|a, b| a.clock.cmp(&b.clock));
+    out
+}
+
+/// The version a reader is shown among siblings.
+pub fn winner(versions: &[Version]) -> Option<&Version> {
+    versions.iter().max_by(|a, b| a.rank().cmp(&b.rank()))
+}
+
+/// The clock a new write supersedes: everything the given versions have seen.
+pub fn context(versions: &[Version]) -> VClock {
+    let mut c = VClock::default();
+    for v in versions {
+        c.merge(&v.clock);
+    }
+    c
+}
+
+pub fn encode_versions(versions: &[Version]) -> Vec<u8> {
+    let mut e = Encoder::new().u64(versions.len() as u64);
+    for v in versions {
+        e = v.encode(e);
+    }
+    e.finish()
+}
+
+pub fn decode_versions(keyspace: &'static str, buf: &[u8]) -> Result<Vec<Version>, StoreError> {
+    let mut d = Decoder::new(keyspace, buf);
+    let n = d.u64()?;
+    let mut out = Vec::with_capacity(n.min(64) as usize);
+    for _ in 0..n {
+        out.push(Version::decode(&mut d)?);
+    }
+    d.end()?;
+    Ok(out)
+}

@@ -1,0 +1,120 @@
+//! The ring against brute-force placement, and sibling reconciliation against its laws:
+//! order does not matter, nothing dominated survives, nothing concurrent is lost.
+
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+use tessera_core::kv::ring::key_position;
+use tessera_core::kv::vclock::{reconcile, winner};
+use tessera_core::kv::{Causal, KvConfig, KvMachine, KvRequest, KvResponse, Ring, VClock, Version};
+use tessera_core::mem_store::MemStore;
+use tessera_core::{Machine, Store};
+
+fn brute_force(nodes: &[(String, u32)], tenant: &str, key: &str, rf: usize) -> Vec<String> {
+    let p = key_position(tenant, key);
+    let mut best: Vec<(u64, String)> = nodes
+        .iter()
+        .map(|(n, vnodes)| {
+            let d = (0..*vnodes)
+                .map(|i| {
+                    let h = Sha256::digest(format!("{n}-vnode-{i}").as_bytes());
+                    let t = u64::from_be_bytes(h[..8].try_into().unwrap());
+                    t.wrapping_sub(p)
+                })
+                .min()
+                .unwrap();
+            (d, n.clone())
+        })
+        .collect();
+    best.sort();
+    best.into_iter().take(rf).map(|(_, n)| n).collect()
+}
+
+fn version() -> impl Strategy<Value = Version> {
+    (proptest::collection::btree_map(0u8..4, 1u64..4, 0..4), 0u64..5, proptest::option::of(0u8..3)).prop_map(
+        |(c, ts, v)| Version {
+            clock: VClock(c.into_iter().map(|(n, c)| (format!("n{n}"), c)).collect()),
+            ts_ms: ts,
+            value: v.map(|b| vec![b]),
+        },
+    )
+}
+
+proptest! {
+    #[test]
+    fn ring_matches_brute_force(n in 1usize..7, vnodes in 1u32..40, keys in proptest::collection::vec("[a-z]{1,8}", 1..20), rf in 1usize..5) {
+        let nodes: Vec<(String, u32)> = (0..n).map(|i| (format!("node-{i}"), vnodes + i as u32)).collect();
+        let ring = Ring::new(&nodes);
+        for k in &keys {
+            let got: Vec<String> = ring.replicas("tenant", k, rf).into_iter().map(str::to_owned).collect();
+            prop_assert_eq!(got, brute_force(&nodes, "tenant", k, rf));
+        }
+    }
+
+    #[test]
+    fn reconcile_is_order_free_and_keeps_exactly_the_undominated(vs in proptest::collection::vec(version(), 0..8)) {
+        let forward = vs.iter().fold(Vec::new(), |acc, v| reconcile(&acc, std::slice::from_ref(v)));
+        let backward = vs.iter().rev().fold(Vec::new(), |acc, v| reconcile(&acc, std::slice::from_ref(v)));
+        let once = reconcile(&[], &vs);
+        let clocks = |x: &[Version]| x.iter().map(|v| v.clock.clone()).collect::<Vec<_>>();
+        prop_assert_eq!(clocks(&forward), clocks(&once));
+        prop_assert_eq!(clocks(&backward), clocks(&once));
+        for v in &vs {
+            // Each input is kept (by clock) or superseded by something kept.
+            prop_assert!(once.iter().any(|w| matches!(v.clock.compare(&w.clock), Causal::Before | Causal::Equal)));
+        }
+        for a in &once {
+            for b in &once {
+                prop_assert!(std::ptr::eq(a, b) || a.clock.compare(&b.clock) == Causal::Concurrent);
+            }
+        }
+        prop_assert_eq!(winner(&once).is_some(), !vs.is_empty());
+    }
+}
+
+fn step(m: &mut KvMachine, store: &MemStore, now: u64, req: KvRequest) -> KvResponse {
+    let ready = m.step(now, 0, req, store).unwrap();
+    store.write(&ready.writes).unwrap();
+    store.sync().unwrap();
+    ready.replies.into_iter().next().unwrap().1.unwrap()
+}
+
+#[test]
+fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
+    let (s1, s2) = (MemStore::new(), MemStore::new());
+    let mut n1 = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let mut n2 = KvMachine::new(KvConfig { node_id: "n2".into(), idempotency_ttl_ms: 1000 });
+    let coord =
+        |v: &str| KvRequest::Coordinate { tenant: "t".into(), key: "k".into(), value: Some(v.into()), idem: None };
+    // A partition: each side coordinates a write without seeing the other's.
+    let KvResponse::Coordinated { versions: a, .. } = step(&mut n1, &s1, 10, coord("a")) else { panic!() };
+    let KvResponse::Coordinated { versions: b, .. } = step(&mut n2, &s2, 11, coord("b")) else { panic!() };
+    // Heal: each applies the other's version.
+    let apply = |v: Vec<Version>| KvRequest::Apply { tenant: "t".into(), key: "k".into(), versions: v, idem: None };
+    let KvResponse::Versions(on1) = step(&mut n1, &s1, 12, apply(b.clone())) else { panic!() };
+    let KvResponse::Versions(on2) = step(&mut n2, &s2, 12, apply(a.clone())) else { panic!() };
+    assert_eq!(on1, on2);
+    assert_eq!(on1.len(), 2, "concurrent writes are kept as siblings");
+    assert_eq!(winner(&on1).unwrap().value.as_deref(), Some(b"b".as_slice()));
+    // A write coordinated after seeing both supersedes both.
+    let KvResponse::Coordinated { versions: c, clock, .. } = step(&mut n1, &s1, 13, coord("c")) else { panic!() };
+    assert_eq!((clock.get("n1"), clock.get("n2")), (2, 1));
+    let KvResponse::Versions(after) = step(&mut n2, &s2, 14, apply(c)) else { panic!() };
+    assert_eq!(after.len(), 1);
+    // Idempotency: a replay answers the first clock; another request under the key is refused.
+    let idem = |v: &str, h: u8| KvRequest::Coordinate {
+        tenant: "t".into(),
+        key: "j".into(),
+        value: Some(v.into()),
+        idem: Some(tessera_core::kv::IdemKey { key: "op-1".into(), request_hash: vec![h] }),
+    };
+    let KvResponse::Coordinated { clock: first, duplicate: false, .. } = step(&mut n1, &s1, 20, idem("x", 1)) else {
+        panic!()
+    };
+    let KvResponse::Coordinated { clock: again, duplicate: true, .. } = step(&mut n1, &s1, 21, idem("x", 1)) else {
+        panic!()
+    };
+    assert_eq!(first, again);
+    assert!(n1.step(22, 0, idem("y", 2), &s1).unwrap().replies[0].1.is_err());
+    // Stats count distinct keys.
+    assert_eq!(step(&mut n1, &s1, 23, KvRequest::Stats), KvResponse::Stats { keys: 2, hints: 0 });
+}
