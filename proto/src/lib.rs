@@ -78,6 +78,16 @@ pub mod ai {
 }
 
 pub mod tessera {
+    pub mod kv {
+        pub mod v1 {
+            package!("tessera.kv.v1");
+        }
+    }
+    pub mod peer {
+        pub mod v1 {
+            package!("tessera.peer.v1");
+        }
+    }
     pub mod repository {
         pub mod v1 {
             package!("tessera.repository.v1");

@@ -32,6 +32,12 @@ pub struct Flags {
     /// Log filter, e.g. "info" or "tessera_shell=debug" [default: RUST_LOG, else info]
     #[arg(long, env = "TESSERA_LOG")]
     pub log: Option<String>,
+    /// This node's id in the cluster [default: n1]
+    #[arg(long, env = "TESSERA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Every member, as id=host:port,... (this node included); absent: a one-node cluster
+    #[arg(long, env = "TESSERA_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
 }
 
 /// The TOML file's shape. Every key is optional.
@@ -56,6 +62,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub log: Option<String>,
+    pub node_id: Option<String>,
+    pub initial_cluster: Option<String>,
     #[serde(default)]
     pub status: StatusSection,
     #[serde(default)]
@@ -85,6 +93,9 @@ pub struct Config {
     pub log: Option<String>,
     pub status: StatusConfig,
     pub upload: UploadConfig,
+    pub node_id: String,
+    /// The cluster's members; one (this node) unless `--initial-cluster` names more.
+    pub members: Vec<crate::cluster::Member>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,13 +145,26 @@ impl Config {
         }
         let default_listen: SocketAddr =
             DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid("default listen".into()))?;
+        let listen = flags.listen.or(file.listen).unwrap_or(default_listen);
+        let node_id = flags.node_id.or(file.node_id).unwrap_or_else(|| "n1".to_owned());
+        tessera_core::ids::validate_id("--node-id", &node_id).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let members = match flags.initial_cluster.or(file.initial_cluster) {
+            Some(s) => crate::cluster::parse_members(&s)
+                .map_err(|e| ConfigError::Invalid(format!("--initial-cluster: {e}")))?,
+            None => vec![crate::cluster::Member { id: node_id.clone(), addr: listen.to_string() }],
+        };
+        if !members.iter().any(|m| m.id == node_id) {
+            return Err(ConfigError::Invalid(format!("--node-id {node_id:?} is not in --initial-cluster")));
+        }
         Ok(Self {
-            listen: flags.listen.or(file.listen).unwrap_or(default_listen),
+            listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             log: flags.log.or(file.log),
             status,
             upload,
+            node_id,
+            members,
         })
     }
 }

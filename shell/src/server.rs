@@ -22,16 +22,20 @@ use tessera_proto::tessera::repository::v1::document_service_server::DocumentSer
 use tessera_proto::tessera::status::v1::status_producer_service_server::StatusProducerServiceServer;
 use tonic::transport::server::TcpIncoming;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::driver::{BlockingWork, Clock, Driver, DriverConfig, HandleFor};
 use crate::fjall_store::FjallStore;
 use crate::lock::lock_data_dir;
 use crate::metrics::{Metrics, MetricsLayer};
+use crate::services::kv::Coordinator;
 use crate::services::metacat::Metacat;
+use crate::services::peer::Peer;
 use crate::services::statehouse::StatehouseService;
 use crate::services::status::StatusService;
 use crate::services::upload::UploadService;
 use tessera_core::catalog::{CatalogConfig, CatalogMachine};
+use tessera_core::kv::{KvConfig, KvMachine};
 use tessera_proto::ai::floedb::metacat::catalog::catalog_service_server::CatalogServiceServer;
 use tessera_proto::ai::floedb::metacat::catalog::directory_service_server::DirectoryServiceServer;
 use tessera_proto::ai::floedb::metacat::catalog::namespace_service_server::NamespaceServiceServer;
@@ -41,6 +45,9 @@ use tessera_proto::ai::floedb::metacat::catalog::table_statistics_service_server
 use tessera_proto::ai::floedb::metacat::catalog::view_service_server::ViewServiceServer;
 use tessera_proto::ai::floedb::metacat::statistics::stats_capture_server::StatsCaptureServer;
 use tessera_proto::ai::floedb::metacat::tenant::tenant_service_server::TenantServiceServer;
+use tessera_proto::proto::coordinator_service_server::CoordinatorServiceServer;
+use tessera_proto::tessera::kv::v1::kv_service_server::KvServiceServer;
+use tessera_proto::tessera::peer::v1::peer_service_server::PeerServiceServer;
 
 /// Largest upload message: one chunk plus room for its other fields.
 const UPLOAD_MESSAGE_LIMIT: usize = MAX_CHUNK_BYTES + (64 << 10);
@@ -143,8 +150,16 @@ pub async fn run(
     drivers.push(t);
     let (machine, init) =
         CatalogMachine::open(&*store, CatalogConfig::default(), &mut rng).context("opening the catalog")?;
-    let (catalog_handle, t) = spawn_driver("catalog", machine, init, store.clone(), &metrics, failed_tx)?;
+    let (catalog_handle, t) = spawn_driver("catalog", machine, init, store.clone(), &metrics, failed_tx.clone())?;
     drivers.push(t);
+    let machine = KvMachine::new(KvConfig {
+        node_id: config.node_id.clone(),
+        idempotency_ttl_ms: tessera_core::kv::replica::DEFAULT_IDEMPOTENCY_TTL_MS,
+    });
+    let (kv_handle, t) = spawn_driver("kv", machine, Default::default(), store.clone(), &metrics, failed_tx)?;
+    drivers.push(t);
+    let cluster =
+        Cluster::new(config.node_id.clone(), config.members.clone(), kv_handle.clone(), config.data_dir.clone())?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -161,6 +176,9 @@ pub async fn run(
     let statehouse = StatehouseService::new(txn_handle);
     let uploads = UploadService::new(upload_handle, status_handle_for_uploads).with_prestage(store.clone());
     let metacat = Metacat::new(catalog_handle);
+    let coordinator = Coordinator::new(cluster.clone(), rng.next_u64(), Arc::new(|| SystemClock.now_ms()));
+    let peer = Peer::new(kv_handle, config.data_dir.clone());
+    let handoff = tokio::spawn(cluster.clone().hand_off());
 
     if let Some(maddr) = config.metrics_listen {
         let m = metrics.clone();
@@ -219,10 +237,18 @@ pub async fn run(
         .add_service(TableStatisticsServiceServer::new(metacat.clone()))
         .add_service(StatsCaptureServer::new(metacat.clone()))
         .add_service(DirectoryServiceServer::new(metacat))
+        .add_service(CoordinatorServiceServer::new(coordinator.clone()))
+        .add_service(KvServiceServer::new(coordinator))
+        // Values are up to 1 MiB; a peer message carries a few versions of one key.
+        .add_service(PeerServiceServer::new(peer).max_decoding_message_size(64 << 20))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await
         .context("gRPC server")?;
 
+    // The handoff task holds the cluster (and its driver handle): stop it first.
+    handoff.abort();
+    let _ = handoff.await;
+    drop(cluster);
     // Every service (and so every driver handle) is gone: each driver serves what is queued,
     // syncs, and returns.
     // A stream still open past the grace period only holds reads: nothing unsynced is lost by

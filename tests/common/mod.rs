@@ -17,8 +17,13 @@ pub struct Daemon {
 impl Daemon {
     /// Starts tesserad on a free loopback port and waits for its ready line.
     pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_at(dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts tesserad listening on `listen` (a cluster member's fixed address).
+    pub fn start_at(dir: &Path, listen: &str, extra: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tesserad"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(dir)
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -78,4 +83,11 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `n` loopback addresses that were free a moment ago (for a cluster's fixed members).
+pub fn free_addrs(n: usize) -> Vec<String> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    held.iter().map(|l| l.local_addr().expect("addr").to_string()).collect()
 }

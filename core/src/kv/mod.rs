@@ -6,6 +6,7 @@ pub mod quorum;
 pub mod replica;
 pub mod ring;
 pub mod vclock;
+pub mod wire;
 
 pub use quorum::Consistency;
 pub use replica::{Hint, IdemKey, IdemRecord, KvConfig, KvMachine, KvRequest, KvResponse, TenantRecord};

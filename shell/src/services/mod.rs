@@ -2,7 +2,9 @@
 //! decision is the core's.
 
 pub mod errors;
+pub mod kv;
 pub mod metacat;
+pub mod peer;
 pub mod statehouse;
 pub mod status;
 pub mod upload;

@@ -1,0 +1,275 @@
+//! The peer protocol's bytes: [`KvRequest`] and `Result<KvResponse, CoreError>` in the core's
+//! own encoding, so nodes of one version agree on it by construction. A body that does not
+//! decode is a `Corrupt` error, never a panic.
+
+use crate::codec::{Decoder, Encoder};
+use crate::error::CoreError;
+use crate::store::StoreError;
+
+use super::replica::{Hint, IdemKey, IdemRecord, KvRequest, KvResponse, TenantRecord};
+use super::vclock::{VClock, Version};
+
+const WHAT: &str = "peer message";
+
+fn versions(mut e: Encoder, vs: &[Version]) -> Encoder {
+    e = e.u64(vs.len() as u64);
+    for v in vs {
+        e = v.encode(e);
+    }
+    e
+}
+
+fn read_versions(d: &mut Decoder<'_>) -> Result<Vec<Version>, StoreError> {
+    let n = d.u64()?;
+    let mut out = Vec::with_capacity(n.min(64) as usize);
+    for _ in 0..n {
+        out.push(Version::decode(d)?);
+    }
+    Ok(out)
+}
+
+fn tenant(e: Encoder, t: &TenantRecord) -> Encoder {
+    e.str(&t.id).u64(t.replication_factor as u64).u64(t.created_ms).u64(t.updated_ms)
+}
+
+fn read_tenant(d: &mut Decoder<'_>) -> Result<TenantRecord, StoreError> {
+    Ok(TenantRecord {
+        id: d.string()?,
+        replication_factor: d.u64()? as u32,
+        created_ms: d.u64()?,
+        updated_ms: d.u64()?,
+    })
+}
+
+fn idem_record(e: Encoder, r: &Option<IdemRecord>) -> Encoder {
+    match r {
+        None => e.u8(0),
+        Some(r) => r.clock.encode(e.u8(1).str(&r.key).bytes(&r.request_hash)).u64(r.expires_ms),
+    }
+}
+
+fn read_idem_record(d: &mut Decoder<'_>) -> Result<Option<IdemRecord>, StoreError> {
+    Ok(match d.u8()? {
+        0 => None,
+        _ => {
+            let key = d.string()?;
+            let request_hash = d.bytes()?.to_vec();
+            let clock = VClock::decode(d)?;
+            Some(IdemRecord { key, request_hash, clock, expires_ms: d.u64()? })
+        }
+    })
+}
+
+fn opt_bytes(e: Encoder, v: &Option<Vec<u8>>) -> Encoder {
+    match v {
+        Some(b) => e.u8(1).bytes(b),
+        None => e.u8(0),
+    }
+}
+
+pub fn encode_request(r: &KvRequest) -> Vec<u8> {
+    let e = Encoder::new();
+    match r {
+        KvRequest::Coordinate { tenant, key, value, idem } => {
+            let e = opt_bytes(e.u8(1).str(tenant).str(key), value);
+            match idem {
+                Some(i) => e.u8(1).str(&i.key).bytes(&i.request_hash),
+                None => e.u8(0),
+            }
+        }
+        KvRequest::Apply { tenant, key, versions: vs, idem } => {
+            idem_record(versions(e.u8(2).str(tenant).str(key), vs), idem)
+        }
+        KvRequest::Read { tenant, key } => e.u8(3).str(tenant).str(key),
+        KvRequest::PutTenant { tenant: t, create } => tenant(e.u8(4), t).u8(*create as u8),
+        KvRequest::GetTenant { tenant } => e.u8(5).str(tenant),
+        KvRequest::Hint { target, tenant, key, versions: vs } => versions(e.u8(6).str(target).str(tenant).str(key), vs),
+        KvRequest::Hints { target, limit } => e.u8(7).str(target).u64(*limit as u64),
+        KvRequest::HintsDelivered { target, upto } => e.u8(8).str(target).u64(*upto),
+        KvRequest::Stats => e.u8(9),
+    }
+    .finish()
+}
+
+pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
+    let mut d = Decoder::new(WHAT, buf);
+    let r = match d.u8()? {
+        1 => {
+            let tenant = d.string()?;
+            let key = d.string()?;
+            let value = match d.u8()? {
+                0 => None,
+                _ => Some(d.bytes()?.to_vec()),
+            };
+            let idem = match d.u8()? {
+                0 => None,
+                _ => Some(IdemKey { key: d.string()?, request_hash: d.bytes()?.to_vec() }),
+            };
+            KvRequest::Coordinate { tenant, key, value, idem }
+        }
+        2 => {
+            let tenant = d.string()?;
+            let key = d.string()?;
+            let versions = read_versions(&mut d)?;
+            KvRequest::Apply { tenant, key, versions, idem: read_idem_record(&mut d)? }
+        }
+        3 => KvRequest::Read { tenant: d.string()?, key: d.string()? },
+        4 => {
+            let tenant = read_tenant(&mut d)?;
+            KvRequest::PutTenant { tenant, create: d.u8()? != 0 }
+        }
+        5 => KvRequest::GetTenant { tenant: d.string()? },
+        6 => {
+            let (target, tenant, key) = (d.string()?, d.string()?, d.string()?);
+            KvRequest::Hint { target, tenant, key, versions: read_versions(&mut d)? }
+        }
+        7 => KvRequest::Hints { target: d.string()?, limit: d.u64()?.min(1000) as usize },
+        8 => KvRequest::HintsDelivered { target: d.string()?, upto: d.u64()? },
+        9 => KvRequest::Stats,
+        t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown request tag {t}") }),
+    };
+    d.end()?;
+    Ok(r)
+}
+
+pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
+    let e = Encoder::new();
+    match r {
+        Err(err) => {
+            let code = match err {
+                CoreError::InvalidArgument(_) => 1,
+                CoreError::NotFound(_) => 2,
+                CoreError::AlreadyExists(_) => 3,
+                CoreError::FailedPrecondition(_) => 4,
+                CoreError::ResourceExhausted(_) => 5,
+                CoreError::Aborted(_) => 6,
+                CoreError::Unavailable(_) => 7,
+                CoreError::DeadlineExceeded(_) => 8,
+                CoreError::Storage(_) => 9,
+            };
+            e.u8(0).u8(code).str(&err.to_string())
+        }
+        Ok(KvResponse::Coordinated { clock, versions: vs, duplicate, idem }) => {
+            idem_record(versions(clock.encode(e.u8(1)), vs).u8(*duplicate as u8), idem)
+        }
+        Ok(KvResponse::Versions(vs)) => versions(e.u8(2), vs),
+        Ok(KvResponse::Tenant(t)) => match t {
+            Some(t) => tenant(e.u8(3).u8(1), t),
+            None => e.u8(3).u8(0),
+        },
+        Ok(KvResponse::TenantPut { old, new }) => {
+            let e = match old {
+                Some(o) => tenant(e.u8(4).u8(1), o),
+                None => e.u8(4).u8(0),
+            };
+            tenant(e, new)
+        }
+        Ok(KvResponse::Done) => e.u8(5),
+        Ok(KvResponse::Hints(hs)) => {
+            let mut e = e.u8(6).u64(hs.len() as u64);
+            for h in hs {
+                e = versions(e.u64(h.seq).str(&h.tenant).str(&h.key), &h.versions);
+            }
+            e
+        }
+        Ok(KvResponse::Stats { keys, hints }) => e.u8(7).u64(*keys).u64(*hints),
+    }
+    .finish()
+}
+
+pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreError> {
+    let mut d = Decoder::new(WHAT, buf);
+    let r = match d.u8()? {
+        0 => {
+            let code = d.u8()?;
+            let msg = d.string()?;
+            Err(match code {
+                1 => CoreError::InvalidArgument(msg),
+                2 => CoreError::NotFound(msg),
+                3 => CoreError::AlreadyExists(msg),
+                4 => CoreError::FailedPrecondition(msg),
+                5 => CoreError::ResourceExhausted(msg),
+                6 => CoreError::Aborted(msg),
+                8 => CoreError::DeadlineExceeded(msg),
+                // A peer's storage failure is, to us, a replica that cannot serve.
+                _ => CoreError::Unavailable(msg),
+            })
+        }
+        1 => {
+            let clock = VClock::decode(&mut d)?;
+            let versions = read_versions(&mut d)?;
+            let duplicate = d.u8()? != 0;
+            Ok(KvResponse::Coordinated { clock, versions, duplicate, idem: read_idem_record(&mut d)? })
+        }
+        2 => Ok(KvResponse::Versions(read_versions(&mut d)?)),
+        3 => Ok(KvResponse::Tenant(match d.u8()? {
+            0 => None,
+            _ => Some(read_tenant(&mut d)?),
+        })),
+        4 => {
+            let old = match d.u8()? {
+                0 => None,
+                _ => Some(read_tenant(&mut d)?),
+            };
+            Ok(KvResponse::TenantPut { old, new: read_tenant(&mut d)? })
+        }
+        5 => Ok(KvResponse::Done),
+        6 => {
+            let n = d.u64()?;
+            let mut hs = Vec::with_capacity(n.min(1000) as usize);
+            for _ in 0..n {
+                let (seq, tenant, key) = (d.u64()?, d.string()?, d.string()?);
+                hs.push(Hint { seq, tenant, key, versions: read_versions(&mut d)? });
+            }
+            Ok(KvResponse::Hints(hs))
+        }
+        7 => Ok(KvResponse::Stats { keys: d.u64()?, hints: d.u64()? }),
+        t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown reply tag {t}") }),
+    };
+    d.end()?;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let v = Version { clock: VClock([("n1".to_owned(), 3)].into()), ts_ms: 9, value: Some(b"x".to_vec()) };
+        let rec = IdemRecord { key: "k".into(), request_hash: vec![1, 2], clock: v.clock.clone(), expires_ms: 5 };
+        let reqs = [
+            KvRequest::Coordinate {
+                tenant: "t".into(),
+                key: "k".into(),
+                value: None,
+                idem: Some(IdemKey { key: "i".into(), request_hash: vec![7] }),
+            },
+            KvRequest::Apply {
+                tenant: "t".into(),
+                key: "k".into(),
+                versions: vec![v.clone()],
+                idem: Some(rec.clone()),
+            },
+            KvRequest::Hint { target: "n2".into(), tenant: "t".into(), key: "k".into(), versions: vec![v.clone()] },
+            KvRequest::Stats,
+        ];
+        for r in reqs {
+            assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
+        }
+        let replies = [
+            Ok(KvResponse::Coordinated {
+                clock: v.clock.clone(),
+                versions: vec![v.clone()],
+                duplicate: true,
+                idem: Some(rec),
+            }),
+            Ok(KvResponse::Hints(vec![Hint { seq: 4, tenant: "t".into(), key: "k".into(), versions: vec![v] }])),
+            Err(CoreError::AlreadyExists("tenant exists".into())),
+        ];
+        for r in replies {
+            assert_eq!(decode_reply(&encode_reply(&r)).unwrap(), r);
+        }
+        assert!(decode_request(&[42]).is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! The cluster as one node sees it: the fixed membership from `--initial-cluster`, the ring
+//! over it, calls to any node's key-value replica (this node's through its driver, others'
+//! over `tessera.peer.v1`), failure detection from those calls, and hinted handoff.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tessera_core::CoreError;
+use tessera_core::kv::ring::DEFAULT_VNODES;
+use tessera_core::kv::wire;
+use tessera_core::kv::{KvMachine, KvRequest, KvResponse, Ring};
+use tessera_proto::tessera::peer::v1 as peer;
+use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
+use tonic::transport::Channel;
+
+use crate::driver::HandleFor;
+
+pub type KvHandle = HandleFor<KvMachine>;
+
+/// How long one peer call may take at most.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A node not heard from for this long (and failing calls) is reported inactive.
+const SUSPECT_AFTER: Duration = Duration::from_secs(3);
+/// How often hints are offered to their nodes.
+const HANDOFF_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    /// host:port, as given in `--initial-cluster`.
+    pub addr: String,
+}
+
+/// Why a replica gave no answer.
+#[derive(Debug, Clone)]
+pub struct Unreachable(pub String);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Health {
+    last_ok: Option<Instant>,
+    failing: bool,
+}
+
+pub struct Cluster {
+    pub me: String,
+    pub members: Vec<Member>,
+    pub ring: Ring,
+    data_dir: std::path::PathBuf,
+    local: KvHandle,
+    peers: BTreeMap<String, PeerServiceClient<Channel>>,
+    health: Mutex<BTreeMap<String, Health>>,
+}
+
+/// Parses `n1=host:port,n2=host:port`.
+pub fn parse_members(s: &str) -> Result<Vec<Member>, String> {
+    let mut out: Vec<Member> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected id=host:port"))?;
+        tessera_core::ids::validate_id("node id", id).map_err(|e| e.to_string())?;
+        let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+        if port.is_none() {
+            return Err(format!("{part:?}: the address needs host:port"));
+        }
+        if out.iter().any(|m| m.id == id) {
+            return Err(format!("node id {id:?} appears twice"));
+        }
+        out.push(Member { id: id.to_owned(), addr: addr.to_owned() });
+    }
+    if out.is_empty() {
+        return Err("no members".into());
+    }
+    Ok(out)
+}
+
+impl Cluster {
+    pub fn new(
+        me: String,
+        members: Vec<Member>,
+        local: KvHandle,
+        data_dir: std::path::PathBuf,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        if !members.iter().any(|m| m.id == me) {
+            anyhow::bail!("--node-id {me:?} is not in --initial-cluster");
+        }
+        let ring = Ring::new(&members.iter().map(|m| (m.id.clone(), DEFAULT_VNODES)).collect::<Vec<_>>());
+        let mut peers = BTreeMap::new();
+        for m in members.iter().filter(|m| m.id != me) {
+            let ch = Channel::from_shared(format!("http://{}", m.addr))?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            peers.insert(m.id.clone(), PeerServiceClient::new(ch));
+        }
+        Ok(Arc::new(Cluster { me, members, ring, data_dir, local, peers, health: Mutex::new(BTreeMap::new()) }))
+    }
+
+    pub fn local(&self) -> &KvHandle {
+        &self.local
+    }
+
+    fn mark(&self, node: &str, ok: bool) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let e = h.entry(node.to_owned()).or_default();
+        e.failing = !ok;
+        if ok {
+            e.last_ok = Some(Instant::now());
+        }
+    }
+
+    /// Whether a node answered lately (this node always counts as up).
+    pub fn is_up(&self, node: &str) -> bool {
+        if node == self.me {
+            return true;
+        }
+        let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.get(node).is_some_and(|h| !h.failing || h.last_ok.is_some_and(|t| t.elapsed() < SUSPECT_AFTER))
+    }
+
+    /// Sends `req` to `node`'s replica machine, waiting at most `timeout`. The outer error
+    /// means no answer (down, partitioned, too slow); the inner one is the replica's refusal.
+    pub async fn call(
+        &self,
+        node: &str,
+        req: KvRequest,
+        timeout: Duration,
+    ) -> Result<Result<KvResponse, CoreError>, Unreachable> {
+        self.call_raw(node, req, timeout).await.map(|(r, _)| r)
+    }
+
+    /// A node's key and hint counts and disk usage; `None` when it does not answer.
+    pub async fn stats(&self, node: &str) -> Option<(u64, u64, f32)> {
+        match self.call_raw(node, KvRequest::Stats, Duration::from_secs(1)).await {
+            Ok((Ok(KvResponse::Stats { keys, hints }), disk)) => Some((keys, hints, disk)),
+            _ => None,
+        }
+    }
+
+    async fn call_raw(
+        &self,
+        node: &str,
+        req: KvRequest,
+        timeout: Duration,
+    ) -> Result<(Result<KvResponse, CoreError>, f32), Unreachable> {
+        if node == self.me {
+            let disk = if matches!(req, KvRequest::Stats) { Self::disk_usage_percent(&self.data_dir) } else { None };
+            let out = self.local.call(req).await.map_err(|e| Unreachable(e.to_string()))?;
+            return Ok((out, disk.unwrap_or(0.0)));
+        }
+        let Some(client) = self.peers.get(node) else {
+            return Err(Unreachable(format!("{node} is not a member")));
+        };
+        let mut client = client.clone();
+        let msg = peer::PeerRequest { from: self.me.clone(), body: wire::encode_request(&req) };
+        let out = match tokio::time::timeout(timeout.min(PEER_TIMEOUT), client.call(msg)).await {
+            Err(_) => {
+                Err(Unreachable(format!("{node} did not answer within {} ms", timeout.min(PEER_TIMEOUT).as_millis())))
+            }
+            Ok(Err(s)) => Err(Unreachable(format!("{node}: {}", s.message()))),
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                wire::decode_reply(&r.body)
+                    .map(|out| (out, r.disk_usage_percent))
+                    .map_err(|e| Unreachable(format!("{node}: {e}")))
+            }
+        };
+        self.mark(node, out.is_ok());
+        out
+    }
+
+    /// Disk usage of the volume holding `dir`, in percent.
+    pub fn disk_usage_percent(dir: &std::path::Path) -> Option<f32> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `s` a properly sized out-parameter.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 || s.f_blocks == 0 {
+            return None;
+        }
+        let used = s.f_blocks.saturating_sub(s.f_bfree) as f64;
+        Some((used / s.f_blocks as f64 * 100.0) as f32)
+    }
+
+    /// Delivers the hints this node holds, forever: each round, for every other member, the
+    /// oldest hints go out as plain `Apply`s and are dropped once the member has them.
+    pub async fn hand_off(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(HANDOFF_EVERY).await;
+            for m in self.members.iter().filter(|m| m.id != self.me) {
+                if let Err(e) = self.hand_off_to(&m.id).await {
+                    tracing::debug!(node = %m.id, error = %e.0, "hinted handoff paused");
+                }
+            }
+        }
+    }
+
+    async fn hand_off_to(&self, target: &str) -> Result<(), Unreachable> {
+        loop {
+            let req = KvRequest::Hints { target: target.to_owned(), limit: 256 };
+            let hints = match self.local.call(req).await {
+                Ok(Ok(KvResponse::Hints(h))) => h,
+                _ => return Ok(()),
+            };
+            let Some(last) = hints.last().map(|h| h.seq) else { return Ok(()) };
+            for h in hints {
+                let req = KvRequest::Apply { tenant: h.tenant, key: h.key, versions: h.versions, idem: None };
+                match self.call(target, req, PEER_TIMEOUT).await? {
+                    Ok(_) => {}
+                    // The target refuses (for example, storage trouble): try again later.
+                    Err(e) => return Err(Unreachable(e.to_string())),
+                }
+            }
+            let done = KvRequest::HintsDelivered { target: target.to_owned(), upto: last };
+            let _ = self.local.call(done).await;
+            tracing::debug!(node = %target, upto = last, "hints delivered");
+        }
+    }
+}

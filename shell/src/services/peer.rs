@@ -1,0 +1,39 @@
+//! `tessera.peer.v1.PeerService`: other nodes' calls to this node's key-value replica.
+
+use std::path::PathBuf;
+
+use tessera_core::kv::wire;
+use tessera_proto::tessera::peer::v1 as peer;
+use tessera_proto::tessera::peer::v1::peer_service_server::PeerService;
+use tonic::{Request, Response, Status};
+
+use super::errors::driver_status;
+use crate::cluster::KvHandle;
+
+#[derive(Clone)]
+pub struct Peer {
+    local: KvHandle,
+    data_dir: PathBuf,
+}
+
+impl Peer {
+    pub fn new(local: KvHandle, data_dir: PathBuf) -> Self {
+        Self { local, data_dir }
+    }
+}
+
+#[tonic::async_trait]
+impl PeerService for Peer {
+    async fn call(&self, req: Request<peer::PeerRequest>) -> Result<Response<peer::PeerReply>, Status> {
+        let r = req.into_inner();
+        let kv = wire::decode_request(&r.body)
+            .map_err(|e| Status::invalid_argument(format!("peer request from {:?}: {e}", r.from)))?;
+        let stats = matches!(kv, tessera_core::kv::KvRequest::Stats);
+        let out = self.local.call(kv).await.map_err(driver_status)?;
+        let mut reply = peer::PeerReply { body: wire::encode_reply(&out), disk_usage_percent: 0.0 };
+        if stats {
+            reply.disk_usage_percent = crate::cluster::Cluster::disk_usage_percent(&self.data_dir).unwrap_or(0.0);
+        }
+        Ok(Response::new(reply))
+    }
+}
