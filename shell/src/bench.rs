@@ -57,7 +57,7 @@ impl Figures {
     }
 }
 
-async fn channels(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+pub(crate) async fn channels(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     let endpoint = Channel::from_shared(addr.to_owned()).map_err(|e| anyhow::anyhow!("bad address {addr:?}: {e}"))?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -95,7 +95,7 @@ async fn one_commit(
 
 /// Runs `clients` concurrent loops of `op` (given a channel, the loop's number and the
 /// iteration) until `duration` has passed; `op` answers whether the operation succeeded.
-async fn drive<F, Fut>(
+pub(crate) async fn drive<F, Fut>(
     label: String,
     chans: &[Channel],
     clients: usize,

@@ -9,6 +9,8 @@ pub mod driver;
 #[cfg(feature = "server")]
 pub mod bench;
 #[cfg(feature = "server")]
+pub mod bench_kv;
+#[cfg(feature = "server")]
 mod blob_files;
 #[cfg(feature = "server")]
 pub mod cli;

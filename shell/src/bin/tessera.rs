@@ -93,6 +93,23 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         secs: u64,
     },
+    /// Key-value puts then gets (tenant `bench`, RF 3); with --etcd, the same load against
+    /// etcd in the same run, and the ratios
+    Kv {
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        #[arg(long, default_value = "quorum")]
+        consistency: String,
+        /// etcd's client URL, e.g. http://127.0.0.1:2379
+        #[arg(long)]
+        etcd: Option<String>,
+    },
     /// Commits/s of 1-write transactions at each concurrency, then GetState reads/s
     State {
         /// Concurrent clients, comma-separated
@@ -120,6 +137,26 @@ async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
             let floor = figures.get(1).map(|f| f.per_sec()).unwrap_or(0.0);
             for f in &figures {
                 println!("{}  ({:.2} of health checks)", f.line(), f.per_sec() / floor.max(1e-9));
+            }
+        }
+        BenchCmd::Kv { keys, value_size, clients, secs, consistency, etcd } => {
+            use tessera_shell::bench_kv;
+            let load = bench_kv::KvLoad { keys, value_size, clients, duration: Duration::from_secs(secs), consistency };
+            let (tp, tg) = bench_kv::tessera(addr, &load).await?;
+            println!("{}\n{}", tp.line(), tg.line());
+            if let Some(e) = etcd {
+                let (ep, eg) = bench_kv::etcd(&e, &load).await?;
+                println!("{}\n{}", ep.line(), eg.line());
+                let ratio = |a: &bench::Figures, b: &bench::Figures| a.per_sec() / b.per_sec().max(1e-9);
+                println!(
+                    "ratio tessera/etcd: put {:.2}x (p99 {} vs {} us), get {:.2}x (p99 {} vs {} us)",
+                    ratio(&tp, &ep),
+                    tp.p99_us,
+                    ep.p99_us,
+                    ratio(&tg, &eg),
+                    tg.p99_us,
+                    eg.p99_us
+                );
             }
         }
         BenchCmd::State { clients, secs, readers } => {

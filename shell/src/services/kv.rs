@@ -36,9 +36,14 @@ const MAX_TENANT_BYTES: usize = 128;
 /// How long a call may take when the client sets no deadline.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long a tenant record read from the replicas is reused. A replication factor change
+/// reaches a coordinator within this long.
+const TENANT_CACHE: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct Coordinator {
     cluster: Arc<Cluster>,
+    tenants: Arc<Mutex<std::collections::HashMap<String, (TenantRecord, Instant)>>>,
     rng: Arc<Mutex<Rng>>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
@@ -115,7 +120,7 @@ struct Written {
 
 impl Coordinator {
     pub fn new(cluster: Arc<Cluster>, seed: u64, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
-        Self { cluster, rng: Arc::new(Mutex::new(Rng::new(seed))), clock }
+        Self { cluster, tenants: Arc::default(), rng: Arc::new(Mutex::new(Rng::new(seed))), clock }
     }
 
     fn now_ms(&self) -> u64 {
@@ -131,6 +136,17 @@ impl Coordinator {
 
     /// The tenant's record: from this node, else from any node that has it (and then kept here).
     async fn tenant(&self, id: &str, until: Instant) -> Result<TenantRecord, Status> {
+        if let Some((t, at)) = self.tenants.lock().unwrap_or_else(|e| e.into_inner()).get(id)
+            && at.elapsed() < TENANT_CACHE
+        {
+            return Ok(t.clone());
+        }
+        let t = self.fetch_tenant(id, until).await?;
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), (t.clone(), Instant::now()));
+        Ok(t)
+    }
+
+    async fn fetch_tenant(&self, id: &str, until: Instant) -> Result<TenantRecord, Status> {
         let req = KvRequest::GetTenant { tenant: id.to_owned() };
         if let Ok(Ok(KvResponse::Tenant(Some(t)))) =
             self.cluster.call(&self.cluster.me, req.clone(), PEER_TIMEOUT).await
@@ -177,7 +193,10 @@ impl Coordinator {
             }
         }
         match latest {
-            Some(t) if ok >= need => Ok(t),
+            Some(t) if ok >= need => {
+                self.tenants.lock().unwrap_or_else(|e| e.into_inner()).insert(t.id.clone(), (t.clone(), Instant::now()));
+                Ok(t)
+            }
             _ => Err(Status::unavailable(format!(
                 "{ok} of {n} nodes stored the tenant record; {need} are needed. Retry when more nodes are up"
             ))),
@@ -221,10 +240,18 @@ impl Coordinator {
             .collect();
         let need = consistency.needed(replicas.len());
 
-        // The first replica that answers coordinates.
+        // The first replica that answers coordinates, this node first when it is one (it
+        // saves a hop, as in Dynamo).
+        let mut order: Vec<usize> = (0..replicas.len()).collect();
+        if let Some(me) = replicas.iter().position(|r| *r == self.cluster.me) {
+            order.retain(|&i| i != me);
+            order.insert(0, me);
+        }
         let mut coordinated = None;
         let mut unreachable = Vec::new();
-        for (i, r) in replicas.iter().enumerate() {
+        let mut skipped = Vec::new();
+        for i in order {
+            let r = &replicas[i];
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -242,7 +269,10 @@ impl Coordinator {
                 }
                 Ok(Ok(_)) => return Err(Status::internal("unexpected answer from a replica")),
                 Ok(Err(e)) => return Err(to_status(e)),
-                Err(e) => unreachable.push(e.0),
+                Err(e) => {
+                    unreachable.push(e.0);
+                    skipped.push(i);
+                }
             }
         }
         let Some((coord, clock, versions, duplicate, idem_rec)) = coordinated else {
@@ -253,7 +283,7 @@ impl Coordinator {
             )));
         };
         let acks = self
-            .replicate(&tenant_id, &key, &replicas, coord, &unreachable_prefix(coord), versions, idem_rec, need, until)
+            .replicate(&tenant_id, &key, &replicas, coord, &skipped, versions, idem_rec, need, until)
             .await;
         if acks < need {
             return Err(Status::unavailable(format!(
@@ -347,9 +377,17 @@ impl Coordinator {
             .map(str::to_owned)
             .collect();
         let need = consistency.needed(replicas.len());
+        // Ask R replicas (this node first when it is one) and another only for each that
+        // fails, as Cassandra does: a quorum read costs R calls, not RF.
+        let mut order: Vec<String> = replicas.clone();
+        if let Some(me) = order.iter().position(|r| *r == self.cluster.me) {
+            let mine = order.remove(me);
+            order.insert(0, mine);
+        }
+        let mut queue = order.into_iter();
         let (tx, mut rx) = mpsc::channel(replicas.len());
-        for r in &replicas {
-            let (c, tx, node) = (self.cluster.clone(), tx.clone(), r.clone());
+        let ask = |node: String| {
+            let (c, tx) = (self.cluster.clone(), tx.clone());
             let req = KvRequest::Read { tenant: tenant_id.to_owned(), key: key.to_owned() };
             let left = until.saturating_duration_since(Instant::now());
             tokio::spawn(async move {
@@ -359,17 +397,31 @@ impl Coordinator {
                 };
                 let _ = tx.send((node, out)).await;
             });
+        };
+        for node in queue.by_ref().take(need) {
+            ask(node);
         }
-        drop(tx);
         let mut replies: Vec<(String, Vec<Version>)> = Vec::new();
         let mut failed = 0;
-        while replies.len() < need {
+        let mut in_flight = need;
+        while replies.len() < need && in_flight > 0 {
             match rx.recv().await {
-                Some((node, Some(v))) => replies.push((node, v)),
-                Some((_, None)) => failed += 1,
+                Some((node, Some(v))) => {
+                    in_flight -= 1;
+                    replies.push((node, v));
+                }
+                Some((_, None)) => {
+                    in_flight -= 1;
+                    failed += 1;
+                    if let Some(next) = queue.next() {
+                        ask(next);
+                        in_flight += 1;
+                    }
+                }
                 None => break,
             }
         }
+        drop(tx);
         if replies.len() < need {
             return Err(Status::unavailable(format!(
                 "{} of {} replicas answered the read (needed {need} for {}; {failed} failed)",
@@ -379,8 +431,8 @@ impl Coordinator {
             )));
         }
         let outcome = resolve_read(&replies);
-        // Read repair, off the client's path: wait for the slower replicas too, then bring
-        // every replica that answered up to the reconciled set.
+        // Read repair, off the client's path: bring every replica that answered up to the
+        // reconciled set.
         let (c, tenant_id, key) = (self.cluster.clone(), tenant_id.to_owned(), key.to_owned());
         tokio::spawn(async move {
             while let Some((node, out)) = rx.recv().await {
@@ -403,11 +455,6 @@ impl Coordinator {
         });
         Ok(outcome.versions)
     }
-}
-
-/// Replicas before the coordinating one did not answer its Coordinate call.
-fn unreachable_prefix(coord: usize) -> Vec<usize> {
-    (0..coord).collect()
 }
 
 #[tonic::async_trait]

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Key-value throughput against etcd, in the same run, at equal replica count and durability:
+# three tesserad nodes (tenant RF 3, quorum writes and reads, fsync before ack) and three etcd
+# members (Raft, fsync on, linearizable reads), all on loopback, one client process.
+#   tests/bench/kv-vs-etcd.sh [SECS] [CLIENTS] [VALUE_SIZE]      (defaults 10 32 256)
+# Installs Debian's etcd-server if etcd is missing. Figures, not pass/fail.
+set -euo pipefail
+secs=${1:-10}; clients=${2:-32}; size=${3:-256}
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+if ! command -v etcd >/dev/null; then
+    sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get install -y -q etcd-server >/dev/null
+fi
+cargo build --release -q -p tessera-shell --bins --manifest-path "$root/Cargo.toml"
+bin="$root/target/release"
+work="$(mktemp -d "$root/target/bench-kv.XXXXXX")"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+t=(); e=(); ep=()
+for i in 1 2 3; do t+=("$(port)"); e+=("$(port)"); ep+=("$(port)"); done
+members="n1=127.0.0.1:${t[0]},n2=127.0.0.1:${t[1]},n3=127.0.0.1:${t[2]}"
+peers="e1=http://127.0.0.1:${ep[0]},e2=http://127.0.0.1:${ep[1]},e3=http://127.0.0.1:${ep[2]}"
+for i in 0 1 2; do
+    n=$((i + 1))
+    "$bin/tesserad" --node-id "n$n" --listen "127.0.0.1:${t[$i]}" --initial-cluster "$members" \
+        --data-dir "$work/t$n" --log warn > "$work/t$n.out" 2>&1 &
+    pids+=($!)
+    etcd --name "e$n" --data-dir "$work/e$n" \
+        --listen-client-urls "http://127.0.0.1:${e[$i]}" --advertise-client-urls "http://127.0.0.1:${e[$i]}" \
+        --listen-peer-urls "http://127.0.0.1:${ep[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${ep[$i]}" \
+        --initial-cluster "$peers" --initial-cluster-state new --log-level error > "$work/e$n.log" 2>&1 &
+    pids+=($!)
+done
+for _ in $(seq 100); do
+    ready=0
+    for n in 1 2 3; do grep -q listening "$work/t$n.out" 2>/dev/null && ready=$((ready + 1)); done
+    [ "$ready" -eq 3 ] && break; sleep 0.1
+done
+sleep 2 # etcd elects a leader
+"$bin/tessera" --addr "http://127.0.0.1:${t[0]}" bench kv --secs "$secs" --clients "$clients" \
+    --value-size "$size" --etcd "http://127.0.0.1:${e[0]}"
