@@ -15,6 +15,7 @@ use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
 use tonic::transport::Channel;
 
 use crate::driver::HandleFor;
+use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable};
 
 pub type KvHandle = HandleFor<KvMachine>;
 
@@ -31,10 +32,6 @@ pub struct Member {
     /// host:port, as given in `--initial-cluster`.
     pub addr: String,
 }
-
-/// Why a replica gave no answer.
-#[derive(Debug, Clone)]
-pub struct Unreachable(pub String);
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Health {
@@ -180,39 +177,48 @@ impl Cluster {
         let used = s.f_blocks.saturating_sub(s.f_bfree) as f64;
         Some((used / s.f_blocks as f64 * 100.0) as f32)
     }
+}
 
-    /// Delivers the hints this node holds, forever: each round, for every other member, the
-    /// oldest hints go out as plain `Apply`s and are dropped once the member has them.
-    pub async fn hand_off(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(HANDOFF_EVERY).await;
-            for m in self.members.iter().filter(|m| m.id != self.me) {
-                if let Err(e) = self.hand_off_to(&m.id).await {
-                    tracing::debug!(node = %m.id, error = %e.0, "hinted handoff paused");
-                }
-            }
-        }
+impl Peers for Cluster {
+    fn me(&self) -> &str {
+        &self.me
     }
 
-    async fn hand_off_to(&self, target: &str) -> Result<(), Unreachable> {
-        loop {
-            let req = KvRequest::Hints { target: target.to_owned(), limit: 256 };
-            let hints = match self.local.call(req).await {
-                Ok(Ok(KvResponse::Hints(h))) => h,
-                _ => return Ok(()),
-            };
-            let Some(last) = hints.last().map(|h| h.seq) else { return Ok(()) };
-            for h in hints {
-                let req = KvRequest::Apply { tenant: h.tenant, key: h.key, versions: h.versions, idem: None };
-                match self.call(target, req, PEER_TIMEOUT).await? {
-                    Ok(_) => {}
-                    // The target refuses (for example, storage trouble): try again later.
-                    Err(e) => return Err(Unreachable(e.to_string())),
-                }
+    fn members(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.id.clone()).collect()
+    }
+
+    fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    fn now_ms(&self) -> u64 {
+        use crate::driver::Clock;
+        crate::server::SystemClock.now_ms()
+    }
+
+    fn send(self: &Arc<Self>, node: &str, req: KvRequest, timeout_ms: u64) -> BoxFuture<PeerResult> {
+        let (this, node) = (self.clone(), node.to_owned());
+        Box::pin(async move { Cluster::call(&this, &node, req, Duration::from_millis(timeout_ms)).await })
+    }
+
+    fn spawn(&self, fut: BoxFuture<()>) {
+        tokio::spawn(fut);
+    }
+}
+
+/// Offers the hints this node holds to their nodes, forever (a background task).
+pub async fn hand_off(coordinator: Arc<KvCoordinator<Cluster>>) {
+    let others: Vec<String> =
+        coordinator.peers().members().into_iter().filter(|m| m != coordinator.peers().me()).collect();
+    loop {
+        tokio::time::sleep(HANDOFF_EVERY).await;
+        for m in &others {
+            match coordinator.hand_off_to(m).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(node = %m, hints = n, "hints delivered"),
+                Err(e) => tracing::debug!(node = %m, error = %e.0, "hinted handoff paused"),
             }
-            let done = KvRequest::HintsDelivered { target: target.to_owned(), upto: last };
-            let _ = self.local.call(done).await;
-            tracing::debug!(node = %target, upto = last, "hints delivered");
         }
     }
 }

@@ -5,6 +5,7 @@
 //! the `server` feature so the simulator can build the driver alone.
 
 pub mod driver;
+pub mod kv_coordinator;
 
 #[cfg(feature = "server")]
 pub mod bench;

@@ -176,9 +176,9 @@ pub async fn run(
     let statehouse = StatehouseService::new(txn_handle);
     let uploads = UploadService::new(upload_handle, status_handle_for_uploads).with_prestage(store.clone());
     let metacat = Metacat::new(catalog_handle);
-    let coordinator = Coordinator::new(cluster.clone(), rng.next_u64(), Arc::new(|| SystemClock.now_ms()));
+    let coordinator = Coordinator::new(cluster.clone(), rng.next_u64());
     let peer = Peer::new(kv_handle, config.data_dir.clone());
-    let handoff = tokio::spawn(cluster.clone().hand_off());
+    let handoff = tokio::spawn(crate::cluster::hand_off(coordinator.coordinator()));
 
     if let Some(maddr) = config.metrics_listen {
         let m = metrics.clone();

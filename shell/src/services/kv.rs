@@ -1,66 +1,46 @@
-//! `proto.CoordinatorService` and our `tessera.kv.v1.KvService`: any node coordinates.
-//!
-//! A write goes to the key's replicas (the ring's first RF distinct nodes). The first replica
-//! that answers coordinates it: its stored versions are the write's context, and it returns
-//! the new version, which is then applied on the other replicas in parallel. The client is
-//! answered once W replicas hold it (W = 1, RF/2+1 or RF); `replica_count` is the number that
-//! did by then. A replica that does not answer gets a hint, kept on this node and delivered
-//! when it answers again. A read asks every replica, answers from the first R, and repairs
-//! every replica whose versions differ from the reconciled set, in the background.
+//! `proto.CoordinatorService` and our `tessera.kv.v1.KvService` on any node: validation and
+//! protobuf here; the quorum work is [`crate::kv_coordinator`].
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tessera_core::kv::quorum::{Consistency, resolve_read};
+use tessera_core::kv::quorum::Consistency;
 use tessera_core::kv::vclock::{context, winner};
-use tessera_core::kv::{
-    DEFAULT_RF, IdemKey, IdemRecord, KvRequest, KvResponse, MAX_KEY_BYTES, MAX_RF, MAX_VALUE_BYTES, MIN_RF,
-    TenantRecord, VClock, Version,
-};
-use tessera_core::rng::Rng;
+use tessera_core::kv::{DEFAULT_RF, MAX_KEY_BYTES, MAX_RF, MAX_VALUE_BYTES, MIN_RF, TenantRecord, VClock};
 use tessera_proto::proto as wire;
 use tessera_proto::proto::coordinator_service_server::CoordinatorService;
 use tessera_proto::tessera::kv::v1 as ext;
 use tessera_proto::tessera::kv::v1::kv_service_server::KvService;
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::errors::to_status;
-use crate::cluster::{Cluster, PEER_TIMEOUT};
+use crate::cluster::Cluster;
+use crate::kv_coordinator::{KvCoordinator, Peers};
 
-/// Longest idempotency key, in bytes.
-const MAX_IDEM_KEY: usize = 256;
 /// Longest tenant id, in bytes.
 const MAX_TENANT_BYTES: usize = 128;
 /// How long a call may take when the client sets no deadline.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 
-/// How long a tenant record read from the replicas is reused. A replication factor change
-/// reaches a coordinator within this long.
-const TENANT_CACHE: Duration = Duration::from_secs(1);
-
 #[derive(Clone)]
 pub struct Coordinator {
     cluster: Arc<Cluster>,
-    tenants: Arc<Mutex<std::collections::HashMap<String, (TenantRecord, Instant)>>>,
-    rng: Arc<Mutex<Rng>>,
-    clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    kv: Arc<KvCoordinator<Cluster>>,
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg)
 }
 
-/// The time left before the client's `grpc-timeout`, or the default.
-fn deadline<T>(req: &Request<T>) -> Instant {
+/// The client's `grpc-timeout` as a time on `now_ms`'s clock, or the default.
+fn deadline<T>(req: &Request<T>, now_ms: u64) -> u64 {
     let t = req
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
         .unwrap_or(DEFAULT_DEADLINE);
-    Instant::now() + t
+    now_ms.saturating_add(t.as_millis() as u64)
 }
 
 fn parse_grpc_timeout(s: &str) -> Option<Duration> {
@@ -110,350 +90,17 @@ fn secs(ms: u64) -> i64 {
     (ms / 1000) as i64
 }
 
-/// What a write did.
-struct Written {
-    clock: VClock,
-    acks: usize,
-    duplicate: bool,
-    idempotency_key: String,
-}
-
 impl Coordinator {
-    pub fn new(cluster: Arc<Cluster>, seed: u64, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
-        Self { cluster, tenants: Arc::default(), rng: Arc::new(Mutex::new(Rng::new(seed))), clock }
+    pub fn new(cluster: Arc<Cluster>, seed: u64) -> Self {
+        Self { kv: Arc::new(KvCoordinator::new(cluster.clone(), seed)), cluster }
+    }
+
+    pub fn coordinator(&self) -> Arc<KvCoordinator<Cluster>> {
+        self.kv.clone()
     }
 
     fn now_ms(&self) -> u64 {
-        (self.clock)()
-    }
-
-    /// A fresh idempotency key for a write whose client gave none.
-    fn new_idem_key(&self) -> String {
-        let mut b = [0u8; 16];
-        self.rng.lock().unwrap_or_else(|e| e.into_inner()).fill(&mut b);
-        tessera_core::codec::hex(&b)
-    }
-
-    /// The tenant's record: from this node, else from any node that has it (and then kept here).
-    async fn tenant(&self, id: &str, until: Instant) -> Result<TenantRecord, Status> {
-        if let Some((t, at)) = self.tenants.lock().unwrap_or_else(|e| e.into_inner()).get(id)
-            && at.elapsed() < TENANT_CACHE
-        {
-            return Ok(t.clone());
-        }
-        let t = self.fetch_tenant(id, until).await?;
-        self.tenants.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), (t.clone(), Instant::now()));
-        Ok(t)
-    }
-
-    async fn fetch_tenant(&self, id: &str, until: Instant) -> Result<TenantRecord, Status> {
-        let req = KvRequest::GetTenant { tenant: id.to_owned() };
-        if let Ok(Ok(KvResponse::Tenant(Some(t)))) =
-            self.cluster.call(&self.cluster.me, req.clone(), PEER_TIMEOUT).await
-        {
-            return Ok(t);
-        }
-        for m in self.cluster.members.iter().filter(|m| m.id != self.cluster.me) {
-            let left = until.saturating_duration_since(Instant::now());
-            if let Ok(Ok(KvResponse::Tenant(Some(t)))) = self.cluster.call(&m.id, req.clone(), left).await {
-                let put = KvRequest::PutTenant { tenant: t.clone(), create: false };
-                let _ = self.cluster.call(&self.cluster.me, put, PEER_TIMEOUT).await;
-                return Ok(t);
-            }
-        }
-        Err(Status::not_found(format!("tenant {id:?} not found; create it with CreateTenant")))
-    }
-
-    /// Stores a tenant record on every member; succeeds once a majority has it.
-    async fn put_tenant(&self, t: TenantRecord, create: bool, until: Instant) -> Result<TenantRecord, Status> {
-        let (tx, mut rx) = mpsc::channel(self.cluster.members.len());
-        for m in &self.cluster.members {
-            let (c, tx, id) = (self.cluster.clone(), tx.clone(), m.id.clone());
-            let req = KvRequest::PutTenant { tenant: t.clone(), create };
-            let left = until.saturating_duration_since(Instant::now());
-            tokio::spawn(async move {
-                let _ = tx.send(c.call(&id, req, left).await).await;
-            });
-        }
-        drop(tx);
-        let n = self.cluster.members.len();
-        let need = n / 2 + 1;
-        let (mut ok, mut latest) = (0, None);
-        while let Some(r) = rx.recv().await {
-            match r {
-                Ok(Ok(KvResponse::TenantPut { new, .. })) => {
-                    ok += 1;
-                    latest = Some(new);
-                    if ok >= need {
-                        break;
-                    }
-                }
-                Ok(Err(e)) => return Err(to_status(e)),
-                _ => {}
-            }
-        }
-        match latest {
-            Some(t) if ok >= need => {
-                self.tenants.lock().unwrap_or_else(|e| e.into_inner()).insert(t.id.clone(), (t.clone(), Instant::now()));
-                Ok(t)
-            }
-            _ => Err(Status::unavailable(format!(
-                "{ok} of {n} nodes stored the tenant record; {need} are needed. Retry when more nodes are up"
-            ))),
-        }
-    }
-
-    /// Coordinates a write (`value: None` deletes) and replicates it.
-    async fn write(
-        &self,
-        tenant_id: String,
-        key: String,
-        value: Option<Vec<u8>>,
-        consistency: Consistency,
-        client_key: String,
-        until: Instant,
-    ) -> Result<Written, Status> {
-        let tenant = self.tenant(&tenant_id, until).await?;
-        if client_key.len() > MAX_IDEM_KEY {
-            return Err(invalid(format!("idempotency_key: {} bytes, at most {MAX_IDEM_KEY}", client_key.len())));
-        }
-        let idempotency_key = if client_key.is_empty() { self.new_idem_key() } else { client_key };
-        let mut h = Sha256::new();
-        for part in [tenant_id.as_bytes(), key.as_bytes()] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part);
-        }
-        match &value {
-            Some(v) => {
-                h.update([1]);
-                h.update(v);
-            }
-            None => h.update([0]),
-        }
-        let idem = IdemKey { key: idempotency_key.clone(), request_hash: h.finalize().to_vec() };
-        let replicas: Vec<String> = self
-            .cluster
-            .ring
-            .replicas(&tenant_id, &key, tenant.replication_factor as usize)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        let need = consistency.needed(replicas.len());
-
-        // The first replica that answers coordinates, this node first when it is one (it
-        // saves a hop, as in Dynamo).
-        let mut order: Vec<usize> = (0..replicas.len()).collect();
-        if let Some(me) = replicas.iter().position(|r| *r == self.cluster.me) {
-            order.retain(|&i| i != me);
-            order.insert(0, me);
-        }
-        let mut coordinated = None;
-        let mut unreachable = Vec::new();
-        let mut skipped = Vec::new();
-        for i in order {
-            let r = &replicas[i];
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let req = KvRequest::Coordinate {
-                tenant: tenant_id.clone(),
-                key: key.clone(),
-                value: value.clone(),
-                idem: Some(idem.clone()),
-            };
-            match self.cluster.call(r, req, left).await {
-                Ok(Ok(KvResponse::Coordinated { clock, versions, duplicate, idem })) => {
-                    coordinated = Some((i, clock, versions, duplicate, idem));
-                    break;
-                }
-                Ok(Ok(_)) => return Err(Status::internal("unexpected answer from a replica")),
-                Ok(Err(e)) => return Err(to_status(e)),
-                Err(e) => {
-                    unreachable.push(e.0);
-                    skipped.push(i);
-                }
-            }
-        }
-        let Some((coord, clock, versions, duplicate, idem_rec)) = coordinated else {
-            return Err(Status::unavailable(format!(
-                "0 of {} replicas answered (needed {need}): {}",
-                replicas.len(),
-                unreachable.join("; ")
-            )));
-        };
-        let acks = self
-            .replicate(&tenant_id, &key, &replicas, coord, &skipped, versions, idem_rec, need, until)
-            .await;
-        if acks < need {
-            return Err(Status::unavailable(format!(
-                "quorum not reached: {acks} of {} replicas acknowledged the write (needed {need} for {}); \
-                 it may still reach the others",
-                replicas.len(),
-                consistency.name()
-            )));
-        }
-        Ok(Written { clock, acks, duplicate, idempotency_key })
-    }
-
-    /// Applies `versions` on every replica but the coordinating one (which has them), and
-    /// returns once `need` replicas in all hold them or none can answer in time. Replicas
-    /// that do not answer get a hint; the rest finish in the background.
-    #[allow(clippy::too_many_arguments)]
-    async fn replicate(
-        &self,
-        tenant: &str,
-        key: &str,
-        replicas: &[String],
-        coord: usize,
-        skipped: &[usize],
-        versions: Vec<Version>,
-        idem: Option<IdemRecord>,
-        need: usize,
-        until: Instant,
-    ) -> usize {
-        let mut acks = 1;
-        if acks >= need && replicas.len() == 1 {
-            return acks;
-        }
-        let (tx, mut rx) = mpsc::channel(replicas.len());
-        for (i, r) in replicas.iter().enumerate() {
-            if i == coord {
-                continue;
-            }
-            let (c, tx, node) = (self.cluster.clone(), tx.clone(), r.clone());
-            let req = KvRequest::Apply {
-                tenant: tenant.to_owned(),
-                key: key.to_owned(),
-                versions: versions.clone(),
-                idem: idem.clone(),
-            };
-            let left =
-                if skipped.contains(&i) { Duration::ZERO } else { until.saturating_duration_since(Instant::now()) };
-            let hint = KvRequest::Hint {
-                target: node.clone(),
-                tenant: tenant.to_owned(),
-                key: key.to_owned(),
-                versions: versions.clone(),
-            };
-            tokio::spawn(async move {
-                let ok = !left.is_zero()
-                    && matches!(c.call(&node, req, left.max(Duration::from_millis(1))).await, Ok(Ok(_)));
-                if !ok {
-                    // Kept here until the node answers again; if this node cannot keep it
-                    // either, reads repair the replica later.
-                    if let Ok(Err(e)) = c.call(&c.me.clone(), hint, PEER_TIMEOUT).await {
-                        tracing::warn!(%node, error = %e, "could not keep a hint");
-                    }
-                }
-                let _ = tx.send(ok).await;
-            });
-        }
-        drop(tx);
-        while acks < need {
-            match rx.recv().await {
-                Some(true) => acks += 1,
-                Some(false) => {}
-                None => break,
-            }
-        }
-        acks
-    }
-
-    /// Reads a key: the reconciled versions from R replicas, repairing stale ones.
-    async fn read(
-        &self,
-        tenant_id: &str,
-        key: &str,
-        consistency: Consistency,
-        until: Instant,
-    ) -> Result<Vec<Version>, Status> {
-        let tenant = self.tenant(tenant_id, until).await?;
-        let replicas: Vec<String> = self
-            .cluster
-            .ring
-            .replicas(tenant_id, key, tenant.replication_factor as usize)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        let need = consistency.needed(replicas.len());
-        // Ask R replicas (this node first when it is one) and another only for each that
-        // fails, as Cassandra does: a quorum read costs R calls, not RF.
-        let mut order: Vec<String> = replicas.clone();
-        if let Some(me) = order.iter().position(|r| *r == self.cluster.me) {
-            let mine = order.remove(me);
-            order.insert(0, mine);
-        }
-        let mut queue = order.into_iter();
-        let (tx, mut rx) = mpsc::channel(replicas.len());
-        let ask = |node: String| {
-            let (c, tx) = (self.cluster.clone(), tx.clone());
-            let req = KvRequest::Read { tenant: tenant_id.to_owned(), key: key.to_owned() };
-            let left = until.saturating_duration_since(Instant::now());
-            tokio::spawn(async move {
-                let out = match c.call(&node, req, left).await {
-                    Ok(Ok(KvResponse::Versions(v))) => Some(v),
-                    _ => None,
-                };
-                let _ = tx.send((node, out)).await;
-            });
-        };
-        for node in queue.by_ref().take(need) {
-            ask(node);
-        }
-        let mut replies: Vec<(String, Vec<Version>)> = Vec::new();
-        let mut failed = 0;
-        let mut in_flight = need;
-        while replies.len() < need && in_flight > 0 {
-            match rx.recv().await {
-                Some((node, Some(v))) => {
-                    in_flight -= 1;
-                    replies.push((node, v));
-                }
-                Some((_, None)) => {
-                    in_flight -= 1;
-                    failed += 1;
-                    if let Some(next) = queue.next() {
-                        ask(next);
-                        in_flight += 1;
-                    }
-                }
-                None => break,
-            }
-        }
-        drop(tx);
-        if replies.len() < need {
-            return Err(Status::unavailable(format!(
-                "{} of {} replicas answered the read (needed {need} for {}; {failed} failed)",
-                replies.len(),
-                replicas.len(),
-                consistency.name()
-            )));
-        }
-        let outcome = resolve_read(&replies);
-        // Read repair, off the client's path: bring every replica that answered up to the
-        // reconciled set.
-        let (c, tenant_id, key) = (self.cluster.clone(), tenant_id.to_owned(), key.to_owned());
-        tokio::spawn(async move {
-            while let Some((node, out)) = rx.recv().await {
-                if let Some(v) = out {
-                    replies.push((node, v));
-                }
-            }
-            let full = resolve_read(&replies);
-            for node in full.stale {
-                let req = KvRequest::Apply {
-                    tenant: tenant_id.clone(),
-                    key: key.clone(),
-                    versions: full.versions.clone(),
-                    idem: None,
-                };
-                if let Ok(Ok(_)) = c.call(&node, req, PEER_TIMEOUT).await {
-                    tracing::debug!(%node, key = %key, "read repair");
-                }
-            }
-        });
-        Ok(outcome.versions)
+        self.cluster.now_ms()
     }
 }
 
@@ -463,7 +110,7 @@ impl CoordinatorService for Coordinator {
         &self,
         req: Request<wire::WriteKeyValueRequest>,
     ) -> Result<Response<wire::WriteKeyValueResponse>, Status> {
-        let until = deadline(&req);
+        let until = deadline(&req, self.now_ms());
         let r = req.into_inner();
         check_tenant_id(&r.tenant_id)?;
         check_key(&r.key)?;
@@ -471,7 +118,11 @@ impl CoordinatorService for Coordinator {
             return Err(invalid(format!("value: {} bytes, must be 1..={MAX_VALUE_BYTES}", r.value.len())));
         }
         let consistency = Consistency::parse(&r.consistency).map_err(to_status)?;
-        let w = self.write(r.tenant_id, r.key.clone(), Some(r.value), consistency, r.idempotency_key, until).await?;
+        let w = self
+            .kv
+            .write(&r.tenant_id, &r.key, Some(r.value), consistency, r.idempotency_key, until)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(wire::WriteKeyValueResponse {
             success: true,
             key: r.key,
@@ -488,12 +139,12 @@ impl CoordinatorService for Coordinator {
         &self,
         req: Request<wire::ReadKeyValueRequest>,
     ) -> Result<Response<wire::ReadKeyValueResponse>, Status> {
-        let until = deadline(&req);
+        let until = deadline(&req, self.now_ms());
         let r = req.into_inner();
         check_tenant_id(&r.tenant_id)?;
         check_key(&r.key)?;
         let consistency = Consistency::parse(&r.consistency).map_err(to_status)?;
-        let versions = self.read(&r.tenant_id, &r.key, consistency, until).await?;
+        let versions = self.kv.read(&r.tenant_id, &r.key, consistency, until).await.map_err(to_status)?;
         let Some(win) = winner(&versions).filter(|v| v.value.is_some()) else {
             return Err(Status::not_found(format!("key {:?} not found in tenant {:?}", r.key, r.tenant_id)));
         };
@@ -525,7 +176,7 @@ impl CoordinatorService for Coordinator {
         &self,
         req: Request<wire::CreateTenantRequest>,
     ) -> Result<Response<wire::CreateTenantResponse>, Status> {
-        let until = deadline(&req);
+        let until = deadline(&req, self.now_ms());
         let r = req.into_inner();
         check_tenant_id(&r.tenant_id)?;
         let rf = if r.replication_factor == 0 { DEFAULT_RF as i32 } else { r.replication_factor };
@@ -537,7 +188,7 @@ impl CoordinatorService for Coordinator {
         let now = self.now_ms();
         let t =
             TenantRecord { id: r.tenant_id.clone(), replication_factor: rf as u32, created_ms: now, updated_ms: now };
-        let t = self.put_tenant(t, true, until).await?;
+        let t = self.kv.put_tenant(t, true, until).await.map_err(to_status)?;
         Ok(Response::new(wire::CreateTenantResponse {
             success: true,
             tenant_id: t.id,
@@ -551,17 +202,17 @@ impl CoordinatorService for Coordinator {
         &self,
         req: Request<wire::UpdateReplicationFactorRequest>,
     ) -> Result<Response<wire::UpdateReplicationFactorResponse>, Status> {
-        let until = deadline(&req);
+        let until = deadline(&req, self.now_ms());
         let r = req.into_inner();
         check_tenant_id(&r.tenant_id)?;
         let rf = r.new_replication_factor;
         if !(MIN_RF as i32..=MAX_RF as i32).contains(&rf) {
             return Err(invalid(format!("new_replication_factor: {rf}, must be {MIN_RF}..={MAX_RF}")));
         }
-        let old = self.tenant(&r.tenant_id, until).await?;
+        let old = self.kv.tenant(&r.tenant_id, until).await.map_err(to_status)?;
         let now = self.now_ms().max(old.updated_ms + 1);
         let t = TenantRecord { replication_factor: rf as u32, updated_ms: now, ..old.clone() };
-        let t = self.put_tenant(t, false, until).await?;
+        let t = self.kv.put_tenant(t, false, until).await.map_err(to_status)?;
         // No data moves yet: keys written under the old factor gain or lose replicas only as
         // they are written again or read (read repair). `migration_id` stays empty to say so.
         Ok(Response::new(wire::UpdateReplicationFactorResponse {
@@ -579,10 +230,10 @@ impl CoordinatorService for Coordinator {
         &self,
         req: Request<wire::GetTenantRequest>,
     ) -> Result<Response<wire::GetTenantResponse>, Status> {
-        let until = deadline(&req);
+        let until = deadline(&req, self.now_ms());
         let r = req.into_inner();
         check_tenant_id(&r.tenant_id)?;
-        let t = self.tenant(&r.tenant_id, until).await?;
+        let t = self.kv.tenant(&r.tenant_id, until).await.map_err(to_status)?;
         Ok(Response::new(wire::GetTenantResponse {
             success: true,
             tenant_id: t.id,
@@ -654,12 +305,16 @@ impl KvService for Coordinator {
         &self,
         req: Request<ext::DeleteKeyRequest>,
     ) -> Result<Response<ext::DeleteKeyResponse>, Status> {
-        let until = deadline(&req);
+        let until = deadline(&req, self.now_ms());
         let r = req.into_inner();
         check_tenant_id(&r.tenant_id)?;
         check_key(&r.key)?;
         let consistency = Consistency::parse(&r.consistency).map_err(to_status)?;
-        let w = self.write(r.tenant_id, r.key.clone(), None, consistency, r.idempotency_key, until).await?;
+        let w = self
+            .kv
+            .write(&r.tenant_id, &r.key, None, consistency, r.idempotency_key, until)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(ext::DeleteKeyResponse {
             success: true,
             key: r.key,

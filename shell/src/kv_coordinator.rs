@@ -1,0 +1,434 @@
+//! The key-value coordinator: how any node serves a client's write or read by talking to the
+//! key's replicas. It knows nothing of gRPC or tokio's runtime: calls, task spawning and time
+//! come through [`Peers`], which tesserad implements over `tessera.peer.v1` and the
+//! simulator over its faulty in-memory network. The replica-side rules (clocks, siblings,
+//! idempotency) are the core's `KvMachine`; the quorum arithmetic is `kv::quorum`.
+//!
+//! A write goes to the key's replicas (the ring's first RF distinct nodes). The first replica
+//! that answers coordinates it, this node first when it is one: that replica's stored versions
+//! are the write's context, and it returns the new version, which is then applied on the
+//! other replicas in parallel. The client is answered once W replicas hold it; the count it
+//! gets is the number that did by then. A replica that does not answer gets a hint, kept on
+//! this node and delivered when it answers again. A read asks R replicas (another for each
+//! that fails), answers from their reconciled versions, and repairs the stale ones in the
+//! background.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tessera_core::kv::quorum::{Consistency, resolve_read};
+use tessera_core::kv::{IdemKey, IdemRecord, KvRequest, KvResponse, Ring, TenantRecord, VClock, Version};
+use tessera_core::rng::Rng;
+use tessera_core::{CoreError, CoreResult};
+use tokio::sync::mpsc;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Why a replica gave no answer.
+#[derive(Debug, Clone)]
+pub struct Unreachable(pub String);
+
+/// A replica's answer, or none.
+pub type PeerResult = Result<CoreResult<KvResponse>, Unreachable>;
+
+/// What the coordinator needs from its environment.
+pub trait Peers: Send + Sync + 'static {
+    fn me(&self) -> &str;
+    /// Every member's id, this node's included.
+    fn members(&self) -> Vec<String>;
+    fn ring(&self) -> &Ring;
+    /// Milliseconds on this node's clock.
+    fn now_ms(&self) -> u64;
+    /// Sends `req` to `node`'s replica; no answer within `timeout_ms` is `Unreachable`.
+    fn send(self: &Arc<Self>, node: &str, req: KvRequest, timeout_ms: u64) -> BoxFuture<PeerResult>;
+    /// Runs `fut` in the background (work that outlives the client's answer).
+    fn spawn(&self, fut: BoxFuture<()>);
+}
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEM_KEY: usize = 256;
+/// How long one peer call may take at most.
+pub const PEER_TIMEOUT_MS: u64 = 2_000;
+/// How long a tenant record read from the replicas is reused. A replication factor change
+/// reaches every coordinator within this long.
+const TENANT_CACHE_MS: u64 = 1_000;
+
+/// What a write did.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub clock: VClock,
+    pub acks: usize,
+    pub duplicate: bool,
+    pub idempotency_key: String,
+}
+
+pub struct KvCoordinator<P: Peers> {
+    peers: Arc<P>,
+    tenants: Mutex<BTreeMap<String, (TenantRecord, u64)>>,
+    rng: Mutex<Rng>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<P: Peers> KvCoordinator<P> {
+    pub fn new(peers: Arc<P>, seed: u64) -> Self {
+        Self { peers, tenants: Mutex::new(BTreeMap::new()), rng: Mutex::new(Rng::new(seed)) }
+    }
+
+    pub fn peers(&self) -> &Arc<P> {
+        &self.peers
+    }
+
+    fn left(&self, until_ms: u64) -> u64 {
+        until_ms.saturating_sub(self.peers.now_ms()).min(PEER_TIMEOUT_MS)
+    }
+
+    /// A fresh idempotency key for a write whose client gave none.
+    fn new_idem_key(&self) -> String {
+        let mut b = [0u8; 16];
+        lock(&self.rng).fill(&mut b);
+        tessera_core::codec::hex(&b)
+    }
+
+    fn replicas(&self, tenant: &TenantRecord, key: &str) -> Vec<String> {
+        let rf = tenant.replication_factor as usize;
+        self.peers.ring().replicas(&tenant.id, key, rf).into_iter().map(str::to_owned).collect()
+    }
+
+    /// The tenant's record: from this node, else from any node that has it (and then kept here).
+    pub async fn tenant(&self, id: &str, until_ms: u64) -> CoreResult<TenantRecord> {
+        let now = self.peers.now_ms();
+        if let Some((t, at)) = lock(&self.tenants).get(id)
+            && now.saturating_sub(*at) < TENANT_CACHE_MS
+        {
+            return Ok(t.clone());
+        }
+        let req = KvRequest::GetTenant { tenant: id.to_owned() };
+        let me = self.peers.me().to_owned();
+        let mut found = None;
+        if let Ok(Ok(KvResponse::Tenant(Some(t)))) = self.peers.send(&me, req.clone(), PEER_TIMEOUT_MS).await {
+            found = Some(t);
+        } else {
+            for m in self.peers.members().into_iter().filter(|m| *m != me) {
+                if let Ok(Ok(KvResponse::Tenant(Some(t)))) = self.peers.send(&m, req.clone(), self.left(until_ms)).await
+                {
+                    let put = KvRequest::PutTenant { tenant: t.clone(), create: false };
+                    let _ = self.peers.send(&me, put, PEER_TIMEOUT_MS).await;
+                    found = Some(t);
+                    break;
+                }
+            }
+        }
+        let t = found
+            .ok_or_else(|| CoreError::NotFound(format!("tenant {id:?} not found; create it with CreateTenant")))?;
+        lock(&self.tenants).insert(id.to_owned(), (t.clone(), now));
+        Ok(t)
+    }
+
+    /// Stores a tenant record on every member; succeeds once a majority has it.
+    pub async fn put_tenant(&self, t: TenantRecord, create: bool, until_ms: u64) -> CoreResult<TenantRecord> {
+        let members = self.peers.members();
+        let (tx, mut rx) = mpsc::channel(members.len());
+        for m in &members {
+            let (p, tx, id) = (self.peers.clone(), tx.clone(), m.clone());
+            let req = KvRequest::PutTenant { tenant: t.clone(), create };
+            let left = self.left(until_ms);
+            self.peers.spawn(Box::pin(async move {
+                let _ = tx.send(p.send(&id, req, left).await).await;
+            }));
+        }
+        drop(tx);
+        let n = members.len();
+        let need = n / 2 + 1;
+        let (mut ok, mut latest) = (0, None);
+        while let Some(r) = rx.recv().await {
+            match r {
+                Ok(Ok(KvResponse::TenantPut { new, .. })) => {
+                    ok += 1;
+                    latest = Some(new);
+                    if ok >= need {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => return Err(e),
+                _ => {}
+            }
+        }
+        match latest {
+            Some(t) if ok >= need => {
+                lock(&self.tenants).insert(t.id.clone(), (t.clone(), self.peers.now_ms()));
+                Ok(t)
+            }
+            _ => Err(CoreError::Unavailable(format!(
+                "{ok} of {n} nodes stored the tenant record; {need} are needed. Retry when more nodes are up"
+            ))),
+        }
+    }
+
+    /// Coordinates a write (`value: None` deletes) and replicates it.
+    pub async fn write(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+        consistency: Consistency,
+        client_key: String,
+        until_ms: u64,
+    ) -> CoreResult<Written> {
+        let tenant = self.tenant(tenant_id, until_ms).await?;
+        if client_key.len() > MAX_IDEM_KEY {
+            return Err(CoreError::InvalidArgument(format!(
+                "idempotency_key: {} bytes, at most {MAX_IDEM_KEY}",
+                client_key.len()
+            )));
+        }
+        let idempotency_key = if client_key.is_empty() { self.new_idem_key() } else { client_key };
+        let mut h = Sha256::new();
+        for part in [tenant_id.as_bytes(), key.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        match &value {
+            Some(v) => {
+                h.update([1]);
+                h.update(v);
+            }
+            None => h.update([0]),
+        }
+        let idem = IdemKey { key: idempotency_key.clone(), request_hash: h.finalize().to_vec() };
+        let replicas = self.replicas(&tenant, key);
+        let need = consistency.needed(replicas.len());
+
+        // The first replica that answers coordinates, this node first when it is one (it
+        // saves a hop, as in Dynamo).
+        let mut order: Vec<usize> = (0..replicas.len()).collect();
+        if let Some(me) = replicas.iter().position(|r| r == self.peers.me()) {
+            order.retain(|&i| i != me);
+            order.insert(0, me);
+        }
+        let mut coordinated = None;
+        let mut unreachable = Vec::new();
+        let mut skipped = Vec::new();
+        for i in order {
+            let left = self.left(until_ms);
+            if left == 0 {
+                break;
+            }
+            let req = KvRequest::Coordinate {
+                tenant: tenant_id.to_owned(),
+                key: key.to_owned(),
+                value: value.clone(),
+                idem: Some(idem.clone()),
+            };
+            match self.peers.send(&replicas[i], req, left).await {
+                Ok(Ok(KvResponse::Coordinated { clock, versions, duplicate, idem })) => {
+                    coordinated = Some((i, clock, versions, duplicate, idem));
+                    break;
+                }
+                Ok(Ok(_)) => return Err(CoreError::Unavailable("unexpected answer from a replica".into())),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    unreachable.push(e.0);
+                    skipped.push(i);
+                }
+            }
+        }
+        let Some((coord, clock, versions, duplicate, idem_rec)) = coordinated else {
+            return Err(CoreError::Unavailable(format!(
+                "0 of {} replicas answered (needed {need}): {}",
+                replicas.len(),
+                unreachable.join("; ")
+            )));
+        };
+        let acks = self.replicate(tenant_id, key, &replicas, coord, &skipped, versions, idem_rec, need, until_ms).await;
+        if acks < need {
+            return Err(CoreError::Unavailable(format!(
+                "quorum not reached: {acks} of {} replicas acknowledged the write (needed {need} for {}); \
+                 it may still reach the others",
+                replicas.len(),
+                consistency.name()
+            )));
+        }
+        Ok(Written { clock, acks, duplicate, idempotency_key })
+    }
+
+    /// Applies `versions` on every replica but the coordinating one (which has them), and
+    /// returns once `need` replicas in all hold them or none more can. Replicas that do not
+    /// answer (or were `skipped`: they did not answer the coordinate call) get a hint; the
+    /// rest finish in the background.
+    #[allow(clippy::too_many_arguments)]
+    async fn replicate(
+        &self,
+        tenant: &str,
+        key: &str,
+        replicas: &[String],
+        coord: usize,
+        skipped: &[usize],
+        versions: Vec<Version>,
+        idem: Option<IdemRecord>,
+        need: usize,
+        until_ms: u64,
+    ) -> usize {
+        let mut acks = 1;
+        if replicas.len() == 1 {
+            return acks;
+        }
+        let (tx, mut rx) = mpsc::channel(replicas.len());
+        for (i, node) in replicas.iter().enumerate() {
+            if i == coord {
+                continue;
+            }
+            let (p, tx, node) = (self.peers.clone(), tx.clone(), node.clone());
+            let req = KvRequest::Apply {
+                tenant: tenant.to_owned(),
+                key: key.to_owned(),
+                versions: versions.clone(),
+                idem: idem.clone(),
+            };
+            let left = if skipped.contains(&i) { 0 } else { self.left(until_ms) };
+            let hint = KvRequest::Hint {
+                target: node.clone(),
+                tenant: tenant.to_owned(),
+                key: key.to_owned(),
+                versions: versions.clone(),
+            };
+            self.peers.spawn(Box::pin(async move {
+                let ok = left > 0 && matches!(p.send(&node, req, left).await, Ok(Ok(_)));
+                if !ok {
+                    // Kept here until the node answers again; if this node cannot keep it
+                    // either, reads repair the replica later.
+                    let me = p.me().to_owned();
+                    if let Ok(Err(e)) = p.send(&me, hint, PEER_TIMEOUT_MS).await {
+                        tracing::warn!(%node, error = %e, "could not keep a hint");
+                    }
+                }
+                let _ = tx.send(ok).await;
+            }));
+        }
+        drop(tx);
+        while acks < need {
+            match rx.recv().await {
+                Some(true) => acks += 1,
+                Some(false) => {}
+                None => break,
+            }
+        }
+        acks
+    }
+
+    /// Reads a key: the reconciled versions from R replicas, repairing stale ones.
+    pub async fn read(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        consistency: Consistency,
+        until_ms: u64,
+    ) -> CoreResult<Vec<Version>> {
+        let tenant = self.tenant(tenant_id, until_ms).await?;
+        let replicas = self.replicas(&tenant, key);
+        let need = consistency.needed(replicas.len());
+        // Ask R replicas (this node first when it is one) and another only for each that
+        // fails, as Cassandra does: a quorum read costs R calls, not RF.
+        let mut order = replicas.clone();
+        if let Some(me) = order.iter().position(|r| r == self.peers.me()) {
+            let mine = order.remove(me);
+            order.insert(0, mine);
+        }
+        let mut queue = order.into_iter();
+        let (tx, mut rx) = mpsc::channel(replicas.len().max(1));
+        let ask = |node: String| {
+            let (p, tx) = (self.peers.clone(), tx.clone());
+            let req = KvRequest::Read { tenant: tenant_id.to_owned(), key: key.to_owned() };
+            let left = self.left(until_ms);
+            self.peers.spawn(Box::pin(async move {
+                let out = match p.send(&node, req, left).await {
+                    Ok(Ok(KvResponse::Versions(v))) => Some(v),
+                    _ => None,
+                };
+                let _ = tx.send((node, out)).await;
+            }));
+        };
+        let mut in_flight = 0;
+        for node in queue.by_ref().take(need) {
+            ask(node);
+            in_flight += 1;
+        }
+        let mut replies: Vec<(String, Vec<Version>)> = Vec::new();
+        let mut failed = 0;
+        while replies.len() < need && in_flight > 0 {
+            match rx.recv().await {
+                Some((node, Some(v))) => {
+                    in_flight -= 1;
+                    replies.push((node, v));
+                }
+                Some((_, None)) => {
+                    in_flight -= 1;
+                    failed += 1;
+                    if let Some(next) = queue.next() {
+                        ask(next);
+                        in_flight += 1;
+                    }
+                }
+                None => break,
+            }
+        }
+        drop(tx);
+        if replies.len() < need {
+            return Err(CoreError::Unavailable(format!(
+                "{} of {} replicas answered the read (needed {need} for {}; {failed} failed)",
+                replies.len(),
+                replicas.len(),
+                consistency.name()
+            )));
+        }
+        let outcome = resolve_read(&replies);
+        // Read repair, off the client's path: bring every replica that answered up to the
+        // reconciled set.
+        let (p, tenant_id, key) = (self.peers.clone(), tenant_id.to_owned(), key.to_owned());
+        let versions = outcome.versions.clone();
+        self.peers.spawn(Box::pin(async move {
+            for node in outcome.stale {
+                let req = KvRequest::Apply {
+                    tenant: tenant_id.clone(),
+                    key: key.clone(),
+                    versions: versions.clone(),
+                    idem: None,
+                };
+                if let Ok(Ok(_)) = p.send(&node, req, PEER_TIMEOUT_MS).await {
+                    tracing::debug!(%node, key = %key, "read repair");
+                }
+            }
+        }));
+        Ok(outcome.versions)
+    }
+
+    /// Delivers the hints this node holds for `target` (oldest first) and drops them once
+    /// `target` has them. Returns how many went out.
+    pub async fn hand_off_to(&self, target: &str) -> Result<usize, Unreachable> {
+        let me = self.peers.me().to_owned();
+        let mut sent = 0;
+        loop {
+            let req = KvRequest::Hints { target: target.to_owned(), limit: 256 };
+            let hints = match self.peers.send(&me, req, PEER_TIMEOUT_MS).await {
+                Ok(Ok(KvResponse::Hints(h))) => h,
+                _ => return Ok(sent),
+            };
+            let Some(last) = hints.last().map(|h| h.seq) else { return Ok(sent) };
+            for h in hints {
+                let req = KvRequest::Apply { tenant: h.tenant, key: h.key, versions: h.versions, idem: None };
+                match self.peers.send(target, req, PEER_TIMEOUT_MS).await? {
+                    Ok(_) => sent += 1,
+                    // The target refuses (for example, storage trouble): try again later.
+                    Err(e) => return Err(Unreachable(e.to_string())),
+                }
+            }
+            let done = KvRequest::HintsDelivered { target: target.to_owned(), upto: last };
+            let _ = self.peers.send(&me, done, PEER_TIMEOUT_MS).await;
+        }
+    }
+}
