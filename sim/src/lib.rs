@@ -17,6 +17,8 @@ pub mod cli;
 #[cfg(madsim)]
 pub mod faults;
 #[cfg(madsim)]
+pub mod kv_model;
+#[cfg(madsim)]
 pub mod model;
 #[cfg(madsim)]
 pub mod net;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tessera_core::kv::{KvConfig, KvMachine};
 use tessera_core::mem_store::MemStore;
 use tessera_core::rng::Rng;
 use tessera_core::status::{StatusConfig, StatusMachine};
@@ -19,6 +20,8 @@ use crate::run::World;
 
 pub type Handle = HandleFor<StatusMachine>;
 pub type TxnHandle = HandleFor<TxnMachine>;
+pub type KvHandle = HandleFor<KvMachine>;
+pub type Coordinator = Arc<tessera_shell::kv_coordinator::KvCoordinator<crate::kv_model::SimPeers>>;
 
 /// Simulated time plus this node's skew; fsync takes a random, seed-drawn time.
 pub struct SimClock {
@@ -54,6 +57,9 @@ pub struct SimNode {
     /// The running drivers' handles; None while the node is down.
     pub slot: Slot<Handle>,
     pub txn_slot: Slot<TxnHandle>,
+    pub kv_slot: Slot<KvHandle>,
+    /// The node's key-value coordinator (in memory: rebuilt on restart).
+    pub coord_slot: Slot<Coordinator>,
     /// Set when a driver stopped on a storage error (the node must restart).
     pub failed: Arc<AtomicBool>,
     pub up: bool,
@@ -113,9 +119,12 @@ impl SimNode {
         let store = MemStore::new();
         let slot: Slot<Handle> = Arc::new(Mutex::new(None));
         let txn_slot: Slot<TxnHandle> = Arc::new(Mutex::new(None));
+        let kv_slot: Slot<KvHandle> = Arc::new(Mutex::new(None));
+        let coord_slot: Slot<Coordinator> = Arc::new(Mutex::new(None));
         let failed = Arc::new(AtomicBool::new(false));
         let (st, sl, tsl, fl, w, nm) =
             (store.clone(), slot.clone(), txn_slot.clone(), failed.clone(), world.clone(), name.clone());
+        let (ksl, csl) = (kv_slot.clone(), coord_slot.clone());
         let skew_ms = world.plan.skew_ms[index];
         let max_fsync_ms = world.plan.max_fsync_ms;
         let id = madsim::runtime::Handle::current()
@@ -132,6 +141,7 @@ impl SimNode {
                     driver: driver.clone(),
                 };
                 let (slot, txn_slot, config) = (sl.clone(), tsl.clone(), config.clone());
+                let (kv_slot, coord_slot) = (ksl.clone(), csl.clone());
                 async move {
                     let mut rng = Rng::new(boot.world.rng_below(u64::MAX));
                     let status = StatusMachine::open(&boot.store, config, &mut rng).map_err(|e| e.to_string());
@@ -140,6 +150,12 @@ impl SimNode {
                         .map(|m| (m, WriteBatch::default()))
                         .map_err(|e| e.to_string());
                     boot.spawn("txn", txn, txn_slot);
+                    let kv = KvMachine::new(KvConfig { node_id: boot.name.clone(), idempotency_ttl_ms: 60_000 });
+                    boot.spawn("kv", Ok((kv, WriteBatch::default())), kv_slot);
+                    let peers = Arc::new(crate::kv_model::SimPeers::new(boot.world.clone(), index, skew_ms));
+                    let coord = Arc::new(tessera_shell::kv_coordinator::KvCoordinator::new(peers, rng.next_u64()));
+                    *lock(&coord_slot) = Some(coord.clone());
+                    madsim::task::spawn(crate::kv_model::hand_off(coord));
                     boot.world.event(format!("{} up", boot.name));
                     // madsim ends a node whose initial task returns (as a process whose main
                     // returns): live until killed, like tesserad.
@@ -148,7 +164,7 @@ impl SimNode {
             })
             .build()
             .id();
-        SimNode { name, id, store, slot, txn_slot, failed, up: true }
+        SimNode { name, id, store, slot, txn_slot, kv_slot, coord_slot, failed, up: true }
     }
 
     pub fn handle(&self) -> Option<Handle> {
@@ -159,10 +175,20 @@ impl SimNode {
         lock(&self.txn_slot).clone()
     }
 
+    pub fn kv_handle(&self) -> Option<KvHandle> {
+        lock(&self.kv_slot).clone()
+    }
+
+    pub fn coordinator(&self) -> Option<Coordinator> {
+        lock(&self.coord_slot).clone()
+    }
+
     /// Power cut: every task stops, every unsynced write is gone.
     pub fn crash(&mut self) {
         lock(&self.slot).take();
         lock(&self.txn_slot).take();
+        lock(&self.kv_slot).take();
+        lock(&self.coord_slot).take();
         madsim::runtime::Handle::current().kill(self.id);
         self.store.crash();
         self.failed.store(false, Ordering::SeqCst);

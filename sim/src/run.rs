@@ -50,7 +50,12 @@ pub struct WorldInner {
     pub violations: Vec<String>,
     /// (client, node) pairs that cannot talk.
     pub cuts: BTreeSet<(usize, usize)>,
+    /// Set once the faults have healed: the network stops losing and duplicating messages.
+    pub healed: bool,
+    /// Nodes cut off from the other nodes.
+    pub isolated: BTreeSet<usize>,
     pub model: Model,
+    pub kv: crate::kv_model::KvModel,
     pub txn: TxnModel,
     pub ops: u64,
 }
@@ -102,6 +107,23 @@ impl World {
 
     pub fn node_handle(&self, node: usize) -> Option<Handle> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(node).and_then(SimNode::handle)
+    }
+
+    pub fn kv_handle(&self, node: usize) -> Option<crate::node::KvHandle> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(node).and_then(SimNode::kv_handle)
+    }
+
+    /// A node's coordinator and its madsim node id (to run a call on that node).
+    pub fn coordinator(&self, node: usize) -> Option<(crate::node::Coordinator, madsim::task::NodeId)> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let n = nodes.get(node)?;
+        Some((n.coordinator()?, n.id))
+    }
+
+    /// Whether two nodes cannot talk: a partitioned node is cut from clients and peers alike.
+    pub fn nodes_cut(&self, a: usize, b: usize) -> bool {
+        let w = self.lock();
+        w.isolated.contains(&a) || w.isolated.contains(&b)
     }
 
     pub fn txn_handle(&self, node: usize) -> Option<TxnHandle> {
@@ -156,13 +178,21 @@ async fn faults(world: Arc<World>, until_ms: u64) {
             world.event(format!("n{node} disk will fail its next sync"));
         } else {
             let clients: Vec<usize> = (0..world.opts.clients).filter(|_| world.chance(0.6)).collect();
+            // Half the partitions also cut the node off from its peers.
+            let from_peers = world.chance(0.5);
             {
                 let mut w = world.lock();
                 for c in &clients {
                     w.cuts.insert((*c, node));
                 }
+                if from_peers {
+                    w.isolated.insert(node);
+                }
             }
-            world.event(format!("partition n{node} from clients {clients:?} for {outage}ms"));
+            world.event(format!(
+                "partition n{node} from clients {clients:?}{} for {outage}ms",
+                if from_peers { " and its peers" } else { "" }
+            ));
             let w = world.clone();
             madsim::task::spawn(async move {
                 madsim::time::sleep(Duration::from_millis(outage)).await;
@@ -170,6 +200,7 @@ async fn faults(world: Arc<World>, until_ms: u64) {
                 for c in clients {
                     g.cuts.remove(&(c, node));
                 }
+                g.isolated.remove(&node);
             });
         }
     }
@@ -211,7 +242,10 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
                 trace: Trace::default(),
                 violations: Vec::new(),
                 cuts: BTreeSet::new(),
+                healed: false,
+                isolated: BTreeSet::new(),
                 model: Model::new(opts.nodes),
+                kv: crate::kv_model::KvModel::default(),
                 txn: TxnModel::new(opts.nodes),
                 ops: 0,
             }),
@@ -227,7 +261,9 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
         madsim::time::sleep(Duration::from_millis(5)).await;
 
         let mut tasks = Vec::new();
+        crate::kv_model::setup(&world).await;
         for c in 0..opts.clients {
+            tasks.push(madsim::task::spawn(crate::kv_model::client(world.clone(), c, opts.duration_ms)));
             tasks.push(madsim::task::spawn(model::client(world.clone(), c, opts.duration_ms)));
             tasks.push(madsim::task::spawn(txn_model::client(world.clone(), c, opts.duration_ms)));
         }
@@ -237,7 +273,12 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
         }
 
         // Heal: no more faults, every node back up, wait for in-flight copies to land.
-        world.lock().cuts.clear();
+        {
+            let mut w = world.lock();
+            w.cuts.clear();
+            w.isolated.clear();
+            w.healed = true;
+        }
         madsim::time::sleep(Duration::from_millis(1_000)).await;
         supervise(&world);
         world.with_nodes(|nodes| {
@@ -257,6 +298,7 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
         madsim::time::sleep(Duration::from_millis(50)).await;
         model::final_check(&world).await;
         txn_model::final_check(&world).await;
+        crate::kv_model::final_check(&world).await;
 
         let w = world.lock();
         SeedReport {
