@@ -296,9 +296,12 @@ pub async fn final_check(world: &Arc<World>) {
     }
     // Read repair has run in the background: every replica must now agree.
     madsim::time::sleep(Duration::from_millis(500)).await;
+    let members: Vec<(String, u32)> = (0..world.opts.nodes).map(|i| (format!("n{i}"), DEFAULT_VNODES)).collect();
+    let ring = Ring::new(&members);
     for (key, _) in &keys {
         let mut per_node = Vec::new();
-        for n in 0..world.opts.nodes {
+        let replicas = ring.replicas(TENANT, key, 3);
+        for n in (0..world.opts.nodes).filter(|n| replicas.contains(&format!("n{n}").as_str())) {
             let Some(h) = world.kv_handle(n) else { continue };
             if let Ok(Ok(KvResponse::Versions(v))) =
                 h.call(KvRequest::Read { tenant: TENANT.into(), key: key.clone() }).await
