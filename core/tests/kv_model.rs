@@ -118,3 +118,43 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
     // Stats count distinct keys.
     assert_eq!(step(&mut n1, &s1, 23, KvRequest::Stats), KvResponse::Stats { keys: 2, hints: 0 });
 }
+
+#[test]
+fn equal_clocks_with_different_content_converge_and_insane_clocks_are_refused() {
+    let c = VClock([("n1".to_owned(), 5)].into());
+    let a = Version { clock: c.clone(), ts_ms: 1, value: Some(b"a".to_vec()) };
+    let b = Version { clock: c, ts_ms: 2, value: Some(b"b".to_vec()) };
+    assert_eq!(reconcile(std::slice::from_ref(&a), std::slice::from_ref(&b)), vec![b.clone()]);
+    assert_eq!(reconcile(std::slice::from_ref(&b), std::slice::from_ref(&a)), vec![b]);
+    let store = MemStore::new();
+    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let huge = Version { clock: VClock([("n2".to_owned(), u64::MAX)].into()), ts_ms: 1, value: None };
+    let req = KvRequest::Apply { tenant: "t".into(), key: "k".into(), versions: vec![huge], idem: None };
+    assert!(m.step(1, 0, req, &store).unwrap().replies[0].1.is_err());
+    // An empty apply stores nothing and counts no key.
+    let req = KvRequest::Apply { tenant: "t".into(), key: "k".into(), versions: vec![], idem: None };
+    assert!(m.step(2, 0, req, &store).unwrap().writes.is_empty());
+}
+
+#[test]
+fn a_full_sweep_asks_for_the_next_at_once() {
+    let store = MemStore::new();
+    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 10 });
+    for i in 0..1500 {
+        let req = KvRequest::Coordinate {
+            tenant: "t".into(),
+            key: format!("k{i}"),
+            value: Some(b"v".to_vec()),
+            idem: Some(tessera_core::kv::IdemKey { key: format!("i{i}"), request_hash: vec![1] }),
+        };
+        step(&mut m, &store, 1, req);
+    }
+    let first = m.tick(100, &store).unwrap();
+    assert_eq!(first.deadline, Some(101), "more expired records remain");
+    store.write(&first.writes).unwrap();
+    let second = m.tick(101, &store).unwrap();
+    store.write(&second.writes).unwrap();
+    let third = m.tick(102, &store).unwrap();
+    assert!(third.writes.is_empty());
+    assert_eq!(third.deadline, Some(102 + 60_000));
+}

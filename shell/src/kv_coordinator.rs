@@ -52,7 +52,7 @@ pub trait Peers: Send + Sync + 'static {
 pub const MAX_IDEM_KEY: usize = 256;
 /// How long one peer call may take at most.
 pub const PEER_TIMEOUT_MS: u64 = 2_000;
-/// How long a tenant record read from the replicas is reused. A replication factor change
+/// How long a tenant record read from a majority is reused. A replication factor change
 /// reaches every coordinator within this long.
 const TENANT_CACHE_MS: u64 = 1_000;
 
@@ -100,7 +100,9 @@ impl<P: Peers> KvCoordinator<P> {
         self.peers.ring().replicas(&tenant.id, key, rf).into_iter().map(str::to_owned).collect()
     }
 
-    /// The tenant's record: from this node, else from any node that has it (and then kept here).
+    /// The tenant's record as a majority of nodes know it: the newest among their answers,
+    /// written back to any member that answered with less (so a node that missed an update
+    /// catches up). Reused for [`TENANT_CACHE_MS`].
     pub async fn tenant(&self, id: &str, until_ms: u64) -> CoreResult<TenantRecord> {
         let now = self.peers.now_ms();
         if let Some((t, at)) = lock(&self.tenants).get(id)
@@ -108,24 +110,49 @@ impl<P: Peers> KvCoordinator<P> {
         {
             return Ok(t.clone());
         }
-        let req = KvRequest::GetTenant { tenant: id.to_owned() };
-        let me = self.peers.me().to_owned();
-        let mut found = None;
-        if let Ok(Ok(KvResponse::Tenant(Some(t)))) = self.peers.send(&me, req.clone(), PEER_TIMEOUT_MS).await {
-            found = Some(t);
-        } else {
-            for m in self.peers.members().into_iter().filter(|m| *m != me) {
-                if let Ok(Ok(KvResponse::Tenant(Some(t)))) = self.peers.send(&m, req.clone(), self.left(until_ms)).await
-                {
-                    let put = KvRequest::PutTenant { tenant: t.clone(), create: false };
-                    let _ = self.peers.send(&me, put, PEER_TIMEOUT_MS).await;
-                    found = Some(t);
-                    break;
-                }
+        let members = self.peers.members();
+        let need = members.len() / 2 + 1;
+        let (tx, mut rx) = mpsc::channel(members.len());
+        for m in &members {
+            let (p, tx, node) = (self.peers.clone(), tx.clone(), m.clone());
+            let req = KvRequest::GetTenant { tenant: id.to_owned() };
+            let left = self.left(until_ms);
+            self.peers.spawn(Box::pin(async move {
+                let out = match p.send(&node, req, left).await {
+                    Ok(Ok(KvResponse::Tenant(t))) => Some(t),
+                    _ => None,
+                };
+                let _ = tx.send((node, out)).await;
+            }));
+        }
+        drop(tx);
+        let mut answers: Vec<(String, Option<TenantRecord>)> = Vec::new();
+        while answers.len() < need {
+            match rx.recv().await {
+                Some((node, Some(t))) => answers.push((node, t)),
+                Some((_, None)) => {}
+                None => break,
             }
         }
-        let t = found
-            .ok_or_else(|| CoreError::NotFound(format!("tenant {id:?} not found; create it with CreateTenant")))?;
+        let newest = answers.iter().filter_map(|(_, t)| t.clone()).max_by_key(|t| (t.updated_ms, t.replication_factor));
+        let Some(t) = newest else {
+            if answers.len() < need {
+                return Err(CoreError::Unavailable(format!(
+                    "only {} of {} nodes answered a lookup of tenant {id:?} ({need} needed)",
+                    answers.len(),
+                    members.len()
+                )));
+            }
+            return Err(CoreError::NotFound(format!("tenant {id:?} not found; create it with CreateTenant")));
+        };
+        for (node, have) in answers {
+            if have.as_ref() != Some(&t) {
+                let (p, put) = (self.peers.clone(), KvRequest::PutTenant { tenant: t.clone(), create: false });
+                self.peers.spawn(Box::pin(async move {
+                    let _ = p.send(&node, put, PEER_TIMEOUT_MS).await;
+                }));
+            }
+        }
         lock(&self.tenants).insert(id.to_owned(), (t.clone(), now));
         Ok(t)
     }
@@ -155,7 +182,8 @@ impl<P: Peers> KvCoordinator<P> {
                         break;
                     }
                 }
-                Ok(Err(e)) => return Err(e),
+                // A duplicate decides at once; any other refusal is one node that failed.
+                Ok(Err(e @ CoreError::AlreadyExists(_))) => return Err(e),
                 _ => {}
             }
         }
@@ -231,6 +259,11 @@ impl<P: Peers> KvCoordinator<P> {
                     break;
                 }
                 Ok(Ok(_)) => return Err(CoreError::Unavailable("unexpected answer from a replica".into())),
+                // A replica that cannot serve (its storage failed) is like one that is down.
+                Ok(Err(CoreError::Unavailable(e))) => {
+                    unreachable.push(e);
+                    skipped.push(i);
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(e) => {
                     unreachable.push(e.0);

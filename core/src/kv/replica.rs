@@ -22,6 +22,10 @@ pub(super) const KEYSPACE: &str = crate::store::KV;
 pub const MAX_HINTS: u64 = 100_000;
 /// Hints older than this are dropped: the replica is repaired by reads instead.
 pub const HINT_MAX_AGE_MS: u64 = 3 * 60 * 60 * 1000;
+/// Most versions one apply may carry (siblings of one key).
+pub const MAX_SIBLINGS: usize = 64;
+/// Most expired records or hints one sweep removes; a full sweep asks for the next at once.
+const SWEEP_BATCH: usize = 1000;
 /// Default life of an idempotency record.
 pub const DEFAULT_IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -273,7 +277,16 @@ impl KvMachine {
                 Ok((KvResponse::Coordinated { clock, versions, duplicate: false, idem: rec }, batch))
             }
             KvRequest::Apply { tenant, key, versions, idem } => {
+                if versions.len() > MAX_SIBLINGS || versions.iter().any(|v| !v.clock.is_sane()) {
+                    return Err(CoreError::InvalidArgument(format!(
+                        "apply of {key:?}: at most {MAX_SIBLINGS} versions with sane clocks"
+                    )));
+                }
                 let current = Self::versions(store, &tenant, &key)?;
+                if versions.is_empty() {
+                    // Nothing to merge (a replay of a key this replica never held).
+                    return Ok((KvResponse::Versions(current.unwrap_or_default()), batch));
+                }
                 let existed = current.is_some();
                 let current = current.unwrap_or_default();
                 let merged = reconcile(&current, &versions);
@@ -361,7 +374,7 @@ impl KvMachine {
     /// Removes expired idempotency records and hints too old to deliver.
     fn sweep(&self, now: u64, store: &dyn StoreRead) -> Result<WriteBatch, StoreError> {
         let mut batch = WriteBatch::default();
-        for (k, _) in store.prefix(KEYSPACE, keys::EXPIRY_PREFIX, None, 1000)? {
+        for (k, _) in store.prefix(KEYSPACE, keys::EXPIRY_PREFIX, None, SWEEP_BATCH)? {
             match keys::expiry_at(&k) {
                 Some(at) if at <= now => {
                     let ikey = &k[9..];
@@ -378,7 +391,7 @@ impl KvMachine {
         }
         let mut held = count(store, keys::HINT_COUNT)?;
         let before = held;
-        for (k, v) in store.prefix(KEYSPACE, keys::HINT_PREFIX, None, 1000)? {
+        for (k, v) in store.prefix(KEYSPACE, keys::HINT_PREFIX, None, SWEEP_BATCH)? {
             let (at, ..) = decode_hint(&v)?;
             if at.saturating_add(HINT_MAX_AGE_MS) <= now {
                 batch.delete(KEYSPACE, k);
@@ -433,6 +446,10 @@ impl Machine for KvMachine {
     }
 
     fn tick(&mut self, now: u64, store: &dyn StoreRead) -> Result<Ready<Self::Output>, StoreError> {
-        Ok(Ready { writes: self.sweep(now, store)?, deadline: Some(now + SWEEP_EVERY_MS), ..Ready::default() })
+        let writes = self.sweep(now, store)?;
+        // A sweep that removed a full batch has more to do: come back at once, so records
+        // never pile up faster than they expire.
+        let next = if writes.len() >= SWEEP_BATCH { now + 1 } else { now + SWEEP_EVERY_MS };
+        Ok(Ready { writes, deadline: Some(next), ..Ready::default() })
     }
 }

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use crate::codec::{Decoder, Encoder};
 use crate::store::StoreError;
 
+/// Largest counter accepted from a peer.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VClock(pub BTreeMap<String, u64>);
 
@@ -54,7 +57,14 @@ impl VClock {
 
     /// Counts one more event at `node`.
     pub fn bump(&mut self, node: &str) {
-        *self.0.entry(node.to_owned()).or_default() += 1;
+        let c = self.0.entry(node.to_owned()).or_default();
+        *c = c.saturating_add(1);
+    }
+
+    /// Whether every counter is in the range real clocks reach (so `bump` cannot saturate);
+    /// versions from peers with anything else are refused.
+    pub fn is_sane(&self) -> bool {
+        self.0.values().all(|c| *c < MAX_COUNTER) && self.0.keys().all(|n| !n.is_empty() && n.len() <= 128)
     }
 
     pub fn encode(&self, mut e: Encoder) -> Encoder {
@@ -120,8 +130,9 @@ pub fn reconcile(current: &[Version], incoming: &[Version]) -> Vec<Version> {
     for (i, v) in all.iter().enumerate() {
         let superseded = all.iter().enumerate().any(|(j, w)| match v.clock.compare(&w.clock) {
             Causal::Before => true,
-            // Equal clocks are the same write; keep the first copy only.
-            Causal::Equal => j < i,
+            // Equal clocks should be one write; if a crash let a node reuse a clock for other
+            // content, every replica keeps the same copy (the higher rank), so they converge.
+            Causal::Equal => (w.rank(), j) > (v.rank(), i),
             _ => false,
         });
         if !superseded {

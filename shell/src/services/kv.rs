@@ -213,6 +213,13 @@ impl CoordinatorService for Coordinator {
         let now = self.now_ms().max(old.updated_ms + 1);
         let t = TenantRecord { replication_factor: rf as u32, updated_ms: now, ..old.clone() };
         let t = self.kv.put_tenant(t, false, until).await.map_err(to_status)?;
+        if t.replication_factor != rf as u32 {
+            // A newer change (by another coordinator) won; say so rather than claim ours.
+            return Err(Status::aborted(format!(
+                "a concurrent update set the replication factor of {:?} to {}; retry if {rf} is still wanted",
+                t.id, t.replication_factor
+            )));
+        }
         // No data moves yet: keys written under the old factor gain or lose replicas only as
         // they are written again or read (read repair). `migration_id` stays empty to say so.
         Ok(Response::new(wire::UpdateReplicationFactorResponse {
