@@ -158,3 +158,30 @@ fn a_full_sweep_asks_for_the_next_at_once() {
     assert!(third.writes.is_empty());
     assert_eq!(third.deadline, Some(102 + 60_000));
 }
+
+#[test]
+fn old_hints_expire_even_behind_many_fresh_ones() {
+    use tessera_core::kv::replica::HINT_MAX_AGE_MS;
+    let store = MemStore::new();
+    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 10 });
+    let hint = |target: &str, i: u32| KvRequest::Hint {
+        target: target.into(),
+        tenant: "t".into(),
+        key: format!("k{i}"),
+        versions: vec![Version { clock: VClock([("n1".to_owned(), 1)].into()), ts_ms: 1, value: None }],
+    };
+    // "a" sorts first and holds 1200 fresh hints; "b" holds one old one.
+    step(&mut m, &store, 1, hint("b", 0));
+    for i in 0..1200 {
+        step(&mut m, &store, HINT_MAX_AGE_MS, hint("a", i));
+    }
+    let ready = m.tick(HINT_MAX_AGE_MS + 5, &store).unwrap();
+    store.write(&ready.writes).unwrap();
+    assert_eq!(step(&mut m, &store, HINT_MAX_AGE_MS + 6, KvRequest::Stats), KvResponse::Stats { keys: 0, hints: 1200 });
+    let KvResponse::Hints(left) =
+        step(&mut m, &store, HINT_MAX_AGE_MS + 7, KvRequest::Hints { target: "b".into(), limit: 10 })
+    else {
+        panic!()
+    };
+    assert!(left.is_empty());
+}

@@ -391,11 +391,36 @@ impl KvMachine {
         }
         let mut held = count(store, keys::HINT_COUNT)?;
         let before = held;
-        for (k, v) in store.prefix(KEYSPACE, keys::HINT_PREFIX, None, SWEEP_BATCH)? {
-            let (at, ..) = decode_hint(&v)?;
-            if at.saturating_add(HINT_MAX_AGE_MS) <= now {
-                batch.delete(KEYSPACE, k);
-                held = held.saturating_sub(1);
+        // Per target, hints are in the order they were taken (their sequence numbers grow),
+        // so each target's expired hints are a prefix of its run: take that prefix, then jump
+        // to the next target. A target with many fresh hints cannot hide the others' old ones.
+        let mut cursor = keys::HINT_PREFIX.to_vec();
+        let mut removed = 0;
+        while removed < SWEEP_BATCH {
+            let end = crate::store::prefix_end(keys::HINT_PREFIX);
+            let Some((first, _)) = store.range(KEYSPACE, &cursor, end.as_deref(), 1)?.into_iter().next() else { break };
+            let target = keys::hint_seq(&first)
+                .map(|(t, _)| t.to_vec())
+                .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad hint key".into() })?;
+            let prefix = keys::hints(&String::from_utf8_lossy(&target));
+            let mut after = None;
+            'target: loop {
+                let rows = store.prefix(KEYSPACE, &prefix, after.as_deref(), 256)?;
+                let Some(last) = rows.last().map(|r| r.0.clone()) else { break };
+                for (k, v) in rows {
+                    let (at, ..) = decode_hint(&v)?;
+                    if at.saturating_add(HINT_MAX_AGE_MS) > now || removed >= SWEEP_BATCH {
+                        break 'target;
+                    }
+                    batch.delete(KEYSPACE, k);
+                    held = held.saturating_sub(1);
+                    removed += 1;
+                }
+                after = Some(last);
+            }
+            match crate::store::prefix_end(&prefix) {
+                Some(next) => cursor = next,
+                None => break,
             }
         }
         if held != before {
