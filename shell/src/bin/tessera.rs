@@ -65,6 +65,9 @@ enum Command {
         #[command(subcommand)]
         cmd: tessera_shell::cli::catalog::CatalogCmd,
     },
+    /// Tenants, keys and nodes of the key-value cluster
+    #[command(subcommand)]
+    Kv(tessera_shell::cli::kv::KvCmd),
     /// Load generators (figures for the README; not pass/fail)
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -576,6 +579,7 @@ fn run() -> anyhow::Result<()> {
                 tessera_shell::cli::transfer::download(ch, node_id, version, &output).await
             }
             Command::Services => services(ch).await,
+            Command::Kv(cmd) => tessera_shell::cli::kv::run(ch, cmd).await,
             Command::Catalog { tenant, admin, cmd } => {
                 tessera_shell::cli::catalog::run(ch, tessera_shell::cli::catalog::As { tenant, admin }, cmd).await
             }

@@ -2,4 +2,5 @@
 
 pub mod catalog;
 pub mod json;
+pub mod kv;
 pub mod transfer;
