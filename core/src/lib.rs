@@ -12,6 +12,7 @@
 pub mod catalog;
 pub mod codec;
 pub mod error;
+pub mod expiry_keys;
 pub mod ids;
 pub mod kv;
 pub mod mem_store;

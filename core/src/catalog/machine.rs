@@ -638,11 +638,10 @@ impl CatalogMachine {
         let mut batch = WriteBatch::default();
         let rows = store.prefix(KEYSPACE, keys::EXPIRY_PREFIX, None, 1024)?;
         for (k, _) in &rows {
-            let Some(at) = keys::expiry_at(k) else { continue };
+            let Some((at, idem_key)) = keys::expiry_at(k).zip(keys::record_key(k)) else { continue };
             if at > now {
                 break;
             }
-            let idem_key = &k[9..];
             // The key may have been reused since, with a later expiry: only drop what expired.
             if let Some(v) = store.get(KEYSPACE, idem_key)?
                 && IdemRecord::decode(&v)?.expires_ms <= now

@@ -34,18 +34,7 @@ pub fn idempotency(tenant: &str, key: &str) -> Vec<u8> {
     k
 }
 
-pub const EXPIRY_PREFIX: &[u8] = b"e";
-
-pub fn expiry(at: u64, idem_key: &[u8]) -> Vec<u8> {
-    let mut k = EXPIRY_PREFIX.to_vec();
-    k.extend_from_slice(&at.to_be_bytes());
-    k.extend_from_slice(idem_key);
-    k
-}
-
-pub fn expiry_at(key: &[u8]) -> Option<u64> {
-    key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
-}
+pub use crate::expiry_keys::{EXPIRY_PREFIX, expiry, expiry_at, record_key};
 
 pub const HINT_PREFIX: &[u8] = b"h";
 

@@ -375,9 +375,8 @@ impl KvMachine {
     fn sweep(&self, now: u64, store: &dyn StoreRead) -> Result<WriteBatch, StoreError> {
         let mut batch = WriteBatch::default();
         for (k, _) in store.prefix(KEYSPACE, keys::EXPIRY_PREFIX, None, SWEEP_BATCH)? {
-            match keys::expiry_at(&k) {
-                Some(at) if at <= now => {
-                    let ikey = &k[9..];
+            match keys::expiry_at(&k).zip(keys::record_key(&k)) {
+                Some((at, ikey)) if at <= now => {
                     // A newer record under the same key has its own expiry entry.
                     if let Some(buf) = store.get(KEYSPACE, ikey)?
                         && IdemRecord::decode(&buf)?.expires_ms <= now
