@@ -185,3 +185,30 @@ fn old_hints_expire_even_behind_many_fresh_ones() {
     };
     assert!(left.is_empty());
 }
+
+#[test]
+fn scan_pages_keys_and_compare_names_the_ones_that_differ() {
+    use tessera_core::kv::vclock::digest;
+    let store = MemStore::new();
+    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    for (t, k) in [("a", "x"), ("a", "y"), ("b", "x")] {
+        let req = KvRequest::Coordinate { tenant: t.into(), key: k.into(), value: Some(b"v".to_vec()), idem: None };
+        step(&mut m, &store, 1, req);
+    }
+    let KvResponse::Entries(first) = step(&mut m, &store, 2, KvRequest::Scan { after: None, limit: 2 }) else {
+        panic!()
+    };
+    let names: Vec<(String, String)> = first.iter().map(|(t, k, _)| (t.clone(), k.clone())).collect();
+    assert_eq!(names, [("a".into(), "x".into()), ("a".into(), "y".into())]);
+    let after = Some(("a".to_owned(), "y".to_owned()));
+    let KvResponse::Entries(rest) = step(&mut m, &store, 3, KvRequest::Scan { after, limit: 2 }) else { panic!() };
+    assert_eq!(rest.len(), 1);
+    let same = digest(&first[0].2);
+    let items = vec![
+        ("a".to_owned(), "x".to_owned(), same),
+        ("a".to_owned(), "y".to_owned(), vec![0; 16]),
+        ("c".to_owned(), "z".to_owned(), vec![0; 16]),
+    ];
+    let KvResponse::Differ(d) = step(&mut m, &store, 4, KvRequest::Compare { items }) else { panic!() };
+    assert_eq!(d, [("a".to_owned(), "y".to_owned()), ("c".to_owned(), "z".to_owned())]);
+}

@@ -207,6 +207,20 @@ impl Peers for Cluster {
     }
 }
 
+/// How often a node compares its keys with their other replicas.
+const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(10);
+
+/// Anti-entropy, forever (a background task): repairs what hints and reads missed.
+pub async fn anti_entropy(coordinator: Arc<KvCoordinator<Cluster>>) {
+    loop {
+        tokio::time::sleep(ANTI_ENTROPY_EVERY).await;
+        let n = coordinator.anti_entropy_pass().await;
+        if n > 0 {
+            tracing::info!(keys = n, "anti-entropy repaired keys");
+        }
+    }
+}
+
 /// Offers the hints this node holds to their nodes, forever (a background task).
 pub async fn hand_off(coordinator: Arc<KvCoordinator<Cluster>>) {
     let others: Vec<String> =

@@ -440,6 +440,54 @@ impl<P: Peers> KvCoordinator<P> {
         Ok(outcome.versions)
     }
 
+    /// One anti-entropy pass: walks every key this node holds, asks each of the key's other
+    /// replicas which of them differ (by a 16-byte digest of the versions, no values), and
+    /// for each that does, pushes this node's versions there and pulls the merged set back.
+    /// Both then hold the same reconciled versions. Keys only a peer holds are found by that
+    /// peer's own pass. Returns how many keys were repaired.
+    pub async fn anti_entropy_pass(&self) -> usize {
+        let me = self.peers.me().to_owned();
+        let mut after = None;
+        let mut repaired = 0;
+        loop {
+            let scan = KvRequest::Scan { after: after.clone(), limit: 256 };
+            let entries = match self.peers.send(&me, scan, PEER_TIMEOUT_MS).await {
+                Ok(Ok(KvResponse::Entries(e))) if !e.is_empty() => e,
+                _ => return repaired,
+            };
+            after = entries.last().map(|(t, k, _)| (t.clone(), k.clone()));
+            let mut per_peer: BTreeMap<String, Vec<(String, String, Vec<u8>)>> = BTreeMap::new();
+            let mut mine: BTreeMap<(String, String), Vec<Version>> = BTreeMap::new();
+            for (tenant, key, versions) in entries {
+                let until = self.peers.now_ms() + PEER_TIMEOUT_MS;
+                let Ok(t) = self.tenant(&tenant, until).await else { continue };
+                let d = tessera_core::kv::vclock::digest(&versions);
+                for r in self.replicas(&t, &key).into_iter().filter(|r| *r != me) {
+                    per_peer.entry(r).or_default().push((tenant.clone(), key.clone(), d.clone()));
+                }
+                mine.insert((tenant, key), versions);
+            }
+            for (peer, items) in per_peer {
+                let differ = match self.peers.send(&peer, KvRequest::Compare { items }, PEER_TIMEOUT_MS).await {
+                    Ok(Ok(KvResponse::Differ(d))) => d,
+                    _ => continue,
+                };
+                for (tenant, key) in differ {
+                    let Some(versions) = mine.get(&(tenant.clone(), key.clone())).cloned() else { continue };
+                    let push = KvRequest::Apply { tenant: tenant.clone(), key: key.clone(), versions, idem: None };
+                    let Ok(Ok(KvResponse::Versions(merged))) = self.peers.send(&peer, push, PEER_TIMEOUT_MS).await
+                    else {
+                        continue;
+                    };
+                    let pull = KvRequest::Apply { tenant, key, versions: merged, idem: None };
+                    if let Ok(Ok(_)) = self.peers.send(&me, pull, PEER_TIMEOUT_MS).await {
+                        repaired += 1;
+                    }
+                }
+            }
+        }
+    }
+
     /// Delivers the hints this node holds for `target` (oldest first) and drops them once
     /// `target` has them. Returns how many went out.
     pub async fn hand_off_to(&self, target: &str) -> Result<usize, Unreachable> {

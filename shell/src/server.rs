@@ -179,6 +179,7 @@ pub async fn run(
     let coordinator = Coordinator::new(cluster.clone(), rng.next_u64());
     let peer = Peer::new(kv_handle, config.data_dir.clone());
     let handoff = tokio::spawn(crate::cluster::hand_off(coordinator.coordinator()));
+    let anti_entropy = tokio::spawn(crate::cluster::anti_entropy(coordinator.coordinator()));
 
     if let Some(maddr) = config.metrics_listen {
         let m = metrics.clone();
@@ -247,7 +248,9 @@ pub async fn run(
 
     // The handoff task holds the cluster (and its driver handle): stop it first.
     handoff.abort();
+    anti_entropy.abort();
     let _ = handoff.await;
+    let _ = anti_entropy.await;
     drop(cluster);
     // Every service (and so every driver handle) is gone: each driver serves what is queued,
     // syncs, and returns.

@@ -14,6 +14,17 @@ fn part(k: &mut Vec<u8>, s: &str) {
     k.push(0);
 }
 
+pub const VALUE_PREFIX: &[u8] = b"v";
+
+/// (tenant, key) of a value key.
+pub fn split_value(k: &[u8]) -> Option<(String, String)> {
+    let rest = k.strip_prefix(VALUE_PREFIX)?;
+    let cut = rest.iter().position(|b| *b == 0)?;
+    let tenant = std::str::from_utf8(&rest[..cut]).ok()?;
+    let key = std::str::from_utf8(&rest[cut + 1..]).ok()?;
+    Some((tenant.to_owned(), key.to_owned()))
+}
+
 pub fn value(tenant: &str, key: &str) -> Vec<u8> {
     let mut k = vec![b'v'];
     part(&mut k, tenant);

@@ -14,7 +14,7 @@ use crate::ready::{ClientToken, Machine, Ready};
 use crate::store::{StoreError, StoreRead, WriteBatch};
 
 use super::keys;
-use super::vclock::{VClock, Version, context, decode_versions, encode_versions, reconcile};
+use super::vclock::{VClock, Version, context, decode_versions, digest, encode_versions, reconcile};
 
 pub(super) const KEYSPACE: &str = crate::store::KV;
 
@@ -147,6 +147,17 @@ pub enum KvRequest {
         upto: u64,
     },
     Stats,
+    /// Anti-entropy: up to `limit` keys this node holds, in key order after `after`
+    /// (tenant, key), with their versions.
+    Scan {
+        after: Option<(String, String)>,
+        limit: usize,
+    },
+    /// Anti-entropy: which of these (tenant, key, digest of versions) differ here (a key
+    /// this node lacks differs too).
+    Compare {
+        items: Vec<(String, String, Vec<u8>)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +184,8 @@ pub enum KvResponse {
         keys: u64,
         hints: u64,
     },
+    Entries(Vec<(String, String, Vec<Version>)>),
+    Differ(Vec<(String, String)>),
 }
 
 #[derive(Debug, Clone)]
@@ -364,6 +377,30 @@ impl KvMachine {
                 batch.put(KEYSPACE, keys::HINT_COUNT.to_vec(), held.to_be_bytes().to_vec());
                 Ok((KvResponse::Done, batch))
             }
+            KvRequest::Scan { after, limit } => {
+                let after_key = after.map(|(t, k)| keys::value(&t, &k));
+                let rows = store.prefix(KEYSPACE, keys::VALUE_PREFIX, after_key.as_deref(), limit.clamp(1, 1000))?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (k, v) in rows {
+                    let (tenant, key) = keys::split_value(&k)
+                        .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad value key".into() })?;
+                    out.push((tenant, key, decode_versions(KEYSPACE, &v)?));
+                }
+                Ok((KvResponse::Entries(out), batch))
+            }
+            KvRequest::Compare { items } => {
+                if items.len() > 1000 {
+                    return Err(CoreError::InvalidArgument(format!("{} keys to compare, at most 1000", items.len())));
+                }
+                let mut differ = Vec::new();
+                for (tenant, key, d) in items {
+                    let mine = Self::versions(store, &tenant, &key)?.unwrap_or_default();
+                    if digest(&mine) != d {
+                        differ.push((tenant, key));
+                    }
+                }
+                Ok((KvResponse::Differ(differ), batch))
+            }
             KvRequest::Stats => Ok((
                 KvResponse::Stats { keys: count(store, keys::KEY_COUNT)?, hints: count(store, keys::HINT_COUNT)? },
                 batch,
@@ -456,7 +493,12 @@ impl Machine for KvMachine {
     ) -> Result<Ready<Self::Output>, StoreError> {
         let read_only = matches!(
             input,
-            KvRequest::Read { .. } | KvRequest::GetTenant { .. } | KvRequest::Hints { .. } | KvRequest::Stats
+            KvRequest::Read { .. }
+                | KvRequest::GetTenant { .. }
+                | KvRequest::Hints { .. }
+                | KvRequest::Stats
+                | KvRequest::Scan { .. }
+                | KvRequest::Compare { .. }
         );
         let mut ready = match self.handle(now, input, store) {
             Ok((resp, batch)) => Ready::reply(token, Ok(resp), batch),

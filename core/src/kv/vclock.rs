@@ -175,3 +175,10 @@ pub fn decode_versions(keyspace: &'static str, buf: &[u8]) -> Result<Vec<Version
     d.end()?;
     Ok(out)
 }
+
+/// A short fingerprint of a reconciled version set (its encoding is canonical: sorted by
+/// clock), for anti-entropy to find keys whose replicas differ without shipping values.
+pub fn digest(versions: &[Version]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(encode_versions(versions))[..16].to_vec()
+}

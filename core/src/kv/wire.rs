@@ -87,6 +87,20 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
         KvRequest::Hints { target, limit } => e.u8(7).str(target).u64(*limit as u64),
         KvRequest::HintsDelivered { target, upto } => e.u8(8).str(target).u64(*upto),
         KvRequest::Stats => e.u8(9),
+        KvRequest::Scan { after, limit } => {
+            let e = match after {
+                Some((t, k)) => e.u8(10).u8(1).str(t).str(k),
+                None => e.u8(10).u8(0),
+            };
+            e.u64(*limit as u64)
+        }
+        KvRequest::Compare { items } => {
+            let mut e = e.u8(11).u64(items.len() as u64);
+            for (t, k, d) in items {
+                e = e.str(t).str(k).bytes(d);
+            }
+            e
+        }
     }
     .finish()
 }
@@ -126,6 +140,21 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
         7 => KvRequest::Hints { target: d.string()?, limit: d.u64()?.min(1000) as usize },
         8 => KvRequest::HintsDelivered { target: d.string()?, upto: d.u64()? },
         9 => KvRequest::Stats,
+        10 => {
+            let after = match d.u8()? {
+                0 => None,
+                _ => Some((d.string()?, d.string()?)),
+            };
+            KvRequest::Scan { after, limit: d.u64()?.min(1000) as usize }
+        }
+        11 => {
+            let n = d.u64()?;
+            let mut items = Vec::with_capacity(n.min(1000) as usize);
+            for _ in 0..n {
+                items.push((d.string()?, d.string()?, d.bytes()?.to_vec()));
+            }
+            KvRequest::Compare { items }
+        }
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown request tag {t}") }),
     };
     d.end()?;
@@ -173,6 +202,20 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
             e
         }
         Ok(KvResponse::Stats { keys, hints }) => e.u8(7).u64(*keys).u64(*hints),
+        Ok(KvResponse::Entries(es)) => {
+            let mut e = e.u8(8).u64(es.len() as u64);
+            for (t, k, vs) in es {
+                e = versions(e.str(t).str(k), vs);
+            }
+            e
+        }
+        Ok(KvResponse::Differ(ds)) => {
+            let mut e = e.u8(9).u64(ds.len() as u64);
+            for (t, k) in ds {
+                e = e.str(t).str(k);
+            }
+            e
+        }
     }
     .finish()
 }
@@ -224,6 +267,23 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
             Ok(KvResponse::Hints(hs))
         }
         7 => Ok(KvResponse::Stats { keys: d.u64()?, hints: d.u64()? }),
+        8 => {
+            let n = d.u64()?;
+            let mut es = Vec::with_capacity(n.min(1000) as usize);
+            for _ in 0..n {
+                let (t, k) = (d.string()?, d.string()?);
+                es.push((t, k, read_versions(&mut d)?));
+            }
+            Ok(KvResponse::Entries(es))
+        }
+        9 => {
+            let n = d.u64()?;
+            let mut ds = Vec::with_capacity(n.min(1000) as usize);
+            for _ in 0..n {
+                ds.push((d.string()?, d.string()?));
+            }
+            Ok(KvResponse::Differ(ds))
+        }
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown reply tag {t}") }),
     };
     d.end()?;
@@ -253,6 +313,8 @@ mod tests {
             },
             KvRequest::Hint { target: "n2".into(), tenant: "t".into(), key: "k".into(), versions: vec![v.clone()] },
             KvRequest::Stats,
+            KvRequest::Scan { after: Some(("t".into(), "k".into())), limit: 5 },
+            KvRequest::Compare { items: vec![("t".into(), "k".into(), vec![1, 2])] },
         ];
         for r in reqs {
             assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
