@@ -12,6 +12,7 @@ use tessera_core::kv::wire;
 use tessera_core::kv::{KvMachine, KvRequest, KvResponse, Ring};
 use tessera_proto::tessera::peer::v1 as peer;
 use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
 use crate::driver::HandleFor;
@@ -46,6 +47,8 @@ pub struct Cluster {
     data_dir: std::path::PathBuf,
     local: KvHandle,
     peers: BTreeMap<String, PeerServiceClient<Channel>>,
+    /// Per peer: the queue its batcher drains into `CallBatch` messages.
+    batchers: BTreeMap<String, mpsc::Sender<Queued>>,
     health: Mutex<BTreeMap<String, Health>>,
 }
 
@@ -89,7 +92,22 @@ impl Cluster {
                 .connect_lazy();
             peers.insert(m.id.clone(), PeerServiceClient::new(ch));
         }
-        Ok(Arc::new(Cluster { me, members, ring, data_dir, local, peers, health: Mutex::new(BTreeMap::new()) }))
+        let mut batchers = BTreeMap::new();
+        for (id, client) in &peers {
+            let (tx, rx) = mpsc::channel(4096);
+            tokio::spawn(batcher(me.clone(), client.clone(), rx));
+            batchers.insert(id.clone(), tx);
+        }
+        Ok(Arc::new(Cluster {
+            me,
+            members,
+            ring,
+            data_dir,
+            local,
+            peers,
+            batchers,
+            health: Mutex::new(BTreeMap::new()),
+        }))
     }
 
     pub fn local(&self) -> &KvHandle {
@@ -144,21 +162,43 @@ impl Cluster {
             let out = self.local.call(req).await.map_err(|e| Unreachable(e.to_string()))?;
             return Ok((out, disk.unwrap_or(0.0)));
         }
-        let Some(client) = self.peers.get(node) else {
-            return Err(Unreachable(format!("{node} is not a member")));
-        };
-        let mut client = client.clone();
-        let msg = peer::PeerRequest { from: self.me.clone(), body: wire::encode_request(&req) };
-        let out = match tokio::time::timeout(timeout.min(PEER_TIMEOUT), client.call(msg)).await {
-            Err(_) => {
-                Err(Unreachable(format!("{node} did not answer within {} ms", timeout.min(PEER_TIMEOUT).as_millis())))
+        let limit = timeout.min(PEER_TIMEOUT);
+        let late = || Unreachable(format!("{node} did not answer within {} ms", limit.as_millis()));
+        let out = if matches!(req, KvRequest::Stats) {
+            // Stats also carries the node's disk usage, which only the single call returns.
+            let Some(client) = self.peers.get(node) else {
+                return Err(Unreachable(format!("{node} is not a member")));
+            };
+            let mut client = client.clone();
+            let msg = peer::PeerRequest { from: self.me.clone(), body: wire::encode_request(&req) };
+            match tokio::time::timeout(limit, client.call(msg)).await {
+                Err(_) => Err(late()),
+                Ok(Err(s)) => Err(Unreachable(format!("{node}: {}", s.message()))),
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    wire::decode_reply(&r.body)
+                        .map(|out| (out, r.disk_usage_percent))
+                        .map_err(|e| Unreachable(format!("{node}: {e}")))
+                }
             }
-            Ok(Err(s)) => Err(Unreachable(format!("{node}: {}", s.message()))),
-            Ok(Ok(r)) => {
-                let r = r.into_inner();
-                wire::decode_reply(&r.body)
-                    .map(|out| (out, r.disk_usage_percent))
-                    .map_err(|e| Unreachable(format!("{node}: {e}")))
+        } else {
+            let Some(queue) = self.batchers.get(node) else {
+                return Err(Unreachable(format!("{node} is not a member")));
+            };
+            let (tx, rx) = oneshot::channel();
+            let sent = async {
+                queue
+                    .send((wire::encode_request(&req), tx))
+                    .await
+                    .map_err(|_| Unreachable(format!("{node}: batcher gone")))?;
+                rx.await.map_err(|_| Unreachable(format!("{node}: batcher gone")))?
+            };
+            match tokio::time::timeout(limit, sent).await {
+                Err(_) => Err(late()),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(body)) => {
+                    wire::decode_reply(&body).map(|out| (out, 0.0)).map_err(|e| Unreachable(format!("{node}: {e}")))
+                }
             }
         };
         self.mark(node, out.is_ok());
@@ -204,6 +244,60 @@ impl Peers for Cluster {
 
     fn spawn(&self, fut: BoxFuture<()>) {
         tokio::spawn(fut);
+    }
+}
+
+/// A request waiting for its peer batch, and where its reply body goes.
+type Queued = (Vec<u8>, oneshot::Sender<Result<Vec<u8>, Unreachable>>);
+
+/// Most batches in flight to one peer at a time.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Drains one peer's queue into `CallBatch` messages: whatever has queued up while earlier
+/// batches were in flight goes in the next one, so batches grow with load and a lone request
+/// goes out at once.
+async fn batcher(me: String, client: PeerServiceClient<Channel>, mut rx: mpsc::Receiver<Queued>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < crate::services::peer::MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let (bodies, waiters): (Vec<Vec<u8>>, Vec<_>) = batch.into_iter().unzip();
+        let mut client = client.clone();
+        let msg = peer::PeerBatch { from: me.clone(), bodies };
+        tokio::spawn(async move {
+            let out = tokio::time::timeout(PEER_TIMEOUT, client.call_batch(msg)).await;
+            drop(permit);
+            match out {
+                Ok(Ok(r)) => {
+                    let bodies = r.into_inner().bodies;
+                    if bodies.len() != waiters.len() {
+                        for w in waiters {
+                            let _ = w.send(Err(Unreachable("peer answered a batch with the wrong count".into())));
+                        }
+                        return;
+                    }
+                    for (w, b) in waiters.into_iter().zip(bodies) {
+                        let _ = w.send(Ok(b));
+                    }
+                }
+                Ok(Err(s)) => {
+                    for w in waiters {
+                        let _ = w.send(Err(Unreachable(s.message().to_owned())));
+                    }
+                }
+                Err(_) => {
+                    for w in waiters {
+                        let _ = w.send(Err(Unreachable("peer batch timed out".into())));
+                    }
+                }
+            }
+        });
     }
 }
 

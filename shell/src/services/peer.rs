@@ -36,4 +36,33 @@ impl PeerService for Peer {
         }
         Ok(Response::new(reply))
     }
+
+    async fn call_batch(&self, req: Request<peer::PeerBatch>) -> Result<Response<peer::PeerBatchReply>, Status> {
+        let r = req.into_inner();
+        if r.bodies.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} requests in one batch, at most {MAX_BATCH}",
+                r.bodies.len()
+            )));
+        }
+        // Every request goes to the driver at once, so they share its group commit; the
+        // answers are collected in order.
+        let mut pending = Vec::with_capacity(r.bodies.len());
+        for body in r.bodies {
+            let kv = wire::decode_request(&body)
+                .map_err(|e| Status::invalid_argument(format!("peer request from {:?}: {e}", r.from)))?;
+            let local = self.local.clone();
+            pending.push(tokio::spawn(async move { local.call(kv).await }));
+        }
+        let mut bodies = Vec::with_capacity(pending.len());
+        for p in pending {
+            let out =
+                p.await.map_err(|e| Status::internal(format!("peer request task: {e}")))?.map_err(driver_status)?;
+            bodies.push(wire::encode_reply(&out));
+        }
+        Ok(Response::new(peer::PeerBatchReply { bodies }))
+    }
 }
+
+/// Most requests one peer batch may carry.
+pub const MAX_BATCH: usize = 256;
