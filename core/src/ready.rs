@@ -4,6 +4,7 @@
 //! it durable, then send the messages and release the replies. That is raft-rs's
 //! `Ready`/`advance` and quinn-proto's `poll_*` in one value.
 
+use crate::error::{CoreError, CoreResult};
 use crate::store::{StoreError, StoreRead, WriteBatch};
 
 /// Identifies the client waiting for a reply; chosen by the driver, opaque to the core.
@@ -41,6 +42,18 @@ impl<R, M> Ready<R, M> {
     /// A Ready that answers one client and writes `writes`.
     pub fn reply(token: ClientToken, reply: R, writes: WriteBatch) -> Self {
         Self { writes, replies: vec![(token, reply)], ..Self::default() }
+    }
+}
+
+impl<R, M> Ready<CoreResult<R>, M> {
+    /// Answers one client with a domain's outcome: its writes when it succeeded, none when
+    /// it refused. A storage failure is no answer: it is fatal for the node.
+    pub fn answer(token: ClientToken, out: CoreResult<(R, WriteBatch)>) -> Result<Self, StoreError> {
+        match out {
+            Ok((r, writes)) => Ok(Self::reply(token, Ok(r), writes)),
+            Err(CoreError::Storage(e)) => Err(e),
+            Err(e) => Ok(Self::reply(token, Err(e), WriteBatch::default())),
+        }
     }
 }
 

@@ -673,12 +673,7 @@ impl Machine for CatalogMachine {
         input: CatalogRequest,
         store: &dyn StoreRead,
     ) -> Result<Ready<Self::Output>, StoreError> {
-        let (reply, writes) = match self.handle(now, input, store) {
-            Ok((r, b)) => (Ok(r), b),
-            Err(CoreError::Storage(e)) => return Err(e),
-            Err(e) => (Err(e), WriteBatch::default()),
-        };
-        let mut ready = Ready::reply(token, reply, writes);
+        let mut ready = Ready::answer(token, self.handle(now, input, store))?;
         ready.deadline = self.next_expiry;
         Ok(ready)
     }

@@ -500,11 +500,7 @@ impl Machine for KvMachine {
                 | KvRequest::Scan { .. }
                 | KvRequest::Compare { .. }
         );
-        let mut ready = match self.handle(now, input, store) {
-            Ok((resp, batch)) => Ready::reply(token, Ok(resp), batch),
-            Err(CoreError::Storage(e)) => return Err(e),
-            Err(e) => Ready::reply(token, Err(e), WriteBatch::default()),
-        };
+        let mut ready = Ready::answer(token, self.handle(now, input, store))?;
         // Reads promise nothing new about durable state.
         ready.volatile = read_only;
         ready.deadline = Some(now + SWEEP_EVERY_MS);

@@ -491,19 +491,16 @@ impl Machine for TxnMachine {
         input: TxnRequest,
         store: &dyn StoreRead,
     ) -> Result<Ready<Self::Output>, StoreError> {
-        let (reply, writes) = match self.handle(now, input, store) {
-            Ok((r, w)) => (Ok(r), w),
-            Err(CoreError::Storage(e)) => return Err(e),
-            Err(e) => (Err(e), WriteBatch::default()),
-        };
+        let mut ready = Ready::answer(token, self.handle(now, input, store))?;
         // Begun, staged and aborted transactions live in memory only (a crash forgets them
         // whatever we answer), so those answers need not wait for anyone's fsync. Errors
         // wait: "already committed" may speak of a commit that is not yet durable.
-        let volatile = writes.is_empty()
-            && matches!(reply, Ok(TxnResponse::Begun { .. } | TxnResponse::Staged | TxnResponse::Aborted));
-        let mut ready = Ready::reply(token, reply, writes);
+        ready.volatile = ready.writes.is_empty()
+            && matches!(
+                ready.replies.first(),
+                Some((_, Ok(TxnResponse::Begun { .. } | TxnResponse::Staged | TxnResponse::Aborted)))
+            );
         ready.deadline = self.next_deadline();
-        ready.volatile = volatile;
         Ok(ready)
     }
 

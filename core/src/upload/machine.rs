@@ -570,12 +570,7 @@ impl Machine for UploadMachine {
         input: UploadRequest,
         store: &dyn StoreRead,
     ) -> Result<Ready<Self::Output>, StoreError> {
-        let (reply, writes) = match self.handle(now, input, store) {
-            Ok((r, w)) => (Ok(r), w),
-            Err(CoreError::Storage(e)) => return Err(e),
-            Err(e) => (Err(e), WriteBatch::default()),
-        };
-        let mut ready = Ready::reply(token, reply, writes);
+        let mut ready = Ready::answer(token, self.handle(now, input, store))?;
         ready.deadline = self.next_deadline();
         Ok(ready)
     }
