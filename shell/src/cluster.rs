@@ -1,10 +1,11 @@
 //! The cluster as one node sees it: the fixed membership from `--initial-cluster`, the ring
 //! over it, calls to any node's key-value replica (this node's through its driver, others'
-//! over `tessera.peer.v1`), failure detection from those calls, and hinted handoff.
+//! over `tessera.peer.v1`, batched per peer), and the background loops of hinted handoff and
+//! anti-entropy. Liveness, as `ListStorageNodes` reports it, is a stats call answered now.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tessera_core::CoreError;
 use tessera_core::kv::ring::DEFAULT_VNODES;
@@ -22,8 +23,6 @@ pub type KvHandle = HandleFor<KvMachine>;
 
 /// How long one peer call may take at most.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
-/// A node not heard from for this long (and failing calls) is reported inactive.
-const SUSPECT_AFTER: Duration = Duration::from_secs(3);
 /// How often hints are offered to their nodes.
 const HANDOFF_EVERY: Duration = Duration::from_millis(500);
 
@@ -32,12 +31,6 @@ pub struct Member {
     pub id: String,
     /// host:port, as given in `--initial-cluster`.
     pub addr: String,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Health {
-    last_ok: Option<Instant>,
-    failing: bool,
 }
 
 pub struct Cluster {
@@ -49,7 +42,6 @@ pub struct Cluster {
     peers: BTreeMap<String, PeerServiceClient<Channel>>,
     /// Per peer: the queue its batcher drains into `CallBatch` messages.
     batchers: BTreeMap<String, mpsc::Sender<Queued>>,
-    health: Mutex<BTreeMap<String, Health>>,
 }
 
 /// Parses `n1=host:port,n2=host:port`.
@@ -98,38 +90,7 @@ impl Cluster {
             tokio::spawn(batcher(me.clone(), client.clone(), rx));
             batchers.insert(id.clone(), tx);
         }
-        Ok(Arc::new(Cluster {
-            me,
-            members,
-            ring,
-            data_dir,
-            local,
-            peers,
-            batchers,
-            health: Mutex::new(BTreeMap::new()),
-        }))
-    }
-
-    pub fn local(&self) -> &KvHandle {
-        &self.local
-    }
-
-    fn mark(&self, node: &str, ok: bool) {
-        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        let e = h.entry(node.to_owned()).or_default();
-        e.failing = !ok;
-        if ok {
-            e.last_ok = Some(Instant::now());
-        }
-    }
-
-    /// Whether a node answered lately (this node always counts as up).
-    pub fn is_up(&self, node: &str) -> bool {
-        if node == self.me {
-            return true;
-        }
-        let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        h.get(node).is_some_and(|h| !h.failing || h.last_ok.is_some_and(|t| t.elapsed() < SUSPECT_AFTER))
+        Ok(Arc::new(Cluster { me, members, ring, data_dir, local, peers, batchers }))
     }
 
     /// Sends `req` to `node`'s replica machine, waiting at most `timeout`. The outer error
@@ -164,7 +125,7 @@ impl Cluster {
         }
         let limit = timeout.min(PEER_TIMEOUT);
         let late = || Unreachable(format!("{node} did not answer within {} ms", limit.as_millis()));
-        let out = if matches!(req, KvRequest::Stats) {
+        if matches!(req, KvRequest::Stats) {
             // Stats also carries the node's disk usage, which only the single call returns.
             let Some(client) = self.peers.get(node) else {
                 return Err(Unreachable(format!("{node} is not a member")));
@@ -200,9 +161,7 @@ impl Cluster {
                     wire::decode_reply(&body).map(|out| (out, 0.0)).map_err(|e| Unreachable(format!("{node}: {e}")))
                 }
             }
-        };
-        self.mark(node, out.is_ok());
-        out
+        }
     }
 
     /// Disk usage of the volume holding `dir`, in percent.
@@ -317,16 +276,8 @@ pub async fn anti_entropy(coordinator: Arc<KvCoordinator<Cluster>>) {
 
 /// Offers the hints this node holds to their nodes, forever (a background task).
 pub async fn hand_off(coordinator: Arc<KvCoordinator<Cluster>>) {
-    let others: Vec<String> =
-        coordinator.peers().members().into_iter().filter(|m| m != coordinator.peers().me()).collect();
     loop {
         tokio::time::sleep(HANDOFF_EVERY).await;
-        for m in &others {
-            match coordinator.hand_off_to(m).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(node = %m, hints = n, "hints delivered"),
-                Err(e) => tracing::debug!(node = %m, error = %e.0, "hinted handoff paused"),
-            }
-        }
+        coordinator.hand_off_round().await;
     }
 }

@@ -488,6 +488,18 @@ impl<P: Peers> KvCoordinator<P> {
         }
     }
 
+    /// Offers the hints this node holds to every other member, once.
+    pub async fn hand_off_round(&self) {
+        let me = self.peers.me().to_owned();
+        for m in self.peers.members().into_iter().filter(|m| *m != me) {
+            match self.hand_off_to(&m).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(node = %m, hints = n, "hints delivered"),
+                Err(e) => tracing::debug!(node = %m, error = %e.0, "hinted handoff paused"),
+            }
+        }
+    }
+
     /// Delivers the hints this node holds for `target` (oldest first) and drops them once
     /// `target` has them. Returns how many went out.
     pub async fn hand_off_to(&self, target: &str) -> Result<usize, Unreachable> {

@@ -129,13 +129,10 @@ impl Peers for SimPeers {
 /// Offers held hints to their nodes every 100 ms (tesserad: 500 ms), and runs an
 /// anti-entropy pass every 400 ms (tesserad: 10 s).
 pub async fn hand_off(coord: Coordinator) {
-    let others: Vec<String> = coord.peers().members().into_iter().filter(|m| m != coord.peers().me()).collect();
     let mut round = 0u64;
     loop {
         madsim::time::sleep(Duration::from_millis(100)).await;
-        for m in &others {
-            let _ = coord.hand_off_to(m).await;
-        }
+        coord.hand_off_round().await;
         round += 1;
         if round.is_multiple_of(4) {
             coord.anti_entropy_pass().await;
