@@ -88,6 +88,21 @@ impl<P: Peers> KvCoordinator<P> {
         until_ms.saturating_sub(self.peers.now_ms()).min(PEER_TIMEOUT_MS)
     }
 
+    /// Sends `req` to every node in `nodes` at once; their answers arrive on the returned
+    /// channel as they come (the channel closes once all have answered or given up).
+    fn to_all(&self, nodes: &[String], req: KvRequest, until_ms: u64) -> mpsc::Receiver<(String, PeerResult)> {
+        let (tx, rx) = mpsc::channel(nodes.len().max(1));
+        for node in nodes {
+            let (p, tx, node, req) = (self.peers.clone(), tx.clone(), node.clone(), req.clone());
+            let left = self.left(until_ms);
+            self.peers.spawn(Box::pin(async move {
+                let out = p.send(&node, req, left).await;
+                let _ = tx.send((node, out)).await;
+            }));
+        }
+        rx
+    }
+
     /// A fresh idempotency key for a write whose client gave none.
     fn new_idem_key(&self) -> String {
         let mut b = [0u8; 16];
@@ -112,25 +127,12 @@ impl<P: Peers> KvCoordinator<P> {
         }
         let members = self.peers.members();
         let need = members.len() / 2 + 1;
-        let (tx, mut rx) = mpsc::channel(members.len());
-        for m in &members {
-            let (p, tx, node) = (self.peers.clone(), tx.clone(), m.clone());
-            let req = KvRequest::GetTenant { tenant: id.to_owned() };
-            let left = self.left(until_ms);
-            self.peers.spawn(Box::pin(async move {
-                let out = match p.send(&node, req, left).await {
-                    Ok(Ok(KvResponse::Tenant(t))) => Some(t),
-                    _ => None,
-                };
-                let _ = tx.send((node, out)).await;
-            }));
-        }
-        drop(tx);
+        let mut rx = self.to_all(&members, KvRequest::GetTenant { tenant: id.to_owned() }, until_ms);
         let mut answers: Vec<(String, Option<TenantRecord>)> = Vec::new();
         while answers.len() < need {
             match rx.recv().await {
-                Some((node, Some(t))) => answers.push((node, t)),
-                Some((_, None)) => {}
+                Some((node, Ok(Ok(KvResponse::Tenant(t))))) => answers.push((node, t)),
+                Some(_) => {}
                 None => break,
             }
         }
@@ -160,20 +162,11 @@ impl<P: Peers> KvCoordinator<P> {
     /// Stores a tenant record on every member; succeeds once a majority has it.
     pub async fn put_tenant(&self, t: TenantRecord, create: bool, until_ms: u64) -> CoreResult<TenantRecord> {
         let members = self.peers.members();
-        let (tx, mut rx) = mpsc::channel(members.len());
-        for m in &members {
-            let (p, tx, id) = (self.peers.clone(), tx.clone(), m.clone());
-            let req = KvRequest::PutTenant { tenant: t.clone(), create };
-            let left = self.left(until_ms);
-            self.peers.spawn(Box::pin(async move {
-                let _ = tx.send(p.send(&id, req, left).await).await;
-            }));
-        }
-        drop(tx);
+        let mut rx = self.to_all(&members, KvRequest::PutTenant { tenant: t.clone(), create }, until_ms);
         let n = members.len();
         let need = n / 2 + 1;
         let (mut ok, mut latest) = (0, None);
-        while let Some(r) = rx.recv().await {
+        while let Some((_, r)) = rx.recv().await {
             match r {
                 Ok(Ok(KvResponse::TenantPut { new, .. })) => {
                     ok += 1;
