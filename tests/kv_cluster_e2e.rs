@@ -107,6 +107,14 @@ async fn three_nodes_survive_a_kill_and_catch_up_by_handoff_and_repair() {
     assert_eq!(c2.read_key_value(read("acme", "k59", "")).await.unwrap_err().code(), Code::NotFound);
     let listed = keys_per_node(&mut c).await;
     assert_eq!(listed.iter().find(|n| n.0 == "n3").unwrap().1, "inactive");
+    // Metadata changes need a majority of the Raft group, which two of three still are.
+    let late = kv::CreateTenantRequest { tenant_id: "late".into(), replication_factor: 2 };
+    assert_eq!(c2.create_tenant(late).await.unwrap().into_inner().replication_factor, 2);
+    let up = kv::UpdateReplicationFactorRequest { tenant_id: "late".into(), new_replication_factor: 3 };
+    let up = c.update_replication_factor(up).await.unwrap().into_inner();
+    assert_eq!((up.old_replication_factor, up.new_replication_factor), (2, 3));
+    let missing = kv::UpdateReplicationFactorRequest { tenant_id: "ghost".into(), new_replication_factor: 3 };
+    assert_eq!(c.update_replication_factor(missing).await.unwrap_err().code(), Code::NotFound);
 
     // Restart n3: hints fill it in, so it soon holds every key its peers hold.
     nodes[2] = Some(start(2));
@@ -123,6 +131,9 @@ async fn three_nodes_survive_a_kill_and_catch_up_by_handoff_and_repair() {
     // Reading at `one` from n3 itself now sees the new values and the tombstone.
     let ch3 = nodes[2].as_ref().unwrap().channel().await;
     let mut c3 = CoordinatorServiceClient::new(ch3);
+    // n3 learned the metadata committed while it was down from the Raft leader.
+    let late = c3.get_tenant(kv::GetTenantRequest { tenant_id: "late".into() }).await.unwrap().into_inner();
+    assert_eq!(late.replication_factor, 3);
     for i in 0..10 {
         // `one` answers from the first replica to reply; with n3 in the set, all must agree.
         let r = c3.read_key_value(read("acme", &format!("k{i}"), "all")).await.unwrap().into_inner();

@@ -16,6 +16,7 @@ pub mod expiry_keys;
 pub mod ids;
 pub mod kv;
 pub mod mem_store;
+pub mod meta;
 pub mod ready;
 pub mod rng;
 pub mod status;

@@ -72,6 +72,12 @@ pub trait Machine {
         store: &dyn StoreRead,
     ) -> Result<Ready<Self::Output, Self::Message>, StoreError>;
 
+    /// When the driver should first call [`Machine::tick`] (a machine with timers from the
+    /// start, such as a Raft member); later deadlines come in each `Ready`.
+    fn deadline(&self) -> Option<u64> {
+        None
+    }
+
     /// Called when the last Ready's deadline has passed.
     fn tick(&mut self, _now: u64, _store: &dyn StoreRead) -> Result<Ready<Self::Output, Self::Message>, StoreError> {
         Ok(Ready::default())

@@ -8,7 +8,7 @@
 /// Every keyspace Tessera uses, so a backend can open them all up front.
 pub const KEYSPACES: &[&str] = &[META, STATUS, STATE, UPLOAD, BLOB, CATALOG, KV];
 
-/// Node-wide metadata: counters, secrets, format version.
+/// Cluster metadata (layout, tenants) and the Raft log that replicates it.
 pub const META: &str = "meta";
 /// The status registry.
 pub const STATUS: &str = "status";

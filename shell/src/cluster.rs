@@ -1,16 +1,18 @@
-//! The cluster as one node sees it: the fixed membership from `--initial-cluster`, the ring
-//! over it, calls to any node's key-value replica (this node's through its driver, others'
-//! over `tessera.peer.v1`, batched per peer), and the background loops of hinted handoff and
-//! anti-entropy. Liveness, as `ListStorageNodes` reports it, is a stats call answered now.
+//! The cluster as one node sees it: the members of the replicated layout, the ring over
+//! them, calls to any node's key-value replica (this node's through its driver, others'
+//! over `tessera.peer.v1`, batched per peer), this node's metadata machine, and the
+//! background loops of hinted handoff and anti-entropy. Liveness, as `ListStorageNodes`
+//! reports it, is a stats call answered now.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::CoreError;
-use tessera_core::kv::ring::DEFAULT_VNODES;
+use tessera_core::CoreResult;
 use tessera_core::kv::wire;
 use tessera_core::kv::{KvMachine, KvRequest, KvResponse, Ring};
+use tessera_core::meta::{Layout, MetaMachine, MetaRequest, MetaResponse};
 use tessera_proto::tessera::peer::v1 as peer;
 use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +22,7 @@ use crate::driver::HandleFor;
 use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable};
 
 pub type KvHandle = HandleFor<KvMachine>;
+pub type MetaHandle = HandleFor<MetaMachine>;
 
 /// How long one peer call may take at most.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,8 +40,11 @@ pub struct Cluster {
     pub me: String,
     pub members: Vec<Member>,
     pub ring: Ring,
+    /// The layout version `members` and `ring` were built from.
+    pub layout_version: u64,
     data_dir: std::path::PathBuf,
     local: KvHandle,
+    meta: MetaHandle,
     peers: BTreeMap<String, PeerServiceClient<Channel>>,
     /// Per peer: the queue its batcher drains into `CallBatch` messages.
     batchers: BTreeMap<String, mpsc::Sender<Queued>>,
@@ -68,14 +74,17 @@ pub fn parse_members(s: &str) -> Result<Vec<Member>, String> {
 impl Cluster {
     pub fn new(
         me: String,
-        members: Vec<Member>,
+        layout: &Layout,
         local: KvHandle,
+        meta: MetaHandle,
         data_dir: std::path::PathBuf,
     ) -> anyhow::Result<Arc<Cluster>> {
-        if !members.iter().any(|m| m.id == me) {
-            anyhow::bail!("--node-id {me:?} is not in --initial-cluster");
+        if layout.by_id(&me).is_none() {
+            anyhow::bail!("node {me:?} is not in the cluster's layout");
         }
-        let ring = Ring::new(&members.iter().map(|m| (m.id.clone(), DEFAULT_VNODES)).collect::<Vec<_>>());
+        let members: Vec<Member> =
+            layout.members.iter().map(|m| Member { id: m.id.clone(), addr: m.addr.clone() }).collect();
+        let ring = Ring::new(&layout.members.iter().map(|m| (m.id.clone(), m.vnodes)).collect::<Vec<_>>());
         let mut peers = BTreeMap::new();
         for m in members.iter().filter(|m| m.id != me) {
             let ch = Channel::from_shared(format!("http://{}", m.addr))?
@@ -90,7 +99,17 @@ impl Cluster {
             tokio::spawn(batcher(me.clone(), client.clone(), rx));
             batchers.insert(id.clone(), tx);
         }
-        Ok(Arc::new(Cluster { me, members, ring, data_dir, local, peers, batchers }))
+        Ok(Arc::new(Cluster {
+            me,
+            members,
+            ring,
+            layout_version: layout.version,
+            data_dir,
+            local,
+            meta,
+            peers,
+            batchers,
+        }))
     }
 
     /// Sends `req` to `node`'s replica machine, waiting at most `timeout`. The outer error
@@ -203,6 +222,19 @@ impl Peers for Cluster {
 
     fn spawn(&self, fut: BoxFuture<()>) {
         tokio::spawn(fut);
+    }
+
+    fn meta(self: &Arc<Self>, req: MetaRequest, timeout_ms: u64) -> BoxFuture<CoreResult<MetaResponse>> {
+        let meta = self.meta.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(Duration::from_millis(timeout_ms), meta.call(req)).await {
+                Ok(Ok(out)) => out,
+                Ok(Err(e)) => Err(CoreError::Unavailable(format!("this node's metadata machine: {e}"))),
+                Err(_) => Err(CoreError::Unavailable(format!(
+                    "the metadata group did not answer within {timeout_ms} ms (no leader or no quorum)"
+                ))),
+            }
+        })
     }
 }
 

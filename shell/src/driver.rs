@@ -6,6 +6,7 @@
 //! the replies. This is the only place that ordering lives: production (tokio + fjall) and
 //! the simulator (madsim + MemStore) both run this code.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -94,7 +95,10 @@ impl<I, O> DriverHandle<I, O> {
 /// The handle type for a machine's driver.
 pub type HandleFor<M> = DriverHandle<<M as Machine>::Input, <M as Machine>::Output>;
 
-pub struct Driver<M: Machine, S: Store> {
+pub struct Driver<M: Machine, S: Store>
+where
+    M::Message: 'static,
+{
     machine: M,
     store: S,
     clock: Arc<dyn Clock>,
@@ -102,11 +106,13 @@ pub struct Driver<M: Machine, S: Store> {
     config: DriverConfig,
     rx: mpsc::Receiver<Call<M::Input, M::Output>>,
     deadline: Option<u64>,
+    outbox: Option<Arc<dyn Outbox<M::Message>>>,
 }
 
 impl<M, S> Driver<M, S>
 where
     M: Machine,
+    M::Message: 'static,
     S: Store + Clone + Send + 'static,
 {
     /// Makes the machine's start-up batch durable and returns the driver and its handle.
@@ -123,7 +129,15 @@ where
             store.sync()?;
         }
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
-        Ok((Self { machine, store, clock, observer, config, rx, deadline: None }, DriverHandle { tx }))
+        let deadline = machine.deadline();
+        Ok((Self { machine, store, clock, observer, config, rx, deadline, outbox: None }, DriverHandle { tx }))
+    }
+
+    /// Sends the machine's peer messages through `outbox`, each after the writes of its step
+    /// are durable (without one, a machine's messages are dropped).
+    pub fn with_outbox(mut self, outbox: Arc<dyn Outbox<M::Message>>) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     /// Runs until every handle is dropped (after serving what was queued) or the store fails.
@@ -135,9 +149,14 @@ where
     /// environment allows) and only then releases those replies, in order. So the stepper
     /// keeps working while the disk syncs, and the next fsync covers all it did meanwhile.
     pub async fn run(self) -> Result<(), DriverError> {
-        let Driver { mut machine, store, clock, observer, config, mut rx, mut deadline } = self;
+        let Driver { mut machine, store, clock, observer, config, mut rx, mut deadline, outbox } = self;
+        // Callers waiting for a reply, by token. A machine may answer a request in a later
+        // step or tick (a Raft proposal answers once committed), so tokens are unique for the
+        // driver's life rather than positions in a group.
+        let waiting: std::sync::Mutex<HashMap<ClientToken, oneshot::Sender<M::Output>>> = Default::default();
+        let mut next_token: ClientToken = 0;
         // Bounded: a stepper far ahead of the disk slows its callers down instead of growing.
-        let (ptx, mut prx) = mpsc::channel::<Pending<M::Output>>(64);
+        let (ptx, mut prx) = mpsc::channel::<Pending<M::Output, M::Message>>(64);
         let stepper = async {
             // Owned by the stepper: when it ends, the syncer drains what is left and ends too.
             let ptx = ptx;
@@ -152,9 +171,9 @@ where
                                 deadline = None;
                                 let ready = machine.tick(clock.now_ms(), &store)?;
                                 deadline = ready.deadline;
-                                if !ready.writes.is_empty() {
-                                    store.write(&ready.writes)?;
-                                    let p = Pending { waiting: Vec::new(), replies: Vec::new(), dirty: true, requests: 0 };
+                                let mut p = Pending::default();
+                                p.take(&store, ready)?;
+                                if !p.is_empty() {
                                     ptx.send(p).await.map_err(|_| DriverError::Stopped)?;
                                 }
                                 continue;
@@ -173,32 +192,25 @@ where
                     }
                 }
                 let now = clock.now_ms();
-                let mut p = Pending {
-                    waiting: Vec::with_capacity(group.len()),
-                    replies: Vec::with_capacity(group.len()),
-                    dirty: false,
-                    requests: group.len(),
-                };
-                for (i, call) in group.into_iter().enumerate() {
-                    p.waiting.push(Some(call.reply));
-                    let ready = machine.step(now, i as ClientToken, call.input, &store)?;
+                let mut p = Pending { requests: group.len(), ..Pending::default() };
+                for call in group {
+                    let token = next_token;
+                    next_token += 1;
+                    lock(&waiting).insert(token, call.reply);
+                    let ready = machine.step(now, token, call.input, &store)?;
                     if let Some(d) = ready.deadline {
                         deadline = Some(deadline.map_or(d, |cur| cur.min(d)));
                     }
-                    if ready.volatile && ready.writes.is_empty() {
+                    if ready.volatile && ready.writes.is_empty() && ready.messages.is_empty() {
                         // Nothing durable is promised: answer now rather than after the fsync.
-                        release(&mut p.waiting, ready.replies);
+                        release(&waiting, ready.replies);
                         continue;
                     }
-                    if !ready.writes.is_empty() {
-                        store.write(&ready.writes)?;
-                        p.dirty = true;
-                    }
-                    p.replies.extend(ready.replies);
+                    p.take(&store, ready)?;
                 }
                 if config.ack_before_sync {
                     let replies = std::mem::take(&mut p.replies);
-                    release(&mut p.waiting, replies);
+                    release(&waiting, replies);
                 }
                 ptx.send(p).await.map_err(|_| DriverError::Stopped)?;
             }
@@ -217,8 +229,13 @@ where
                     clock.offload(Box::new(move || s.sync())).await?;
                 }
                 observer.group_committed(done.iter().map(|p| p.requests).sum(), dirty, started.elapsed());
-                for mut p in done {
-                    release(&mut p.waiting, p.replies);
+                for p in done {
+                    if let Some(out) = &outbox {
+                        for (to, msg) in p.messages {
+                            out.send(to, msg);
+                        }
+                    }
+                    release(&waiting, p.replies);
                 }
             }
             Ok::<(), DriverError>(())
@@ -227,17 +244,53 @@ where
     }
 }
 
-/// Replies of one group, waiting for the fsync that covers its writes.
-struct Pending<O> {
-    waiting: Vec<Option<oneshot::Sender<O>>>,
+/// Where a machine's messages to peers go, once the writes of their step are durable.
+pub trait Outbox<M>: Send + Sync + 'static {
+    fn send(&self, to: String, msg: M);
+}
+
+/// Replies and messages of one group, waiting for the fsync that covers its writes.
+struct Pending<O, M> {
     replies: Vec<(ClientToken, O)>,
+    messages: Vec<(String, M)>,
     dirty: bool,
     requests: usize,
 }
 
-fn release<O>(waiting: &mut [Option<oneshot::Sender<O>>], replies: Vec<(ClientToken, O)>) {
+impl<O, M> Default for Pending<O, M> {
+    fn default() -> Self {
+        Self { replies: Vec::new(), messages: Vec::new(), dirty: false, requests: 0 }
+    }
+}
+
+impl<O, M> Pending<O, M> {
+    /// Writes a step's batch (visible, not yet durable) and keeps what must wait for the sync.
+    fn take<S: Store>(&mut self, store: &S, ready: tessera_core::Ready<O, M>) -> Result<(), StoreError> {
+        if !ready.writes.is_empty() {
+            store.write(&ready.writes)?;
+            self.dirty = true;
+        }
+        self.replies.extend(ready.replies);
+        self.messages.extend(ready.messages);
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.dirty && self.replies.is_empty() && self.messages.is_empty()
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn release<O>(waiting: &std::sync::Mutex<HashMap<ClientToken, oneshot::Sender<O>>>, replies: Vec<(ClientToken, O)>) {
+    if replies.is_empty() {
+        return;
+    }
+    let mut waiting = lock(waiting);
     for (token, out) in replies {
-        if let Some(tx) = waiting.get_mut(token as usize).and_then(Option::take) {
+        if let Some(tx) = waiting.remove(&token) {
             // The caller may have gone away (deadline, disconnect); the write stands.
             let _ = tx.send(out);
         }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tessera_core::kv::quorum::{Consistency, resolve_read};
 use tessera_core::kv::{IdemKey, IdemRecord, KvRequest, KvResponse, Ring, TenantRecord, VClock, Version};
+use tessera_core::meta::{MetaRequest, MetaResponse};
 use tessera_core::rng::Rng;
 use tessera_core::{CoreError, CoreResult};
 use tokio::sync::mpsc;
@@ -46,14 +47,20 @@ pub trait Peers: Send + Sync + 'static {
     fn send(self: &Arc<Self>, node: &str, req: KvRequest, timeout_ms: u64) -> BoxFuture<PeerResult>;
     /// Runs `fut` in the background (work that outlives the client's answer).
     fn spawn(&self, fut: BoxFuture<()>);
+    /// Asks this node's metadata machine; no answer within `timeout_ms` is UNAVAILABLE.
+    fn meta(self: &Arc<Self>, req: MetaRequest, timeout_ms: u64) -> BoxFuture<CoreResult<MetaResponse>>;
+}
+
+fn unexpected(r: MetaResponse) -> CoreError {
+    CoreError::Unavailable(format!("unexpected answer from the metadata machine: {r:?}"))
 }
 
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEM_KEY: usize = 256;
 /// How long one peer call may take at most.
 pub const PEER_TIMEOUT_MS: u64 = 2_000;
-/// How long a tenant record read from a majority is reused. A replication factor change
-/// reaches every coordinator within this long.
+/// How long a tenant record is reused. A replication factor change reaches every
+/// coordinator within this long.
 const TENANT_CACHE_MS: u64 = 1_000;
 
 /// What a write did.
@@ -88,21 +95,6 @@ impl<P: Peers> KvCoordinator<P> {
         until_ms.saturating_sub(self.peers.now_ms()).min(PEER_TIMEOUT_MS)
     }
 
-    /// Sends `req` to every node in `nodes` at once; their answers arrive on the returned
-    /// channel as they come (the channel closes once all have answered or given up).
-    fn to_all(&self, nodes: &[String], req: KvRequest, until_ms: u64) -> mpsc::Receiver<(String, PeerResult)> {
-        let (tx, rx) = mpsc::channel(nodes.len().max(1));
-        for node in nodes {
-            let (p, tx, node, req) = (self.peers.clone(), tx.clone(), node.clone(), req.clone());
-            let left = self.left(until_ms);
-            self.peers.spawn(Box::pin(async move {
-                let out = p.send(&node, req, left).await;
-                let _ = tx.send((node, out)).await;
-            }));
-        }
-        rx
-    }
-
     /// A fresh idempotency key for a write whose client gave none.
     fn new_idem_key(&self) -> String {
         let mut b = [0u8; 16];
@@ -115,9 +107,9 @@ impl<P: Peers> KvCoordinator<P> {
         self.peers.ring().replicas(&tenant.id, key, rf).into_iter().map(str::to_owned).collect()
     }
 
-    /// The tenant's record as a majority of nodes know it: the newest among their answers,
-    /// written back to any member that answered with less (so a node that missed an update
-    /// catches up). Reused for [`TENANT_CACHE_MS`].
+    /// The tenant's record from the replicated metadata, reused for [`TENANT_CACHE_MS`]. A
+    /// tenant this node has not applied yet is looked up at the Raft leader's commit index
+    /// before it is called unknown.
     pub async fn tenant(&self, id: &str, until_ms: u64) -> CoreResult<TenantRecord> {
         let now = self.peers.now_ms();
         if let Some((t, at)) = lock(&self.tenants).get(id)
@@ -125,70 +117,53 @@ impl<P: Peers> KvCoordinator<P> {
         {
             return Ok(t.clone());
         }
-        let members = self.peers.members();
-        let need = members.len() / 2 + 1;
-        let mut rx = self.to_all(&members, KvRequest::GetTenant { tenant: id.to_owned() }, until_ms);
-        let mut answers: Vec<(String, Option<TenantRecord>)> = Vec::new();
-        while answers.len() < need {
-            match rx.recv().await {
-                Some((node, Ok(Ok(KvResponse::Tenant(t))))) => answers.push((node, t)),
-                Some(_) => {}
-                None => break,
-            }
-        }
-        let newest = answers.iter().filter_map(|(_, t)| t.clone()).max_by_key(|t| (t.updated_ms, t.replication_factor));
-        let Some(t) = newest else {
-            if answers.len() < need {
-                return Err(CoreError::Unavailable(format!(
-                    "only {} of {} nodes answered a lookup of tenant {id:?} ({need} needed)",
-                    answers.len(),
-                    members.len()
-                )));
-            }
-            return Err(CoreError::NotFound(format!("tenant {id:?} not found; create it with CreateTenant")));
-        };
-        for (node, have) in answers {
-            if have.as_ref() != Some(&t) {
-                let (p, put) = (self.peers.clone(), KvRequest::PutTenant { tenant: t.clone(), create: false });
-                self.peers.spawn(Box::pin(async move {
-                    let _ = p.send(&node, put, PEER_TIMEOUT_MS).await;
-                }));
-            }
-        }
-        lock(&self.tenants).insert(id.to_owned(), (t.clone(), now));
-        Ok(t)
-    }
-
-    /// Stores a tenant record on every member; succeeds once a majority has it.
-    pub async fn put_tenant(&self, t: TenantRecord, create: bool, until_ms: u64) -> CoreResult<TenantRecord> {
-        let members = self.peers.members();
-        let mut rx = self.to_all(&members, KvRequest::PutTenant { tenant: t.clone(), create }, until_ms);
-        let n = members.len();
-        let need = n / 2 + 1;
-        let (mut ok, mut latest) = (0, None);
-        while let Some((_, r)) = rx.recv().await {
-            match r {
-                Ok(Ok(KvResponse::TenantPut { new, .. })) => {
-                    ok += 1;
-                    latest = Some(new);
-                    if ok >= need {
-                        break;
-                    }
-                }
-                // A duplicate decides at once; any other refusal is one node that failed.
-                Ok(Err(e @ CoreError::AlreadyExists(_))) => return Err(e),
-                _ => {}
-            }
-        }
-        match latest {
-            Some(t) if ok >= need => {
-                lock(&self.tenants).insert(t.id.clone(), (t.clone(), self.peers.now_ms()));
+        let req = MetaRequest::Tenant { id: id.to_owned(), current: true };
+        match self.meta(req, until_ms).await? {
+            MetaResponse::Tenant(Some(t)) => {
+                lock(&self.tenants).insert(id.to_owned(), (t.clone(), now));
                 Ok(t)
             }
-            _ => Err(CoreError::Unavailable(format!(
-                "{ok} of {n} nodes stored the tenant record; {need} are needed. Retry when more nodes are up"
-            ))),
+            MetaResponse::Tenant(None) => {
+                Err(CoreError::NotFound(format!("tenant {id:?} not found; create it with CreateTenant")))
+            }
+            other => Err(unexpected(other)),
         }
+    }
+
+    /// Creates a tenant through the metadata group; answered once the change is committed
+    /// and applied on this node.
+    pub async fn create_tenant(&self, id: &str, replication_factor: u32, until_ms: u64) -> CoreResult<TenantRecord> {
+        let req = MetaRequest::CreateTenant { id: id.to_owned(), replication_factor };
+        match self.meta(req, until_ms).await? {
+            MetaResponse::Created(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes a tenant's replication factor; returns the factor it had and the new record.
+    pub async fn set_replication_factor(
+        &self,
+        id: &str,
+        replication_factor: u32,
+        until_ms: u64,
+    ) -> CoreResult<(u32, TenantRecord)> {
+        let req = MetaRequest::SetReplicationFactor { id: id.to_owned(), replication_factor };
+        match self.meta(req, until_ms).await? {
+            MetaResponse::ReplicationFactor { old, new } => {
+                lock(&self.tenants).insert(id.to_owned(), (new.clone(), self.peers.now_ms()));
+                Ok((old, new))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One call to this node's metadata machine, bounded by the client's deadline.
+    async fn meta(&self, req: MetaRequest, until_ms: u64) -> CoreResult<MetaResponse> {
+        let left = until_ms.saturating_sub(self.peers.now_ms());
+        if left == 0 {
+            return Err(CoreError::DeadlineExceeded("the deadline passed before the metadata was consulted".into()));
+        }
+        self.peers.meta(req, left).await
     }
 
     /// Coordinates a write (`value: None` deletes) and replicates it.

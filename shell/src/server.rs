@@ -35,7 +35,9 @@ use crate::services::statehouse::StatehouseService;
 use crate::services::status::StatusService;
 use crate::services::upload::UploadService;
 use tessera_core::catalog::{CatalogConfig, CatalogMachine};
+use tessera_core::kv::ring::DEFAULT_VNODES;
 use tessera_core::kv::{KvConfig, KvMachine};
+use tessera_core::meta::{MetaConfig, MetaMachine};
 use tessera_proto::ai::floedb::metacat::catalog::catalog_service_server::CatalogServiceServer;
 use tessera_proto::ai::floedb::metacat::catalog::directory_service_server::DirectoryServiceServer;
 use tessera_proto::ai::floedb::metacat::catalog::namespace_service_server::NamespaceServiceServer;
@@ -95,9 +97,32 @@ where
     M: tessera_core::Machine + Send + 'static,
     M::Input: Send + 'static,
     M::Output: Send + 'static,
+    M::Message: Send + 'static,
 {
-    let (driver, handle) =
+    spawn_driver_with(name, machine, init, store, metrics, failed, None)
+}
+
+/// [`spawn_driver`] for a machine that talks to peers through `outbox`.
+fn spawn_driver_with<M>(
+    name: &'static str,
+    machine: M,
+    init: tessera_core::WriteBatch,
+    store: Arc<FjallStore>,
+    metrics: &Metrics,
+    failed: tokio::sync::mpsc::Sender<String>,
+    outbox: Option<Arc<dyn crate::driver::Outbox<M::Message>>>,
+) -> anyhow::Result<(HandleFor<M>, std::thread::JoinHandle<()>)>
+where
+    M: tessera_core::Machine + Send + 'static,
+    M::Input: Send + 'static,
+    M::Output: Send + 'static,
+    M::Message: Send + 'static,
+{
+    let (mut driver, handle) =
         Driver::new(machine, init, store, Arc::new(SystemClock), Arc::new(metrics.clone()), DriverConfig::default())?;
+    if let Some(outbox) = outbox {
+        driver = driver.with_outbox(outbox);
+    }
     let thread = std::thread::Builder::new()
         .name(format!("tessera-{name}"))
         .spawn(move || {
@@ -156,10 +181,26 @@ pub async fn run(
         node_id: config.node_id.clone(),
         idempotency_ttl_ms: tessera_core::kv::replica::DEFAULT_IDEMPOTENCY_TTL_MS,
     });
-    let (kv_handle, t) = spawn_driver("kv", machine, Default::default(), store.clone(), &metrics, failed_tx)?;
+    let (kv_handle, t) = spawn_driver("kv", machine, Default::default(), store.clone(), &metrics, failed_tx.clone())?;
+    drivers.push(t);
+    let initial = config.members.iter().map(|m| (m.id.clone(), m.addr.clone(), DEFAULT_VNODES)).collect();
+    let (machine, init) =
+        MetaMachine::open(&*store, MetaConfig::new(config.node_id.clone(), initial), Rng::new(rng.next_u64()))
+            .context("opening the cluster metadata")?;
+    let layout = machine.state().layout.clone();
+    let given: Vec<(&str, &str)> = config.members.iter().map(|m| (m.id.as_str(), m.addr.as_str())).collect();
+    let held: Vec<(&str, &str)> = layout.members.iter().map(|m| (m.id.as_str(), m.addr.as_str())).collect();
+    if config.members.len() > 1 && given.iter().collect::<std::collections::BTreeSet<_>>() != held.iter().collect() {
+        // As etcd does: --initial-cluster only bootstraps; the replicated layout rules after.
+        tracing::warn!(?given, ?held, "--initial-cluster differs from the replicated layout; using the layout");
+    }
+    let peers: Vec<(String, String)> = layout.members.iter().map(|m| (m.id.clone(), m.addr.clone())).collect();
+    let transport = Arc::new(crate::raft_transport::RaftTransport::new(&config.node_id, &peers)?);
+    let (meta_handle, t) =
+        spawn_driver_with("meta", machine, init, store.clone(), &metrics, failed_tx, Some(transport))?;
     drivers.push(t);
     let cluster =
-        Cluster::new(config.node_id.clone(), config.members.clone(), kv_handle.clone(), config.data_dir.clone())?;
+        Cluster::new(config.node_id.clone(), &layout, kv_handle.clone(), meta_handle.clone(), config.data_dir.clone())?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -177,7 +218,7 @@ pub async fn run(
     let uploads = UploadService::new(upload_handle, status_handle_for_uploads).with_prestage(store.clone());
     let metacat = Metacat::new(catalog_handle);
     let coordinator = Coordinator::new(cluster.clone(), rng.next_u64());
-    let peer = Peer::new(kv_handle, config.data_dir.clone());
+    let peer = Peer::new(kv_handle, meta_handle, config.data_dir.clone());
     let handoff = tokio::spawn(crate::cluster::hand_off(coordinator.coordinator()));
     let anti_entropy = tokio::spawn(crate::cluster::anti_entropy(coordinator.coordinator()));
 

@@ -16,10 +16,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::CoreResult;
 use tessera_core::kv::quorum::Consistency;
 use tessera_core::kv::ring::DEFAULT_VNODES;
-use tessera_core::kv::{KvRequest, KvResponse, Ring, TenantRecord, Version};
+use tessera_core::kv::{KvRequest, KvResponse, Ring, Version};
+use tessera_core::meta::{MetaRequest, MetaResponse};
+use tessera_core::{CoreError, CoreResult};
 use tessera_shell::kv_coordinator::{BoxFuture, PeerResult, Peers, Unreachable};
 
 use crate::model::clip;
@@ -124,6 +125,18 @@ impl Peers for SimPeers {
     fn spawn(&self, fut: BoxFuture<()>) {
         madsim::task::spawn(fut);
     }
+
+    fn meta(self: &Arc<Self>, req: MetaRequest, timeout_ms: u64) -> BoxFuture<CoreResult<MetaResponse>> {
+        let world = self.world.clone();
+        let me = self.index;
+        Box::pin(async move {
+            let h = world.meta_handle(me).ok_or_else(|| CoreError::Unavailable("metadata machine down".into()))?;
+            match madsim::time::timeout(Duration::from_millis(timeout_ms), h.call(req)).await {
+                Ok(Ok(out)) => out,
+                _ => Err(CoreError::Unavailable(format!("no metadata answer within {timeout_ms} ms"))),
+            }
+        })
+    }
 }
 
 /// Offers held hints to their nodes every 100 ms (tesserad: 500 ms), and runs an
@@ -182,9 +195,9 @@ pub async fn setup(world: &Arc<World>) {
             continue;
         };
         let now = coord.peers().now_ms();
-        let t = TenantRecord { id: TENANT.into(), replication_factor: 3, created_ms: now, updated_ms: now };
         let Some(handle) = madsim::runtime::Handle::current().get_node(id) else { continue };
-        let done = handle.spawn(async move { coord.put_tenant(t, false, now + 2_000).await }).await;
+        // The first create may wait out the metadata group's first election.
+        let done = handle.spawn(async move { coord.create_tenant(TENANT, 3, now + 6_000).await }).await;
         if matches!(done, Ok(Ok(_))) {
             world.event("kv tenant created".into());
             return;

@@ -19,6 +19,8 @@ pub mod faults;
 #[cfg(madsim)]
 pub mod kv_model;
 #[cfg(madsim)]
+pub mod meta_model;
+#[cfg(madsim)]
 pub mod model;
 #[cfg(madsim)]
 pub mod net;

@@ -8,19 +8,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tessera_core::kv::ring::DEFAULT_VNODES;
 use tessera_core::kv::{KvConfig, KvMachine};
 use tessera_core::mem_store::MemStore;
+use tessera_core::meta::{MetaConfig, MetaMachine};
 use tessera_core::rng::Rng;
 use tessera_core::status::{StatusConfig, StatusMachine};
 use tessera_core::txn::{TxnConfig, TxnMachine};
 use tessera_core::{Machine, WriteBatch};
-use tessera_shell::driver::{Clock, Driver, DriverConfig, HandleFor, NoopObserver};
+use tessera_shell::driver::{Clock, Driver, DriverConfig, HandleFor, NoopObserver, Outbox};
 
 use crate::run::World;
 
 pub type Handle = HandleFor<StatusMachine>;
 pub type TxnHandle = HandleFor<TxnMachine>;
 pub type KvHandle = HandleFor<KvMachine>;
+pub type MetaHandle = HandleFor<MetaMachine>;
 pub type Coordinator = Arc<tessera_shell::kv_coordinator::KvCoordinator<crate::kv_model::SimPeers>>;
 
 /// Simulated time plus this node's skew; fsync takes a random, seed-drawn time.
@@ -58,6 +61,7 @@ pub struct SimNode {
     pub slot: Slot<Handle>,
     pub txn_slot: Slot<TxnHandle>,
     pub kv_slot: Slot<KvHandle>,
+    pub meta_slot: Slot<MetaHandle>,
     /// The node's key-value coordinator (in memory: rebuilt on restart).
     pub coord_slot: Slot<Coordinator>,
     /// Set when a driver stopped on a storage error (the node must restart).
@@ -82,7 +86,23 @@ impl Boot {
         M: Machine + Send + 'static,
         M::Input: Send + 'static,
         M::Output: Send + 'static,
-        M::Message: Send,
+        M::Message: Send + 'static,
+    {
+        self.spawn_with(log, opened, slot, None)
+    }
+
+    /// [`Boot::spawn`] for a machine whose messages go to peers through `outbox`.
+    fn spawn_with<M>(
+        &self,
+        log: &'static str,
+        opened: Result<(M, WriteBatch), String>,
+        slot: Slot<HandleFor<M>>,
+        outbox: Option<Arc<dyn Outbox<M::Message>>>,
+    ) where
+        M: Machine + Send + 'static,
+        M::Input: Send + 'static,
+        M::Output: Send + 'static,
+        M::Message: Send + 'static,
     {
         let clock =
             Arc::new(SimClock { world: self.world.clone(), skew_ms: self.skew_ms, max_fsync_ms: self.max_fsync_ms });
@@ -91,7 +111,7 @@ impl Boot {
                 .map_err(|e| e.to_string())
         });
         let (driver, handle) = match started {
-            Ok(x) => x,
+            Ok((d, h)) => (if let Some(o) = outbox { d.with_outbox(o) } else { d }, h),
             Err(e) => {
                 self.world.event(format!("{} {log} failed to open: {e}", self.name));
                 self.failed.store(true, Ordering::SeqCst);
@@ -120,11 +140,12 @@ impl SimNode {
         let slot: Slot<Handle> = Arc::new(Mutex::new(None));
         let txn_slot: Slot<TxnHandle> = Arc::new(Mutex::new(None));
         let kv_slot: Slot<KvHandle> = Arc::new(Mutex::new(None));
+        let meta_slot: Slot<MetaHandle> = Arc::new(Mutex::new(None));
         let coord_slot: Slot<Coordinator> = Arc::new(Mutex::new(None));
         let failed = Arc::new(AtomicBool::new(false));
         let (st, sl, tsl, fl, w, nm) =
             (store.clone(), slot.clone(), txn_slot.clone(), failed.clone(), world.clone(), name.clone());
-        let (ksl, csl) = (kv_slot.clone(), coord_slot.clone());
+        let (ksl, csl, msl) = (kv_slot.clone(), coord_slot.clone(), meta_slot.clone());
         let skew_ms = world.plan.skew_ms[index];
         let max_fsync_ms = world.plan.max_fsync_ms;
         let id = madsim::runtime::Handle::current()
@@ -141,7 +162,7 @@ impl SimNode {
                     driver: driver.clone(),
                 };
                 let (slot, txn_slot, config) = (sl.clone(), tsl.clone(), config.clone());
-                let (kv_slot, coord_slot) = (ksl.clone(), csl.clone());
+                let (kv_slot, coord_slot, meta_slot) = (ksl.clone(), csl.clone(), msl.clone());
                 async move {
                     let mut rng = Rng::new(boot.world.rng_below(u64::MAX));
                     let status = StatusMachine::open(&boot.store, config, &mut rng).map_err(|e| e.to_string());
@@ -152,6 +173,17 @@ impl SimNode {
                     boot.spawn("txn", txn, txn_slot);
                     let kv = KvMachine::new(KvConfig { node_id: boot.name.clone(), idempotency_ttl_ms: 60_000 });
                     boot.spawn("kv", Ok((kv, WriteBatch::default())), kv_slot);
+                    let initial = (0..boot.world.opts.nodes)
+                        .map(|i| (format!("n{i}"), format!("n{i}:7000"), DEFAULT_VNODES))
+                        .collect();
+                    let meta = MetaMachine::open(
+                        &boot.store,
+                        MetaConfig::new(boot.name.clone(), initial),
+                        Rng::new(rng.next_u64()),
+                    )
+                    .map_err(|e| e.to_string());
+                    let outbox = Arc::new(crate::meta_model::SimRaft { world: boot.world.clone(), from: index });
+                    boot.spawn_with("meta", meta, meta_slot, Some(outbox));
                     let peers = Arc::new(crate::kv_model::SimPeers::new(boot.world.clone(), index, skew_ms));
                     let coord = Arc::new(tessera_shell::kv_coordinator::KvCoordinator::new(peers, rng.next_u64()));
                     *lock(&coord_slot) = Some(coord.clone());
@@ -164,7 +196,7 @@ impl SimNode {
             })
             .build()
             .id();
-        SimNode { name, id, store, slot, txn_slot, kv_slot, coord_slot, failed, up: true }
+        SimNode { name, id, store, slot, txn_slot, kv_slot, meta_slot, coord_slot, failed, up: true }
     }
 
     pub fn handle(&self) -> Option<Handle> {
@@ -179,6 +211,10 @@ impl SimNode {
         lock(&self.kv_slot).clone()
     }
 
+    pub fn meta_handle(&self) -> Option<MetaHandle> {
+        lock(&self.meta_slot).clone()
+    }
+
     pub fn coordinator(&self) -> Option<Coordinator> {
         lock(&self.coord_slot).clone()
     }
@@ -188,6 +224,7 @@ impl SimNode {
         lock(&self.slot).take();
         lock(&self.txn_slot).take();
         lock(&self.kv_slot).take();
+        lock(&self.meta_slot).take();
         lock(&self.coord_slot).take();
         madsim::runtime::Handle::current().kill(self.id);
         self.store.crash();

@@ -56,6 +56,7 @@ pub struct WorldInner {
     pub isolated: BTreeSet<usize>,
     pub model: Model,
     pub kv: crate::kv_model::KvModel,
+    pub meta: crate::meta_model::MetaModel,
     pub txn: TxnModel,
     pub ops: u64,
 }
@@ -111,6 +112,10 @@ impl World {
 
     pub fn kv_handle(&self, node: usize) -> Option<crate::node::KvHandle> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(node).and_then(SimNode::kv_handle)
+    }
+
+    pub fn meta_handle(&self, node: usize) -> Option<crate::node::MetaHandle> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(node).and_then(SimNode::meta_handle)
     }
 
     /// A node's coordinator and its madsim node id (to run a call on that node).
@@ -227,6 +232,18 @@ fn supervise(world: &Arc<World>) {
 
 /// Runs one seed to completion and reports what the checkers found.
 pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
+    // Each run on a fresh thread: raft-rs draws from rand's thread RNG (and the metadata
+    // machine overrides each draw), but that RNG seeds and reseeds itself from getrandom,
+    // which madsim serves from the run's seeded RNG. A thread RNG left over from an earlier
+    // run would reseed at a different moment and shift every draw after it.
+    let opts = opts.clone();
+    match std::thread::Builder::new().name(format!("seed-{seed}")).spawn(move || run_seed_here(seed, &opts)) {
+        Ok(t) => t.join().unwrap_or_else(|_| panic!("seed {seed}: the run panicked")),
+        Err(e) => panic!("seed {seed}: cannot start a thread for the run: {e}"),
+    }
+}
+
+fn run_seed_here(seed: u64, opts: &Options) -> SeedReport {
     let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     let opts = opts.clone();
     rt.block_on(async move {
@@ -246,6 +263,7 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
                 isolated: BTreeSet::new(),
                 model: Model::new(opts.nodes),
                 kv: crate::kv_model::KvModel::default(),
+                meta: crate::meta_model::MetaModel::default(),
                 txn: TxnModel::new(opts.nodes),
                 ops: 0,
             }),
@@ -266,7 +284,9 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
             tasks.push(madsim::task::spawn(crate::kv_model::client(world.clone(), c, opts.duration_ms)));
             tasks.push(madsim::task::spawn(model::client(world.clone(), c, opts.duration_ms)));
             tasks.push(madsim::task::spawn(txn_model::client(world.clone(), c, opts.duration_ms)));
+            tasks.push(madsim::task::spawn(crate::meta_model::client(world.clone(), c, opts.duration_ms)));
         }
+        tasks.push(madsim::task::spawn(crate::meta_model::observer(world.clone(), opts.duration_ms)));
         tasks.push(madsim::task::spawn(faults(world.clone(), opts.duration_ms)));
         for t in tasks {
             let _ = t.await;
@@ -299,6 +319,7 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedReport {
         model::final_check(&world).await;
         txn_model::final_check(&world).await;
         crate::kv_model::final_check(&world).await;
+        crate::meta_model::final_check(&world).await;
 
         let w = world.lock();
         SeedReport {

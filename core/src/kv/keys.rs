@@ -32,12 +32,6 @@ pub fn value(tenant: &str, key: &str) -> Vec<u8> {
     k
 }
 
-pub fn tenant(id: &str) -> Vec<u8> {
-    let mut k = vec![b't'];
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
 pub fn idempotency(tenant: &str, key: &str) -> Vec<u8> {
     let mut k = vec![b'i'];
     part(&mut k, tenant);

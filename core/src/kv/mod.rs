@@ -8,8 +8,9 @@ pub mod ring;
 pub mod vclock;
 pub mod wire;
 
+pub use crate::meta::TenantRecord;
 pub use quorum::Consistency;
-pub use replica::{Hint, IdemKey, IdemRecord, KvConfig, KvMachine, KvRequest, KvResponse, TenantRecord};
+pub use replica::{Hint, IdemKey, IdemRecord, KvConfig, KvMachine, KvRequest, KvResponse};
 pub use ring::Ring;
 pub use vclock::{Causal, VClock, Version};
 

@@ -29,37 +29,6 @@ const SWEEP_BATCH: usize = 1000;
 /// Default life of an idempotency record.
 pub const DEFAULT_IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantRecord {
-    pub id: String,
-    pub replication_factor: u32,
-    pub created_ms: u64,
-    pub updated_ms: u64,
-}
-
-impl TenantRecord {
-    fn encode(&self) -> Vec<u8> {
-        Encoder::new()
-            .str(&self.id)
-            .u64(self.replication_factor as u64)
-            .u64(self.created_ms)
-            .u64(self.updated_ms)
-            .finish()
-    }
-
-    fn decode(buf: &[u8]) -> Result<TenantRecord, StoreError> {
-        let mut d = Decoder::new(KEYSPACE, buf);
-        let t = TenantRecord {
-            id: d.string()?,
-            replication_factor: d.u64()? as u32,
-            created_ms: d.u64()?,
-            updated_ms: d.u64()?,
-        };
-        d.end()?;
-        Ok(t)
-    }
-}
-
 /// A client's idempotency key for one write, with the hash of what it asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdemKey {
@@ -120,15 +89,6 @@ pub enum KvRequest {
         tenant: String,
         key: String,
     },
-    /// Store a tenant record. `create` refuses a different record already there; otherwise
-    /// the later `updated_ms` wins.
-    PutTenant {
-        tenant: TenantRecord,
-        create: bool,
-    },
-    GetTenant {
-        tenant: String,
-    },
     /// Hold versions for `target`, which did not answer.
     Hint {
         target: String,
@@ -172,12 +132,6 @@ pub enum KvResponse {
     },
     /// The versions held after a merge or read (empty: the key is unknown here).
     Versions(Vec<Version>),
-    Tenant(Option<TenantRecord>),
-    /// The record before and after a put.
-    TenantPut {
-        old: Option<TenantRecord>,
-        new: TenantRecord,
-    },
     Done,
     Hints(Vec<Hint>),
     Stats {
@@ -316,29 +270,6 @@ impl KvMachine {
             }
             KvRequest::Read { tenant, key } => {
                 Ok((KvResponse::Versions(Self::versions(store, &tenant, &key)?.unwrap_or_default()), batch))
-            }
-            KvRequest::PutTenant { tenant, create } => {
-                let k = keys::tenant(&tenant.id);
-                let old = store.get(KEYSPACE, &k)?.map(|b| TenantRecord::decode(&b)).transpose()?;
-                let new = match &old {
-                    Some(o) if create && *o != tenant => {
-                        return Err(CoreError::AlreadyExists(format!("tenant {:?} already exists", tenant.id)));
-                    }
-                    Some(o)
-                        if (o.updated_ms, o.replication_factor) >= (tenant.updated_ms, tenant.replication_factor) =>
-                    {
-                        o.clone()
-                    }
-                    _ => {
-                        batch.put(KEYSPACE, k, tenant.encode());
-                        tenant
-                    }
-                };
-                Ok((KvResponse::TenantPut { old, new }, batch))
-            }
-            KvRequest::GetTenant { tenant } => {
-                let t = store.get(KEYSPACE, &keys::tenant(&tenant))?.map(|b| TenantRecord::decode(&b)).transpose()?;
-                Ok((KvResponse::Tenant(t), batch))
             }
             KvRequest::Hint { target, tenant, key, versions } => {
                 let held = count(store, keys::HINT_COUNT)?;
@@ -494,7 +425,6 @@ impl Machine for KvMachine {
         let read_only = matches!(
             input,
             KvRequest::Read { .. }
-                | KvRequest::GetTenant { .. }
                 | KvRequest::Hints { .. }
                 | KvRequest::Stats
                 | KvRequest::Scan { .. }

@@ -6,7 +6,7 @@ use crate::codec::{Decoder, Encoder};
 use crate::error::CoreError;
 use crate::store::StoreError;
 
-use super::replica::{Hint, IdemKey, IdemRecord, KvRequest, KvResponse, TenantRecord};
+use super::replica::{Hint, IdemKey, IdemRecord, KvRequest, KvResponse};
 use super::vclock::{VClock, Version};
 
 const WHAT: &str = "peer message";
@@ -26,19 +26,6 @@ fn read_versions(d: &mut Decoder<'_>) -> Result<Vec<Version>, StoreError> {
         out.push(Version::decode(d)?);
     }
     Ok(out)
-}
-
-fn tenant(e: Encoder, t: &TenantRecord) -> Encoder {
-    e.str(&t.id).u64(t.replication_factor as u64).u64(t.created_ms).u64(t.updated_ms)
-}
-
-fn read_tenant(d: &mut Decoder<'_>) -> Result<TenantRecord, StoreError> {
-    Ok(TenantRecord {
-        id: d.string()?,
-        replication_factor: d.u64()? as u32,
-        created_ms: d.u64()?,
-        updated_ms: d.u64()?,
-    })
 }
 
 fn idem_record(e: Encoder, r: &Option<IdemRecord>) -> Encoder {
@@ -81,8 +68,6 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
             idem_record(versions(e.u8(2).str(tenant).str(key), vs), idem)
         }
         KvRequest::Read { tenant, key } => e.u8(3).str(tenant).str(key),
-        KvRequest::PutTenant { tenant: t, create } => tenant(e.u8(4), t).u8(*create as u8),
-        KvRequest::GetTenant { tenant } => e.u8(5).str(tenant),
         KvRequest::Hint { target, tenant, key, versions: vs } => versions(e.u8(6).str(target).str(tenant).str(key), vs),
         KvRequest::Hints { target, limit } => e.u8(7).str(target).u64(*limit as u64),
         KvRequest::HintsDelivered { target, upto } => e.u8(8).str(target).u64(*upto),
@@ -128,11 +113,6 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
             KvRequest::Apply { tenant, key, versions, idem: read_idem_record(&mut d)? }
         }
         3 => KvRequest::Read { tenant: d.string()?, key: d.string()? },
-        4 => {
-            let tenant = read_tenant(&mut d)?;
-            KvRequest::PutTenant { tenant, create: d.u8()? != 0 }
-        }
-        5 => KvRequest::GetTenant { tenant: d.string()? },
         6 => {
             let (target, tenant, key) = (d.string()?, d.string()?, d.string()?);
             KvRequest::Hint { target, tenant, key, versions: read_versions(&mut d)? }
@@ -182,17 +162,6 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
             idem_record(versions(clock.encode(e.u8(1)), vs).u8(*duplicate as u8), idem)
         }
         Ok(KvResponse::Versions(vs)) => versions(e.u8(2), vs),
-        Ok(KvResponse::Tenant(t)) => match t {
-            Some(t) => tenant(e.u8(3).u8(1), t),
-            None => e.u8(3).u8(0),
-        },
-        Ok(KvResponse::TenantPut { old, new }) => {
-            let e = match old {
-                Some(o) => tenant(e.u8(4).u8(1), o),
-                None => e.u8(4).u8(0),
-            };
-            tenant(e, new)
-        }
         Ok(KvResponse::Done) => e.u8(5),
         Ok(KvResponse::Hints(hs)) => {
             let mut e = e.u8(6).u64(hs.len() as u64);
@@ -245,17 +214,6 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
             Ok(KvResponse::Coordinated { clock, versions, duplicate, idem: read_idem_record(&mut d)? })
         }
         2 => Ok(KvResponse::Versions(read_versions(&mut d)?)),
-        3 => Ok(KvResponse::Tenant(match d.u8()? {
-            0 => None,
-            _ => Some(read_tenant(&mut d)?),
-        })),
-        4 => {
-            let old = match d.u8()? {
-                0 => None,
-                _ => Some(read_tenant(&mut d)?),
-            };
-            Ok(KvResponse::TenantPut { old, new: read_tenant(&mut d)? })
-        }
         5 => Ok(KvResponse::Done),
         6 => {
             let n = d.u64()?;

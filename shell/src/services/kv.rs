@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tessera_core::kv::quorum::Consistency;
 use tessera_core::kv::vclock::{context, winner};
-use tessera_core::kv::{DEFAULT_RF, MAX_KEY_BYTES, MAX_RF, MAX_VALUE_BYTES, MIN_RF, TenantRecord, VClock};
+use tessera_core::kv::{DEFAULT_RF, MAX_KEY_BYTES, MAX_RF, MAX_VALUE_BYTES, MIN_RF, VClock};
 use tessera_proto::proto as wire;
 use tessera_proto::proto::coordinator_service_server::CoordinatorService;
 use tessera_proto::tessera::kv::v1 as ext;
@@ -185,10 +185,7 @@ impl CoordinatorService for Coordinator {
                 "replication_factor: {rf}, must be {MIN_RF}..={MAX_RF} (0 means {DEFAULT_RF})"
             )));
         }
-        let now = self.now_ms();
-        let t =
-            TenantRecord { id: r.tenant_id.clone(), replication_factor: rf as u32, created_ms: now, updated_ms: now };
-        let t = self.kv.put_tenant(t, true, until).await.map_err(to_status)?;
+        let t = self.kv.create_tenant(&r.tenant_id, rf as u32, until).await.map_err(to_status)?;
         Ok(Response::new(wire::CreateTenantResponse {
             success: true,
             tenant_id: t.id,
@@ -209,23 +206,13 @@ impl CoordinatorService for Coordinator {
         if !(MIN_RF as i32..=MAX_RF as i32).contains(&rf) {
             return Err(invalid(format!("new_replication_factor: {rf}, must be {MIN_RF}..={MAX_RF}")));
         }
-        let old = self.kv.tenant(&r.tenant_id, until).await.map_err(to_status)?;
-        let now = self.now_ms().max(old.updated_ms + 1);
-        let t = TenantRecord { replication_factor: rf as u32, updated_ms: now, ..old.clone() };
-        let t = self.kv.put_tenant(t, false, until).await.map_err(to_status)?;
-        if t.replication_factor != rf as u32 {
-            // A newer change (by another coordinator) won; say so rather than claim ours.
-            return Err(Status::aborted(format!(
-                "a concurrent update set the replication factor of {:?} to {}; retry if {rf} is still wanted",
-                t.id, t.replication_factor
-            )));
-        }
+        let (old, t) = self.kv.set_replication_factor(&r.tenant_id, rf as u32, until).await.map_err(to_status)?;
         // No data moves yet: keys written under the old factor gain or lose replicas only as
         // they are written again or read (read repair). `migration_id` stays empty to say so.
         Ok(Response::new(wire::UpdateReplicationFactorResponse {
             success: true,
             tenant_id: t.id,
-            old_replication_factor: old.replication_factor as i32,
+            old_replication_factor: old as i32,
             new_replication_factor: t.replication_factor as i32,
             migration_id: String::new(),
             updated_at: secs(t.updated_ms),
@@ -281,8 +268,21 @@ impl CoordinatorService for Coordinator {
         _req: Request<wire::ListStorageNodesRequest>,
     ) -> Result<Response<wire::ListStorageNodesResponse>, Status> {
         let mut nodes = Vec::with_capacity(self.cluster.members.len());
-        for (m, (_, vnodes)) in self.cluster.members.iter().zip(self.cluster.ring.nodes()) {
-            let stats = self.cluster.stats(&m.id).await;
+        // Every node at once: one that is down costs its timeout once, not once per node.
+        let asks: Vec<_> = self
+            .cluster
+            .members
+            .iter()
+            .map(|m| {
+                let (c, id) = (self.cluster.clone(), m.id.clone());
+                tokio::spawn(async move { c.stats(&id).await })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(asks.len());
+        for a in asks {
+            answers.push(a.await.ok().flatten());
+        }
+        for ((m, (_, vnodes)), stats) in self.cluster.members.iter().zip(self.cluster.ring.nodes()).zip(answers) {
             let (host, port) = m.addr.rsplit_once(':').unwrap_or((m.addr.as_str(), "0"));
             let (keys, disk) = stats.map(|(k, _, d)| (k as i64, d)).unwrap_or((0, 0.0));
             nodes.push(wire::StorageNodeInfo {

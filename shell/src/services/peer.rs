@@ -1,24 +1,27 @@
-//! `tessera.peer.v1.PeerService`: other nodes' calls to this node's key-value replica.
+//! `tessera.peer.v1.PeerService`: other nodes' calls to this node's key-value replica, and
+//! the metadata group's Raft messages.
 
 use std::path::PathBuf;
 
 use tessera_core::kv::wire;
+use tessera_core::meta::MetaRequest;
 use tessera_proto::tessera::peer::v1 as peer;
 use tessera_proto::tessera::peer::v1::peer_service_server::PeerService;
 use tonic::{Request, Response, Status};
 
 use super::errors::driver_status;
-use crate::cluster::KvHandle;
+use crate::cluster::{KvHandle, MetaHandle};
 
 #[derive(Clone)]
 pub struct Peer {
     local: KvHandle,
+    meta: MetaHandle,
     data_dir: PathBuf,
 }
 
 impl Peer {
-    pub fn new(local: KvHandle, data_dir: PathBuf) -> Self {
-        Self { local, data_dir }
+    pub fn new(local: KvHandle, meta: MetaHandle, data_dir: PathBuf) -> Self {
+        Self { local, meta, data_dir }
     }
 }
 
@@ -61,6 +64,23 @@ impl PeerService for Peer {
             bodies.push(wire::encode_reply(&out));
         }
         Ok(Response::new(peer::PeerBatchReply { bodies }))
+    }
+
+    async fn raft(&self, req: Request<peer::RaftMessages>) -> Result<Response<peer::RaftAck>, Status> {
+        let r = req.into_inner();
+        if r.messages.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} Raft messages in one call, at most {MAX_BATCH}",
+                r.messages.len()
+            )));
+        }
+        // In order: raft-rs copes with reordering, but there is no reason to cause it.
+        for m in r.messages {
+            if let Err(e) = self.meta.call(MetaRequest::Raft(m)).await.map_err(driver_status)? {
+                return Err(Status::invalid_argument(format!("Raft message from {:?}: {e}", r.from)));
+            }
+        }
+        Ok(Response::new(peer::RaftAck {}))
     }
 }
 

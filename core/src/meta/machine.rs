@@ -1,0 +1,568 @@
+//! The metadata machine: one member of the cluster's Raft group (TiKV's raft-rs, driven
+//! through `RawNode`'s `Ready`/`advance`), applying committed [`Command`]s to [`MetaState`].
+//!
+//! raft-rs is sans-IO like the rest of the core: this machine hands its log writes and
+//! hard state to the driver in a [`Ready`] batch, and its Raft messages ride in the same
+//! `Ready`, so they leave the node only once that batch is durable. A proposal is answered
+//! when its entry is applied here; a read that must be current (a tenant lookup that found
+//! nothing) waits for raft-rs's read index. Ticks come from the driver's deadline, and the
+//! election timeout is drawn from the core's seeded RNG, so the simulator replays elections
+//! exactly.
+
+use std::collections::BTreeMap;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, EntryType, Message, Snapshot};
+use raft::{Config, RawNode, StateRole};
+
+use crate::error::{CoreError, CoreResult};
+use crate::ids::validate_id;
+use crate::kv::{MAX_RF, MIN_RF};
+use crate::ready::{ClientToken, Machine, Ready};
+use crate::rng::Rng;
+use crate::store::{META as KEYSPACE, StoreError, StoreRead, WriteBatch};
+
+use super::keys;
+use super::log::{RaftLog, encode};
+use super::state::{Applied, Command, Layout, MetaState, TenantRecord};
+
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    /// This node's id.
+    pub node_id: String,
+    /// The initial cluster (id, host:port, virtual nodes); used only the first time a node
+    /// starts, as etcd uses `--initial-cluster`. Afterwards the replicated layout rules.
+    pub initial: Vec<(String, String, u32)>,
+    /// One Raft tick.
+    pub tick_ms: u64,
+    /// Ticks without a leader before a follower campaigns (randomised up to twice this).
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// How long a proposal or a current read may wait for the group before it fails.
+    pub request_timeout_ms: u64,
+    /// Applied entries kept in the log before it is compacted into a snapshot.
+    pub compact_after: u64,
+}
+
+impl MetaConfig {
+    pub fn new(node_id: String, initial: Vec<(String, String, u32)>) -> MetaConfig {
+        MetaConfig {
+            node_id,
+            initial,
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            request_timeout_ms: 5_000,
+            compact_after: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum MetaRequest {
+    /// A Raft message from a peer (an encoded `eraftpb.Message`).
+    Raft(Vec<u8>),
+    CreateTenant {
+        id: String,
+        replication_factor: u32,
+    },
+    SetReplicationFactor {
+        id: String,
+        replication_factor: u32,
+    },
+    /// A tenant as applied here. `current` first confirms with the leader that nothing newer
+    /// is committed (raft-rs's read index), so a tenant created through another node is seen.
+    Tenant {
+        id: String,
+        current: bool,
+    },
+    Layout,
+    Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaStatus {
+    pub node_id: String,
+    pub applied: u64,
+    pub term: u64,
+    pub leader: Option<String>,
+    pub role: &'static str,
+    pub layout_version: u64,
+    /// Digest of the applied state (equal on every node at the same `applied`).
+    pub digest: [u8; 16],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaResponse {
+    /// A peer's Raft message was taken.
+    Stepped,
+    Tenant(Option<TenantRecord>),
+    Created(TenantRecord),
+    ReplicationFactor {
+        old: u32,
+        new: TenantRecord,
+    },
+    Layout(Layout),
+    Status(MetaStatus),
+}
+
+/// What waits on the group: a proposal for its entry, a read for its read index. `sent`
+/// holds the (term, leader) it was last handed to raft-rs under: under a new leader it goes
+/// again, since the old one may have dropped it (applying skips a second copy).
+enum Waiter {
+    Propose { token: ClientToken, cmd: Command, expires: u64, sent: Option<(u64, u64)> },
+    Read { token: ClientToken, id: String, expires: u64, sent: Option<(u64, u64)>, index: Option<u64> },
+}
+
+impl Waiter {
+    fn expires(&self) -> u64 {
+        match self {
+            Waiter::Propose { expires, .. } | Waiter::Read { expires, .. } => *expires,
+        }
+    }
+}
+
+pub struct MetaMachine {
+    config: MetaConfig,
+    raw: RawNode<RaftLog>,
+    state: MetaState,
+    applied: u64,
+    rng: Rng,
+    /// Keyed by the random context that travels with the entry or read request.
+    waiting: BTreeMap<[u8; 16], Waiter>,
+    next_tick: u64,
+    /// (term, role) when the election timeout was last drawn.
+    drawn_for: (u64, StateRole),
+}
+
+fn config_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { keyspace: KEYSPACE, reason: format!("raft: {e}") }
+}
+
+impl MetaMachine {
+    /// Opens the machine over what `store` holds, bootstrapping the group from the
+    /// initial cluster the first time. Returns the writes that must be durable first.
+    pub fn open(store: &dyn StoreRead, config: MetaConfig, rng: Rng) -> Result<(Self, WriteBatch), StoreError> {
+        let mut init = WriteBatch::default();
+        let (log, state, applied) = match (RaftLog::load(store)?, MetaState::load(store)?) {
+            (Some(log), Some(state)) => {
+                let applied = match store.get(KEYSPACE, keys::APPLIED)? {
+                    Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| config_error("applied index"))?),
+                    None => 0,
+                };
+                (log, state, applied)
+            }
+            _ => {
+                let layout = Layout::initial(&config.initial);
+                if layout.by_id(&config.node_id).is_none() {
+                    return Err(config_error(format!("node {:?} is not in the initial cluster", config.node_id)));
+                }
+                let voters = layout.members.iter().map(|m| m.raft_id).collect();
+                let log = RaftLog::bootstrap(voters, &mut init);
+                let state = MetaState { layout, ..MetaState::default() };
+                state.persist_all(&MetaState::default(), &mut init);
+                init.put(KEYSPACE, keys::APPLIED.to_vec(), 0u64.to_be_bytes().to_vec());
+                (log, state, 0)
+            }
+        };
+        let Some(me) = state.layout.by_id(&config.node_id) else {
+            return Err(config_error(format!("node {:?} is not in the cluster's layout", config.node_id)));
+        };
+        let rc = Config {
+            id: me.raft_id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&rc, log, &logger).map_err(config_error)?;
+        let mut m = MetaMachine {
+            config,
+            raw,
+            state,
+            applied,
+            rng,
+            waiting: BTreeMap::new(),
+            next_tick: 0,
+            drawn_for: (u64::MAX, StateRole::Follower),
+        };
+        m.rng = Rng::new(m.rng.next_u64());
+        m.refresh_snapshot();
+        m.draw_election_timeout();
+        if m.raw.raft.prs().conf().voters().ids().len() == 1 {
+            // A one-node group need not wait out an election timeout.
+            let _ = m.raw.campaign();
+        }
+        Ok((m, init))
+    }
+
+    pub fn state(&self) -> &MetaState {
+        &self.state
+    }
+
+    fn leader(&self) -> Option<String> {
+        let id = self.raw.raft.leader_id;
+        self.state.layout.by_raft_id(id).map(|m| m.id.clone())
+    }
+
+    /// raft-rs draws each election timeout from the thread RNG; replace each draw with one
+    /// from ours, so elections depend on the seed alone.
+    fn draw_election_timeout(&mut self) {
+        let now = (self.raw.raft.term, self.raw.raft.state);
+        if now != self.drawn_for {
+            let et = self.config.election_ticks as u64;
+            let t = et + self.rng.below(et);
+            self.raw.raft.set_randomized_election_timeout(t as usize);
+            self.drawn_for = now;
+        }
+    }
+
+    /// The state at `applied`, for followers too far behind for the log.
+    fn refresh_snapshot(&mut self) {
+        let log = self.raw.raft.raft_log.store();
+        let Ok(term) = raft::Storage::term(log, self.applied) else { return };
+        let mut snap = Snapshot::default();
+        snap.set_data(self.state.encode().into());
+        let meta = snap.mut_metadata();
+        meta.index = self.applied;
+        meta.term = term;
+        meta.set_conf_state(log.conf.clone());
+        self.raw.raft.mut_store().snapshot = snap;
+    }
+
+    fn status(&self) -> MetaStatus {
+        let role = match self.raw.raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Candidate | StateRole::PreCandidate => "candidate",
+            StateRole::Follower => "follower",
+        };
+        MetaStatus {
+            node_id: self.config.node_id.clone(),
+            applied: self.applied,
+            term: self.raw.raft.term,
+            leader: self.leader(),
+            role,
+            layout_version: self.state.layout.version,
+            digest: self.state.digest(),
+        }
+    }
+
+    fn context(&mut self) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        self.rng.fill(&mut c);
+        c
+    }
+
+    fn validate_rf(rf: u32) -> CoreResult<()> {
+        if (MIN_RF..=MAX_RF).contains(&rf) {
+            Ok(())
+        } else {
+            Err(CoreError::InvalidArgument(format!("replication_factor: {rf} is out of range {MIN_RF}..={MAX_RF}")))
+        }
+    }
+
+    /// Sends the waiters not yet handed to raft-rs, once a leader is known (raft-rs drops
+    /// proposals and reads while there is none; they wait here instead).
+    fn send_waiting(&mut self) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let now = Some((self.raw.raft.term, self.raw.raft.leader_id));
+        let ready: Vec<[u8; 16]> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| match w {
+                Waiter::Propose { sent, .. } => *sent != now,
+                Waiter::Read { sent, index, .. } => *sent != now && index.is_none(),
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for ctx in ready {
+            let Some(w) = self.waiting.get_mut(&ctx) else { continue };
+            match w {
+                Waiter::Propose { cmd, sent, .. } => {
+                    if self.raw.propose(ctx.to_vec(), cmd.encode()).is_ok() {
+                        *sent = now;
+                    }
+                }
+                Waiter::Read { sent, .. } => {
+                    self.raw.read_index(ctx.to_vec());
+                    *sent = now;
+                }
+            }
+        }
+    }
+
+    /// Handles everything raft-rs has ready: snapshot, committed entries, new entries, hard
+    /// state, messages and read states, until it has nothing more.
+    fn drain(&mut self, out: &mut Ready<CoreResult<MetaResponse>, Vec<u8>>) -> Result<(), StoreError> {
+        while self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            self.route(rd.take_messages(), out);
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                self.install(&snap, &mut out.writes)?;
+            }
+            self.apply(rd.take_committed_entries(), out)?;
+            if !rd.entries().is_empty() {
+                self.raw.raft.mut_store().append(rd.entries(), &mut out.writes);
+            }
+            if let Some(hs) = rd.hs() {
+                self.raw.raft.mut_store().set_hard_state(hs.clone(), &mut out.writes);
+            }
+            self.route(rd.take_persisted_messages(), out);
+            for rs in rd.take_read_states() {
+                let Ok(ctx) = <[u8; 16]>::try_from(rs.request_ctx.as_slice()) else { continue };
+                if let Some(Waiter::Read { index, .. }) = self.waiting.get_mut(&ctx) {
+                    *index = Some(rs.index);
+                }
+            }
+            let mut light = self.raw.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                self.raw.raft.mut_store().set_commit(commit, &mut out.writes);
+            }
+            self.route(light.take_messages(), out);
+            self.apply(light.take_committed_entries(), out)?;
+            self.raw.advance_apply();
+        }
+        self.answer_reads(out);
+        self.compact(&mut out.writes);
+        self.draw_election_timeout();
+        Ok(())
+    }
+
+    fn route(&self, msgs: Vec<Message>, out: &mut Ready<CoreResult<MetaResponse>, Vec<u8>>) {
+        for m in msgs {
+            if let Some(to) = self.state.layout.by_raft_id(m.to) {
+                out.messages.push((to.id.clone(), encode(&m)));
+            }
+        }
+    }
+
+    fn install(&mut self, snap: &Snapshot, batch: &mut WriteBatch) -> Result<(), StoreError> {
+        let index = snap.get_metadata().index;
+        if index <= self.applied {
+            return Ok(());
+        }
+        let state = MetaState::decode(snap.get_data())?;
+        state.persist_all(&self.state, batch);
+        self.state = state;
+        self.applied = index;
+        batch.put(KEYSPACE, keys::APPLIED.to_vec(), index.to_be_bytes().to_vec());
+        self.raw.raft.mut_store().install(snap, batch);
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        out: &mut Ready<CoreResult<MetaResponse>, Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        for e in entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            // Empty entries are a new leader's no-op; we propose no configuration changes.
+            if e.get_entry_type() != EntryType::EntryNormal || e.get_data().is_empty() {
+                continue;
+            }
+            let Ok(ctx) = <[u8; 16]>::try_from(e.get_context()) else {
+                return Err(config_error(format!("log entry {} has no proposal context", e.index)));
+            };
+            if self.state.seen(&ctx) {
+                // A copy proposed again under a new leader; the first one counted.
+                continue;
+            }
+            let cmd = Command::decode(e.get_data())?;
+            let result = self.state.apply(&cmd, &mut out.writes).map(|a| match a {
+                Applied::Created(t) => MetaResponse::Created(t),
+                Applied::ReplicationFactor { old, new } => MetaResponse::ReplicationFactor { old, new },
+            });
+            self.state.remember(ctx, e.index, &mut out.writes);
+            if let Some(Waiter::Propose { token, .. }) = self.waiting.remove(&ctx) {
+                out.replies.push((token, result));
+            }
+        }
+        self.applied = self.applied.max(last);
+        out.writes.put(KEYSPACE, keys::APPLIED.to_vec(), self.applied.to_be_bytes().to_vec());
+        Ok(())
+    }
+
+    fn answer_reads(&mut self, out: &mut Ready<CoreResult<MetaResponse>, Vec<u8>>) {
+        let applied = self.applied;
+        let done: Vec<[u8; 16]> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| matches!(w, Waiter::Read { index: Some(i), .. } if *i <= applied))
+            .map(|(c, _)| *c)
+            .collect();
+        for ctx in done {
+            if let Some(Waiter::Read { token, id, .. }) = self.waiting.remove(&ctx) {
+                out.replies.push((token, Ok(MetaResponse::Tenant(self.state.tenants.get(&id).cloned()))));
+            }
+        }
+    }
+
+    /// Folds applied entries into a snapshot point once enough have piled up.
+    fn compact(&mut self, batch: &mut WriteBatch) {
+        let snap_index = self.raw.raft.raft_log.store().snap_index;
+        if self.applied.saturating_sub(snap_index) < self.config.compact_after {
+            return;
+        }
+        self.refresh_snapshot();
+        let applied = self.applied;
+        self.raw.raft.mut_store().compact(applied, batch);
+    }
+
+    fn expire(&mut self, now: u64, out: &mut Ready<CoreResult<MetaResponse>, Vec<u8>>) {
+        let gone: Vec<[u8; 16]> = self.waiting.iter().filter(|(_, w)| w.expires() <= now).map(|(c, _)| *c).collect();
+        let timeout = self.config.request_timeout_ms;
+        for ctx in gone {
+            let msg = match self.waiting.remove(&ctx) {
+                Some(Waiter::Propose { token, sent: None, .. }) => (
+                    token,
+                    format!("no metadata leader was reachable within {timeout} ms; the change was not made. Retry"),
+                ),
+                Some(Waiter::Propose { token, sent: Some(_), .. }) => (
+                    token,
+                    format!(
+                        "the metadata change was not committed within {timeout} ms (no quorum reachable); \
+                         it may still take effect"
+                    ),
+                ),
+                Some(Waiter::Read { token, .. }) => {
+                    (token, format!("the metadata leader did not confirm a current read within {timeout} ms. Retry"))
+                }
+                None => continue,
+            };
+            out.replies.push((msg.0, Err(CoreError::Unavailable(msg.1))));
+        }
+    }
+
+    fn handle(
+        &mut self,
+        now: u64,
+        token: ClientToken,
+        input: MetaRequest,
+        out: &mut Ready<CoreResult<MetaResponse>, Vec<u8>>,
+    ) -> CoreResult<()> {
+        let expires = now + self.config.request_timeout_ms;
+        let reply = match input {
+            MetaRequest::Raft(bytes) => {
+                let m = Message::parse_from_bytes(&bytes)
+                    .map_err(|e| CoreError::InvalidArgument(format!("not a Raft message: {e}")))?;
+                if self.state.layout.by_raft_id(m.from).is_none() {
+                    return Err(CoreError::InvalidArgument(format!("Raft message from unknown peer {}", m.from)));
+                }
+                // raft-rs refuses messages it cannot use (stale, from a removed peer); the
+                // sender retries what matters.
+                let _ = self.raw.step(m);
+                MetaResponse::Stepped
+            }
+            MetaRequest::CreateTenant { id, replication_factor } => {
+                validate_id("tenant_id", &id)?;
+                Self::validate_rf(replication_factor)?;
+                let cmd = Command::CreateTenant { id, replication_factor, at_ms: now };
+                let ctx = self.context();
+                self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+                return Ok(());
+            }
+            MetaRequest::SetReplicationFactor { id, replication_factor } => {
+                validate_id("tenant_id", &id)?;
+                Self::validate_rf(replication_factor)?;
+                let cmd = Command::SetReplicationFactor { id, replication_factor, at_ms: now };
+                let ctx = self.context();
+                self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+                return Ok(());
+            }
+            MetaRequest::Tenant { id, current } => {
+                let t = self.state.tenants.get(&id).cloned();
+                if t.is_some() || !current {
+                    // A tenant's record only changes by its replication factor, which a
+                    // coordinator may learn a moment late (its cache does anyway).
+                    MetaResponse::Tenant(t)
+                } else {
+                    let ctx = self.context();
+                    self.waiting.insert(ctx, Waiter::Read { token, id, expires, sent: None, index: None });
+                    return Ok(());
+                }
+            }
+            MetaRequest::Layout => MetaResponse::Layout(self.state.layout.clone()),
+            MetaRequest::Status => MetaResponse::Status(self.status()),
+        };
+        out.replies.push((token, Ok(reply)));
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        now: u64,
+        mut out: Ready<CoreResult<MetaResponse>, Vec<u8>>,
+    ) -> Result<Ready<CoreResult<MetaResponse>, Vec<u8>>, StoreError> {
+        self.send_waiting();
+        self.drain(&mut out)?;
+        self.expire(now, &mut out);
+        if self.next_tick == 0 {
+            self.next_tick = now + self.config.tick_ms;
+        }
+        out.deadline = Some(self.next_tick);
+        out.volatile = out.writes.is_empty();
+        Ok(out)
+    }
+}
+
+impl Machine for MetaMachine {
+    type Input = MetaRequest;
+    type Output = CoreResult<MetaResponse>;
+    type Message = Vec<u8>;
+
+    fn step(
+        &mut self,
+        now: u64,
+        token: ClientToken,
+        input: MetaRequest,
+        _store: &dyn StoreRead,
+    ) -> Result<Ready<Self::Output, Vec<u8>>, StoreError> {
+        let mut out = Ready::default();
+        if let Err(e) = self.handle(now, token, input, &mut out) {
+            if let CoreError::Storage(s) = e {
+                return Err(s);
+            }
+            out.replies.push((token, Err(e)));
+        }
+        self.finish(now, out)
+    }
+
+    fn tick(&mut self, now: u64, _store: &dyn StoreRead) -> Result<Ready<Self::Output, Vec<u8>>, StoreError> {
+        // Catch up on the ticks that passed (a late timer), but never a burst that would
+        // call a spurious election after a stall.
+        if self.next_tick == 0 {
+            // The first call: start the clock.
+            self.next_tick = now + self.config.tick_ms;
+        }
+        let mut n = 0;
+        while self.next_tick <= now && n < 3 {
+            self.raw.tick();
+            // A tick may start an election, which draws a new timeout; replace it before
+            // the next tick compares against it.
+            self.draw_election_timeout();
+            self.next_tick += self.config.tick_ms;
+            n += 1;
+        }
+        if self.next_tick <= now {
+            self.next_tick = now + self.config.tick_ms;
+        }
+        self.draw_election_timeout();
+        self.finish(now, Ready::default())
+    }
+
+    fn deadline(&self) -> Option<u64> {
+        Some(self.next_tick)
+    }
+}
