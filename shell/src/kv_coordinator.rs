@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tessera_core::kv::quorum::{Consistency, resolve_read};
-use tessera_core::kv::{IdemKey, IdemRecord, KvRequest, KvResponse, Ring, TenantRecord, VClock, Version};
+use tessera_core::kv::{Causal, IdemKey, IdemRecord, KvRequest, KvResponse, Ring, TenantRecord, VClock, Version};
 use tessera_core::meta::{MetaRequest, MetaResponse};
 use tessera_core::rng::Rng;
 use tessera_core::{CoreError, CoreResult};
@@ -246,7 +246,19 @@ impl<P: Peers> KvCoordinator<P> {
                 unreachable.join("; ")
             )));
         };
-        let acks = self.replicate(tenant_id, key, &replicas, coord, &skipped, versions, idem_rec, need, until_ms).await;
+        let (mut acks, held) =
+            self.replicate(tenant_id, key, &replicas, coord, &skipped, versions, idem_rec, need, until_ms).await;
+        let mut clock = clock;
+        // The coordinating replica may have missed a version others hold (it was down when
+        // that write was acknowledged). Since the acknowledging replicas overlap every other
+        // quorum, one of them shows it; then the write is coordinated once more with that
+        // version as context, so a later write supersedes an earlier one instead of standing
+        // beside it as a sibling. Only truly concurrent writes stay siblings.
+        let missed: Vec<Version> =
+            held.into_iter().flatten().filter(|v| v.clock.compare(&clock) == Causal::Concurrent).collect();
+        if acks >= need && !duplicate && !missed.is_empty() {
+            (clock, acks) = self.supersede(tenant_id, key, value, &replicas, coord, missed, need, until_ms).await?;
+        }
         if acks < need {
             return Err(CoreError::Unavailable(format!(
                 "quorum not reached: {acks} of {} replicas acknowledged the write (needed {need} for {}); \
@@ -274,10 +286,11 @@ impl<P: Peers> KvCoordinator<P> {
         idem: Option<IdemRecord>,
         need: usize,
         until_ms: u64,
-    ) -> usize {
+    ) -> (usize, Vec<Vec<Version>>) {
         let mut acks = 1;
+        let mut held = Vec::new();
         if replicas.len() == 1 {
-            return acks;
+            return (acks, held);
         }
         let (tx, mut rx) = mpsc::channel(replicas.len());
         for (i, node) in replicas.iter().enumerate() {
@@ -299,8 +312,14 @@ impl<P: Peers> KvCoordinator<P> {
                 versions: versions.clone(),
             };
             self.peers.spawn(Box::pin(async move {
-                let ok = left > 0 && matches!(p.send(&node, req, left).await, Ok(Ok(_)));
-                if !ok {
+                let merged = match left > 0 {
+                    true => match p.send(&node, req, left).await {
+                        Ok(Ok(KvResponse::Versions(v))) => Some(v),
+                        _ => None,
+                    },
+                    false => None,
+                };
+                if merged.is_none() {
                     // Kept here until the node answers again; if this node cannot keep it
                     // either, reads repair the replica later.
                     let me = p.me().to_owned();
@@ -308,18 +327,56 @@ impl<P: Peers> KvCoordinator<P> {
                         tracing::warn!(%node, error = %e, "could not keep a hint");
                     }
                 }
-                let _ = tx.send(ok).await;
+                let _ = tx.send(merged).await;
             }));
         }
         drop(tx);
         while acks < need {
             match rx.recv().await {
-                Some(true) => acks += 1,
-                Some(false) => {}
+                Some(Some(v)) => {
+                    acks += 1;
+                    held.push(v);
+                }
+                Some(None) => {}
                 None => break,
             }
         }
-        acks
+        (acks, held)
+    }
+
+    /// Coordinates `value` again on the replica that coordinated it, after giving that
+    /// replica the versions it had `missed`, and replicates the result: a version that
+    /// supersedes both. Returns its clock and how many replicas hold it.
+    #[allow(clippy::too_many_arguments)]
+    async fn supersede(
+        &self,
+        tenant: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+        replicas: &[String],
+        coord: usize,
+        missed: Vec<Version>,
+        need: usize,
+        until_ms: u64,
+    ) -> CoreResult<(VClock, usize)> {
+        let node = &replicas[coord];
+        let give = KvRequest::Apply { tenant: tenant.to_owned(), key: key.to_owned(), versions: missed, idem: None };
+        let again = KvRequest::Coordinate { tenant: tenant.to_owned(), key: key.to_owned(), value, idem: None };
+        let retry = async {
+            self.peers.send(node, give, self.left(until_ms)).await.ok()?.ok()?;
+            match self.peers.send(node, again, self.left(until_ms)).await {
+                Ok(Ok(KvResponse::Coordinated { clock, versions, .. })) => Some((clock, versions)),
+                _ => None,
+            }
+        };
+        let Some((clock, versions)) = retry.await else {
+            return Err(CoreError::Unavailable(format!(
+                "the write reached a quorum beside a version its coordinator {node} had not seen, and \
+                 superseding that version failed; it may still take effect"
+            )));
+        };
+        let (acks, _) = self.replicate(tenant, key, replicas, coord, &[], versions, None, need, until_ms).await;
+        Ok((clock, acks))
     }
 
     /// Reads a key: the reconciled versions from R replicas, repairing stale ones.
