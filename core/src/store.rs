@@ -136,6 +136,34 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
 }
 
+/// Rows one [`for_each_prefix`] read fetches at a time.
+const WALK_PAGE: usize = 1024;
+
+/// Visits every entry whose key starts with `prefix`, in key order, reading a page at a time
+/// so a long prefix is never loaded whole. `f` may stop the walk early with `Break`.
+pub fn for_each_prefix<E: From<StoreError>>(
+    store: &dyn StoreRead,
+    keyspace: &'static str,
+    prefix: &[u8],
+    mut f: impl FnMut(&[u8], Vec<u8>) -> Result<std::ops::ControlFlow<()>, E>,
+) -> Result<(), E> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let rows = store.prefix(keyspace, prefix, after.as_deref(), WALK_PAGE)?;
+        let done = rows.len() < WALK_PAGE;
+        for (k, v) in rows {
+            let stop = f(&k, v)?.is_break();
+            after = Some(k);
+            if stop {
+                return Ok(());
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
 /// The smallest key greater than `key`.
 pub fn successor(key: &[u8]) -> Vec<u8> {
     let mut k = key.to_vec();

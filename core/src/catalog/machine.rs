@@ -1,6 +1,7 @@
 //! The catalog state machine: every read and change of the resource tree.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow::Continue;
 
 use super::records::{IdemRecord, KEYSPACE, Kind, Resource};
 use super::{
@@ -10,7 +11,7 @@ use crate::codec::hex;
 use crate::error::{CoreError, CoreResult};
 use crate::ready::{ClientToken, Machine, Ready};
 use crate::rng::Rng;
-use crate::store::{StoreError, StoreRead, WriteBatch};
+use crate::store::{StoreError, StoreRead, WriteBatch, for_each_prefix};
 
 #[derive(Debug, Clone)]
 pub struct CatalogConfig {
@@ -560,25 +561,17 @@ impl CatalogMachine {
     ) -> CoreResult<Option<Resource>> {
         let prefix = keys::names(tenant, parent, kind);
         let mut best: Option<Resource> = None;
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = store.prefix(KEYSPACE, &prefix, after.as_deref(), 1024)?;
-            let done = rows.len() < 1024;
-            for (k, v) in rows {
-                after = Some(k);
-                let id = String::from_utf8_lossy(&v).into_owned();
-                let r = Self::load(store, tenant, kind, &id)?;
-                if at_most_ms.is_some_and(|t| r.time_ms > t) {
-                    continue;
-                }
-                if best.as_ref().is_none_or(|b| (r.time_ms, &r.name) >= (b.time_ms, &b.name)) {
-                    best = Some(r);
-                }
+        for_each_prefix(store, KEYSPACE, &prefix, |_, v| {
+            let id = String::from_utf8_lossy(&v).into_owned();
+            let r = Self::load(store, tenant, kind, &id)?;
+            if at_most_ms.is_none_or(|t| r.time_ms <= t)
+                && best.as_ref().is_none_or(|b| (r.time_ms, &r.name) >= (b.time_ms, &b.name))
+            {
+                best = Some(r);
             }
-            if done {
-                return Ok(best);
-            }
-        }
+            Ok::<_, CoreError>(Continue(()))
+        })?;
+        Ok(best)
     }
 
     fn list(&self, store: &dyn StoreRead, q: &ListQuery) -> CoreResult<(Vec<Resource>, Option<String>)> {

@@ -2,11 +2,13 @@
 //! `meta` keyspace holds. Every change here also goes into a write batch, which the driver
 //! makes durable before any message or reply of the same step leaves the node.
 
+use std::ops::ControlFlow::Continue;
+
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
-use crate::store::{META as KEYSPACE, StoreError, StoreRead, WriteBatch};
+use crate::store::{META as KEYSPACE, StoreError, StoreRead, WriteBatch, for_each_prefix};
 
 use super::keys;
 
@@ -54,18 +56,13 @@ impl RaftLog {
             None => HardState::default(),
         };
         let mut entries = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = store.prefix(KEYSPACE, keys::LOG, after.as_deref(), 1024)?;
-            let Some((last, _)) = rows.last() else { break };
-            after = Some(last.clone());
-            for (_, v) in rows {
-                let e = Entry::parse_from_bytes(&v).map_err(|e| corrupt("log entry", e))?;
-                if e.index > meta.index {
-                    entries.push(e);
-                }
+        for_each_prefix(store, KEYSPACE, keys::LOG, |_, v| {
+            let e = Entry::parse_from_bytes(&v).map_err(|e| corrupt("log entry", e))?;
+            if e.index > meta.index {
+                entries.push(e);
             }
-        }
+            Ok::<_, StoreError>(Continue(()))
+        })?;
         for (i, e) in entries.iter().enumerate() {
             if e.index != meta.index + 1 + i as u64 {
                 return Err(corrupt(

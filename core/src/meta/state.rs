@@ -3,12 +3,13 @@
 //! state at the same log index; `apply` is the only way it changes.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow::Continue;
 
 use sha2::{Digest, Sha256};
 
 use crate::codec::{Decoder, Encoder};
 use crate::error::{CoreError, CoreResult};
-use crate::store::{META as KEYSPACE, StoreError, StoreRead, WriteBatch};
+use crate::store::{META as KEYSPACE, StoreError, StoreRead, WriteBatch, for_each_prefix};
 
 use super::keys;
 
@@ -229,33 +230,23 @@ impl MetaState {
         let layout = Layout::decode(&mut d)?;
         d.end()?;
         let mut tenants = BTreeMap::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = store.prefix(KEYSPACE, keys::TENANTS, after.as_deref(), 1024)?;
-            let Some((last, _)) = rows.last() else { break };
-            after = Some(last.clone());
-            for (_, v) in rows {
-                let mut d = Decoder::new(KEYSPACE, &v);
-                let t = TenantRecord::decode(&mut d)?;
-                d.end()?;
-                tenants.insert(t.id.clone(), t);
-            }
-        }
+        for_each_prefix(store, KEYSPACE, keys::TENANTS, |_, v| {
+            let mut d = Decoder::new(KEYSPACE, &v);
+            let t = TenantRecord::decode(&mut d)?;
+            d.end()?;
+            tenants.insert(t.id.clone(), t);
+            Ok::<_, StoreError>(Continue(()))
+        })?;
         let mut recent = BTreeMap::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = store.prefix(KEYSPACE, keys::RECENT, after.as_deref(), 1024)?;
-            let Some((last, _)) = rows.last() else { break };
-            after = Some(last.clone());
-            for (k, v) in rows {
-                let ctx = <[u8; 16]>::try_from(&k[keys::RECENT.len()..]);
-                let index = <[u8; 8]>::try_from(v.as_slice()).map(u64::from_be_bytes);
-                let (Ok(ctx), Ok(index)) = (ctx, index) else {
-                    return Err(StoreError::Corrupt { keyspace: KEYSPACE, reason: "recent proposal record".into() });
-                };
-                recent.insert(ctx, index);
-            }
-        }
+        for_each_prefix(store, KEYSPACE, keys::RECENT, |k, v| {
+            let ctx = <[u8; 16]>::try_from(&k[keys::RECENT.len()..]);
+            let index = <[u8; 8]>::try_from(v.as_slice()).map(u64::from_be_bytes);
+            let (Ok(ctx), Ok(index)) = (ctx, index) else {
+                return Err(StoreError::Corrupt { keyspace: KEYSPACE, reason: "recent proposal record".into() });
+            };
+            recent.insert(ctx, index);
+            Ok(Continue(()))
+        })?;
         Ok(Some(MetaState { layout, tenants, recent }))
     }
 

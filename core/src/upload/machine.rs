@@ -1,6 +1,7 @@
 //! The upload state machine.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow::Continue;
 
 use sha2::{Digest, Sha256};
 
@@ -12,7 +13,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::ids::validate_id;
 use crate::ready::{ClientToken, Machine, Ready};
 use crate::rng::Rng;
-use crate::store::{BLOB, StoreError, StoreRead, UPLOAD, WriteBatch};
+use crate::store::{BLOB, StoreError, StoreRead, UPLOAD, WriteBatch, for_each_prefix};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadConfig {
@@ -141,23 +142,16 @@ impl UploadMachine {
     pub fn open(store: &dyn StoreRead, config: UploadConfig, rng: Rng) -> Result<Self, StoreError> {
         let mut m =
             Self { config, rng, expiry: BTreeSet::new(), deadlines: BTreeMap::new(), prefixes: BTreeMap::new() };
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = store.prefix(UPLOAD, keys::ACTIVE_PREFIX, after.as_deref(), 1024)?;
-            let done = rows.len() < 1024;
-            for (k, v) in rows {
-                let id = String::from_utf8(k[1..].to_vec())
-                    .map_err(|_| StoreError::Corrupt { keyspace: UPLOAD, reason: "active upload id".into() })?;
-                let mut d = Decoder::new(UPLOAD, &v);
-                let deadline = d.u64()?;
-                m.expiry.insert((deadline, id.clone()));
-                m.deadlines.insert(id, deadline);
-                after = Some(k);
-            }
-            if done {
-                return Ok(m);
-            }
-        }
+        for_each_prefix(store, UPLOAD, keys::ACTIVE_PREFIX, |k, v| {
+            let id = String::from_utf8(k[1..].to_vec())
+                .map_err(|_| StoreError::Corrupt { keyspace: UPLOAD, reason: "active upload id".into() })?;
+            let mut d = Decoder::new(UPLOAD, &v);
+            let deadline = d.u64()?;
+            m.expiry.insert((deadline, id.clone()));
+            m.deadlines.insert(id, deadline);
+            Ok::<_, StoreError>(Continue(()))
+        })?;
+        Ok(m)
     }
 
     fn random_id(&mut self) -> String {
@@ -185,21 +179,12 @@ impl UploadMachine {
     /// Deletes every chunk of an upload (cancel, failure, expiry).
     fn free_chunks(store: &dyn StoreRead, batch: &mut WriteBatch, id: &str) -> CoreResult<()> {
         let prefix = keys::digest_prefix(id);
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = store.prefix(UPLOAD, &prefix, after.as_deref(), 1024)?;
-            let done = rows.len() < 1024;
-            for (k, _) in rows {
-                let n =
-                    keys::tail_u64(&k).ok_or(StoreError::Corrupt { keyspace: UPLOAD, reason: "chunk key".into() })?;
-                batch.delete(BLOB, keys::chunk(id, n));
-                batch.delete(UPLOAD, k.clone());
-                after = Some(k);
-            }
-            if done {
-                return Ok(());
-            }
-        }
+        for_each_prefix(store, UPLOAD, &prefix, |k, _| {
+            let n = keys::tail_u64(k).ok_or(StoreError::Corrupt { keyspace: UPLOAD, reason: "chunk key".into() })?;
+            batch.delete(BLOB, keys::chunk(id, n));
+            batch.delete(UPLOAD, k.to_vec());
+            Ok::<_, CoreError>(Continue(()))
+        })
     }
 
     fn initiate(
@@ -473,23 +458,15 @@ impl UploadMachine {
         let Some(top) = rec.last_chunk.or(rec.highest_chunk) else { return Ok(Vec::new()) };
         let prefix = keys::digest_prefix(upload_id);
         let (mut out, mut expect) = (Vec::new(), 0u64);
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = store.prefix(UPLOAD, &prefix, after.as_deref(), 1024)?;
-            let done = rows.len() < 1024;
-            for (k, _) in rows {
-                let n = keys::tail_u64(&k).unwrap_or(expect);
-                while expect < n && out.len() < limit {
-                    out.push(expect);
-                    expect += 1;
-                }
-                expect = n + 1;
-                after = Some(k);
+        for_each_prefix(store, UPLOAD, &prefix, |k, _| {
+            let n = keys::tail_u64(k).unwrap_or(expect);
+            while expect < n && out.len() < limit {
+                out.push(expect);
+                expect += 1;
             }
-            if done {
-                break;
-            }
-        }
+            expect = n + 1;
+            Ok::<_, CoreError>(Continue(()))
+        })?;
         while expect <= top && out.len() < limit {
             out.push(expect);
             expect += 1;
@@ -500,24 +477,17 @@ impl UploadMachine {
     fn chunk_lengths(store: &dyn StoreRead, upload_id: &str) -> CoreResult<Vec<u64>> {
         let prefix = keys::digest_prefix(upload_id);
         let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = store.prefix(UPLOAD, &prefix, after.as_deref(), 1024)?;
-            let done = rows.len() < 1024;
-            for (k, v) in rows {
-                if keys::tail_u64(&k) != Some(out.len() as u64) {
-                    return Err(CoreError::Storage(StoreError::Corrupt {
-                        keyspace: UPLOAD,
-                        reason: format!("upload {upload_id:?} has a gap at chunk {}", out.len()),
-                    }));
-                }
-                out.push(decode_len(&v)?);
-                after = Some(k);
+        for_each_prefix(store, UPLOAD, &prefix, |k, v| {
+            if keys::tail_u64(k) != Some(out.len() as u64) {
+                return Err(CoreError::Storage(StoreError::Corrupt {
+                    keyspace: UPLOAD,
+                    reason: format!("upload {upload_id:?} has a gap at chunk {}", out.len()),
+                }));
             }
-            if done {
-                return Ok(out);
-            }
-        }
+            out.push(decode_len(&v)?);
+            Ok(Continue(()))
+        })?;
+        Ok(out)
     }
 
     fn handle(
