@@ -78,6 +78,46 @@ fn step(m: &mut KvMachine, store: &MemStore, now: u64, req: KvRequest) -> KvResp
     ready.replies.into_iter().next().unwrap().1.unwrap()
 }
 
+/// Coordinates a write and applies its versions on the same node, as the coordinator does
+/// with every replica.
+fn write(m: &mut KvMachine, store: &MemStore, now: u64, req: KvRequest) -> KvResponse {
+    let KvRequest::Coordinate { tenant, key, .. } = &req else { panic!() };
+    let (tenant, key) = (tenant.clone(), key.clone());
+    let out = step(m, store, now, req);
+    let KvResponse::Coordinated { versions, idem, .. } = &out else { return out };
+    step(m, store, now, KvRequest::Apply { tenant, key, versions: versions.clone(), idem: idem.clone() });
+    out
+}
+
+#[test]
+fn a_coordination_stores_nothing_and_its_counters_never_repeat_across_restarts() {
+    let store = MemStore::new();
+    let coord =
+        |k: &str| KvRequest::Coordinate { tenant: "t".into(), key: k.into(), value: Some(b"v".to_vec()), idem: None };
+    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    // The first coordination reserves a block of counters: that is its only write.
+    let first = m.step(1, 0, coord("a"), &store).unwrap();
+    assert!(!first.volatile && !first.writes.is_empty());
+    store.write(&first.writes).unwrap();
+    let KvResponse::Coordinated { clock: a, .. } = first.replies[0].1.clone().unwrap() else { panic!() };
+    // Within the block, a coordination writes nothing and needs no sync.
+    let second = m.step(2, 0, coord("a"), &store).unwrap();
+    assert!(second.volatile && second.writes.is_empty());
+    let KvResponse::Coordinated { clock: b, .. } = second.replies[0].1.clone().unwrap() else { panic!() };
+    assert_eq!(a.0.len(), 1, "nothing was stored, so the context is still empty");
+    assert_eq!(b.0.len(), 1);
+    assert!(b.get("n1") > a.get("n1"), "but the counter is new");
+    assert_eq!(
+        step(&mut m, &store, 3, KvRequest::Read { tenant: "t".into(), key: "a".into() }),
+        KvResponse::Versions(vec![])
+    );
+    // A restart (a new machine over the same store) never hands out a counter used before,
+    // even though no version carrying one was stored here.
+    let mut again = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let KvResponse::Coordinated { clock: c, .. } = step(&mut again, &store, 4, coord("a")) else { panic!() };
+    assert!(c.get("n1") > b.get("n1"));
+}
+
 #[test]
 fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
     let (s1, s2) = (MemStore::new(), MemStore::new());
@@ -86,8 +126,8 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
     let coord =
         |v: &str| KvRequest::Coordinate { tenant: "t".into(), key: "k".into(), value: Some(v.into()), idem: None };
     // A partition: each side coordinates a write without seeing the other's.
-    let KvResponse::Coordinated { versions: a, .. } = step(&mut n1, &s1, 10, coord("a")) else { panic!() };
-    let KvResponse::Coordinated { versions: b, .. } = step(&mut n2, &s2, 11, coord("b")) else { panic!() };
+    let KvResponse::Coordinated { versions: a, .. } = write(&mut n1, &s1, 10, coord("a")) else { panic!() };
+    let KvResponse::Coordinated { versions: b, .. } = write(&mut n2, &s2, 11, coord("b")) else { panic!() };
     // Heal: each applies the other's version.
     let apply = |v: Vec<Version>| KvRequest::Apply { tenant: "t".into(), key: "k".into(), versions: v, idem: None };
     let KvResponse::Versions(on1) = step(&mut n1, &s1, 12, apply(b.clone())) else { panic!() };
@@ -96,7 +136,7 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
     assert_eq!(on1.len(), 2, "concurrent writes are kept as siblings");
     assert_eq!(winner(&on1).unwrap().value.as_deref(), Some(b"b".as_slice()));
     // A write coordinated after seeing both supersedes both.
-    let KvResponse::Coordinated { versions: c, clock, .. } = step(&mut n1, &s1, 13, coord("c")) else { panic!() };
+    let KvResponse::Coordinated { versions: c, clock, .. } = write(&mut n1, &s1, 13, coord("c")) else { panic!() };
     assert_eq!((clock.get("n1"), clock.get("n2")), (2, 1));
     let KvResponse::Versions(after) = step(&mut n2, &s2, 14, apply(c)) else { panic!() };
     assert_eq!(after.len(), 1);
@@ -107,7 +147,7 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
         value: Some(v.into()),
         idem: Some(tessera_core::kv::IdemKey { key: "op-1".into(), request_hash: vec![h] }),
     };
-    let KvResponse::Coordinated { clock: first, duplicate: false, .. } = step(&mut n1, &s1, 20, idem("x", 1)) else {
+    let KvResponse::Coordinated { clock: first, duplicate: false, .. } = write(&mut n1, &s1, 20, idem("x", 1)) else {
         panic!()
     };
     let KvResponse::Coordinated { clock: again, duplicate: true, .. } = step(&mut n1, &s1, 21, idem("x", 1)) else {
@@ -147,7 +187,7 @@ fn a_full_sweep_asks_for_the_next_at_once() {
             value: Some(b"v".to_vec()),
             idem: Some(tessera_core::kv::IdemKey { key: format!("i{i}"), request_hash: vec![1] }),
         };
-        step(&mut m, &store, 1, req);
+        write(&mut m, &store, 1, req);
     }
     let first = m.tick(100, &store).unwrap();
     assert_eq!(first.deadline, Some(101), "more expired records remain");
@@ -193,7 +233,7 @@ fn scan_pages_keys_and_compare_names_the_ones_that_differ() {
     let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
     for (t, k) in [("a", "x"), ("a", "y"), ("b", "x")] {
         let req = KvRequest::Coordinate { tenant: t.into(), key: k.into(), value: Some(b"v".to_vec()), idem: None };
-        step(&mut m, &store, 1, req);
+        write(&mut m, &store, 1, req);
     }
     let KvResponse::Entries(first) = step(&mut m, &store, 2, KvRequest::Scan { after: None, limit: 2 }) else {
         panic!()

@@ -247,7 +247,7 @@ impl<P: Peers> KvCoordinator<P> {
             )));
         };
         let (mut acks, held) =
-            self.replicate(tenant_id, key, &replicas, coord, &skipped, versions, idem_rec, need, until_ms).await;
+            self.replicate(tenant_id, key, &replicas, &skipped, versions, idem_rec, need, until_ms).await;
         let mut clock = clock;
         // The coordinating replica may have missed a version others hold (it was down when
         // that write was acknowledged). Since the acknowledging replicas overlap every other
@@ -270,33 +270,27 @@ impl<P: Peers> KvCoordinator<P> {
         Ok(Written { clock, acks, duplicate, idempotency_key })
     }
 
-    /// Applies `versions` on every replica but the coordinating one (which has them), and
-    /// returns once `need` replicas in all hold them or none more can. Replicas that do not
-    /// answer (or were `skipped`: they did not answer the coordinate call) get a hint; the
-    /// rest finish in the background.
+    /// Applies `versions` on every replica, the coordinating one included (coordinating
+    /// stored nothing), and returns once `need` replicas hold them or none more can, with the
+    /// versions each acknowledging replica holds after its merge. Replicas that do not answer
+    /// (or were `skipped`: they did not answer the coordinate call) get a hint; the rest
+    /// finish in the background.
     #[allow(clippy::too_many_arguments)]
     async fn replicate(
         &self,
         tenant: &str,
         key: &str,
         replicas: &[String],
-        coord: usize,
         skipped: &[usize],
         versions: Vec<Version>,
         idem: Option<IdemRecord>,
         need: usize,
         until_ms: u64,
     ) -> (usize, Vec<Vec<Version>>) {
-        let mut acks = 1;
+        let mut acks = 0;
         let mut held = Vec::new();
-        if replicas.len() == 1 {
-            return (acks, held);
-        }
         let (tx, mut rx) = mpsc::channel(replicas.len());
         for (i, node) in replicas.iter().enumerate() {
-            if i == coord {
-                continue;
-            }
             let (p, tx, node) = (self.peers.clone(), tx.clone(), node.clone());
             let req = KvRequest::Apply {
                 tenant: tenant.to_owned(),
@@ -375,7 +369,7 @@ impl<P: Peers> KvCoordinator<P> {
                  superseding that version failed; it may still take effect"
             )));
         };
-        let (acks, _) = self.replicate(tenant, key, replicas, coord, &[], versions, None, need, until_ms).await;
+        let (acks, _) = self.replicate(tenant, key, replicas, &[], versions, None, need, until_ms).await;
         Ok((clock, acks))
     }
 

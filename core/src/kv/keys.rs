@@ -7,6 +7,7 @@
 //! e <expires:u64> <i-key>       -> ()   (idempotency records by expiry)
 //! h <target> 0 <seq:u64>        -> hint for a replica that did not answer
 //! #keys, #hints, #hseq          -> counters
+//! #mint                         -> ceiling of the clock counters this node may hand out
 //! ```
 
 fn part(k: &mut Vec<u8>, s: &str) {
@@ -65,3 +66,6 @@ pub fn hint_seq(key: &[u8]) -> Option<(&[u8], u64)> {
 pub const KEY_COUNT: &[u8] = b"#keys";
 pub const HINT_COUNT: &[u8] = b"#hints";
 pub const HINT_SEQ: &[u8] = b"#hseq";
+/// The clock counters this node hands out stay below this stored ceiling; after a restart
+/// it starts from it, so no counter is handed out twice.
+pub const MINT_CEILING: &[u8] = b"#mint";

@@ -4,9 +4,14 @@
 //! The coordinator (in the driver) talks to this machine on each replica, locally or over the
 //! peer transport. A write is *coordinated* by one replica of its key: that replica's stored
 //! versions are the write's context, so the new version supersedes everything it has seen,
-//! and its clock gains one tick under that replica's node id. The version is then *applied*
-//! on the other replicas, which merge it with what they hold: a version dominated by another
-//! goes, concurrent ones stay as siblings.
+//! and its clock gets a fresh counter under that replica's node id. Coordinating stores
+//! nothing: the version is then *applied* on every replica, the coordinating one included,
+//! which merge it with what they hold (a version dominated by another goes, concurrent ones
+//! stay as siblings). So a coordination whose answer is lost leaves no orphan version behind
+//! that a retry through another replica would stand beside as a sibling.
+//!
+//! Counters come from one node-wide sequence whose ceiling is stored in blocks, so a counter
+//! is never handed out twice, not even across a crash that lost the versions carrying it.
 
 use crate::codec::{Decoder, Encoder};
 use crate::error::{CoreError, CoreResult};
@@ -26,6 +31,8 @@ pub const HINT_MAX_AGE_MS: u64 = 3 * 60 * 60 * 1000;
 pub const MAX_SIBLINGS: usize = 64;
 /// Most expired records or hints one sweep removes; a full sweep asks for the next at once.
 const SWEEP_BATCH: usize = 1000;
+/// Clock counters reserved per stored ceiling: one write per this many coordinations.
+const MINT_BLOCK: u64 = 1 << 16;
 /// Default life of an idempotency record.
 pub const DEFAULT_IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -122,7 +129,7 @@ pub enum KvRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvResponse {
-    /// The write's clock, the versions to send to the other replicas, and whether this was a
+    /// The write's clock, the versions to apply on every replica, and whether this was a
     /// replay of an idempotency key already used for the same request.
     Coordinated {
         clock: VClock,
@@ -151,6 +158,8 @@ pub struct KvConfig {
 
 pub struct KvMachine {
     config: KvConfig,
+    /// (next counter to hand out, stored ceiling), read from the store on first use.
+    mint: Option<(u64, u64)>,
 }
 
 fn count(store: &dyn StoreRead, key: &[u8]) -> Result<u64, StoreError> {
@@ -159,7 +168,28 @@ fn count(store: &dyn StoreRead, key: &[u8]) -> Result<u64, StoreError> {
 
 impl KvMachine {
     pub fn new(config: KvConfig) -> KvMachine {
-        KvMachine { config }
+        KvMachine { config, mint: None }
+    }
+
+    /// A counter for this node's entry in a new clock: above `seen` (this node's entry in the
+    /// context) and above every counter handed out before, also before a restart. Raises the
+    /// stored ceiling in `batch` when the reserved block runs out.
+    fn mint(&mut self, store: &dyn StoreRead, batch: &mut WriteBatch, seen: u64) -> Result<u64, StoreError> {
+        let (next, ceiling) = match self.mint {
+            Some(m) => m,
+            None => {
+                let c = count(store, keys::MINT_CEILING)?;
+                (c, c)
+            }
+        };
+        let counter = next.max(seen.saturating_add(1)).max(1);
+        let mut ceiling = ceiling;
+        if counter >= ceiling {
+            ceiling = counter.saturating_add(MINT_BLOCK);
+            batch.put(KEYSPACE, keys::MINT_CEILING.to_vec(), ceiling.to_be_bytes().to_vec());
+        }
+        self.mint = Some((counter + 1, ceiling));
+        Ok(counter)
     }
 
     fn versions(store: &dyn StoreRead, tenant: &str, key: &str) -> CoreResult<Option<Vec<Version>>> {
@@ -226,21 +256,17 @@ impl KvMachine {
                         batch,
                     ));
                 }
-                let existed = current.is_some();
                 let mut clock = context(current.as_deref().unwrap_or_default());
-                clock.bump(&self.config.node_id);
-                let version = Version { clock: clock.clone(), ts_ms: now, value };
-                let versions = vec![version];
-                Self::store_versions(store, &mut batch, &tenant, &key, existed, &versions)?;
+                let counter = self.mint(store, &mut batch, clock.get(&self.config.node_id))?;
+                clock.0.insert(self.config.node_id.clone(), counter);
+                let versions = vec![Version { clock: clock.clone(), ts_ms: now, value }];
+                // Stored with the version when it is applied, here as on the other replicas.
                 let rec = idem.map(|i| IdemRecord {
                     key: i.key,
                     request_hash: i.request_hash,
                     clock: clock.clone(),
                     expires_ms: now.saturating_add(self.config.idempotency_ttl_ms),
                 });
-                if let Some(r) = &rec {
-                    Self::remember(&mut batch, &tenant, r);
-                }
                 Ok((KvResponse::Coordinated { clock, versions, duplicate: false, idem: rec }, batch))
             }
             KvRequest::Apply { tenant, key, versions, idem } => {
@@ -429,10 +455,13 @@ impl Machine for KvMachine {
                 | KvRequest::Stats
                 | KvRequest::Scan { .. }
                 | KvRequest::Compare { .. }
+                | KvRequest::Coordinate { .. }
         );
         let mut ready = Ready::answer(token, self.handle(now, input, store))?;
-        // Reads promise nothing new about durable state.
-        ready.volatile = read_only;
+        // Reads promise nothing new about durable state; neither does a coordination, unless
+        // it raised the counters' ceiling, which must be durable before any counter above the
+        // old one leaves the node.
+        ready.volatile = read_only && ready.writes.is_empty();
         ready.deadline = Some(now + SWEEP_EVERY_MS);
         Ok(ready)
     }
