@@ -55,13 +55,7 @@ impl VClock {
         }
     }
 
-    /// Counts one more event at `node`.
-    pub fn bump(&mut self, node: &str) {
-        let c = self.0.entry(node.to_owned()).or_default();
-        *c = c.saturating_add(1);
-    }
-
-    /// Whether every counter is in the range real clocks reach (so `bump` cannot saturate);
+    /// Whether every counter is in the range real clocks reach (so a new counter cannot saturate);
     /// versions from peers with anything else are refused.
     pub fn is_sane(&self) -> bool {
         self.0.values().all(|c| *c < MAX_COUNTER) && self.0.keys().all(|n| !n.is_empty() && n.len() <= 128)
