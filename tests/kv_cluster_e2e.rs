@@ -147,3 +147,36 @@ async fn three_nodes_survive_a_kill_and_catch_up_by_handoff_and_repair() {
         assert_eq!(r.value, format!("v{i}").into_bytes());
     }
 }
+
+/// The internal peer service refuses malformed and oversized input with INVALID_ARGUMENT,
+/// and the node keeps serving afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_service_refuses_bad_input_and_keeps_serving() {
+    use tessera_proto::tessera::peer::v1 as peer;
+    use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Daemon::start(dir.path(), &[]);
+    let ch = node.channel().await;
+    let mut p = PeerServiceClient::new(ch.clone());
+    let garbage = vec![0xff_u8; 40];
+    let e = p.call(peer::PeerRequest { from: "x".into(), body: garbage.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("peer request"), "{}", e.message());
+    let e = p.call_batch(peer::PeerBatch { from: "x".into(), bodies: vec![garbage.clone()] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = p.call_batch(peer::PeerBatch { from: "x".into(), bodies: vec![vec![]; 257] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("at most 256"), "{}", e.message());
+    let e = p.raft(peer::RaftMessages { from: "x".into(), messages: vec![garbage] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("Raft message"), "{}", e.message());
+    let e = p.raft(peer::RaftMessages { from: "x".into(), messages: vec![vec![]; 257] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // Still a working node: a tenant and a quorum write go through.
+    let mut c = CoordinatorServiceClient::new(ch);
+    let t = kv::CreateTenantRequest { tenant_id: "after".into(), replication_factor: 1 };
+    assert!(c.create_tenant(t).await.unwrap().into_inner().success);
+    let w = c.write_key_value(write("after", "k", "v", "quorum", "")).await.unwrap().into_inner();
+    assert_eq!(w.replica_count, 1);
+    node.terminate();
+}
