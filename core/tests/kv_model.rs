@@ -252,3 +252,39 @@ fn scan_pages_keys_and_compare_names_the_ones_that_differ() {
     let KvResponse::Differ(d) = step(&mut m, &store, 4, KvRequest::Compare { items }) else { panic!() };
     assert_eq!(d, [("a".to_owned(), "y".to_owned()), ("c".to_owned(), "z".to_owned())]);
 }
+
+proptest! {
+    /// While a node is added or removed, reads ask the old owners, writes reach both sets,
+    /// and each key changes at most one owner (so at most one hand-over target per key).
+    #[test]
+    fn placement_during_a_layout_change(n in 2usize..6, added in any::<bool>(), keys in proptest::collection::vec("[a-z]{1,6}", 1..30), rf in 1usize..4) {
+        use tessera_core::meta::{Layout, Placement};
+        let members: Vec<(String, String, u32)> = (0..n).map(|i| (format!("n{i}"), format!("h:{}", i + 1), 40)).collect();
+        let before = Layout::initial(&members);
+        let mut after = before.clone();
+        if added {
+            let mut m = after.members[0].clone();
+            (m.id, m.addr, m.raft_id) = ("n9".into(), "h:99".into(), 99);
+            after.members.push(m);
+        } else {
+            after.members[n - 1].storage = false;
+        }
+        after.previous = Some(before.ring_nodes());
+        let old = Placement::new(&before);
+        let moving = Placement::new(&after);
+        for k in &keys {
+            let old_set = old.read_set("t", k, rf);
+            prop_assert_eq!(moving.read_set("t", k, rf), old_set.clone());
+            let sets = moving.write_sets("t", k, rf);
+            prop_assert!(sets.contains(&old_set));
+            let new_set = sets.last().unwrap().clone();
+            let fresh: Vec<&String> = new_set.iter().filter(|x| !old_set.contains(x)).collect();
+            prop_assert!(fresh.len() <= 1, "{:?} -> {:?}", old_set, new_set);
+            for x in &old_set {
+                prop_assert_eq!(moving.handoff_targets(x, "t", k, rf).len(), fresh.len());
+            }
+            let union = moving.write_nodes("t", k, rf);
+            prop_assert!(old_set.iter().chain(&new_set).all(|x| union.contains(x)));
+        }
+    }
+}

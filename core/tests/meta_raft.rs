@@ -253,3 +253,100 @@ fn lossy_network_crashes_and_a_snapshot_catch_up_keep_every_acknowledged_change(
         net.observe();
     }
 }
+
+/// Applies `req` through member `via` and returns its migration, after the group committed it.
+fn migration(net: &mut Net, via: usize, req: MetaRequest) -> CoreResult<tessera_core::meta::Migration> {
+    let t = net.call(via, req);
+    net.run(500);
+    match net.replies.remove(&t) {
+        Some(Ok(MetaResponse::Migration(Some(m)))) => Ok(m),
+        Some(Err(e)) => Err(e),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn layout(net: &mut Net, i: usize) -> tessera_core::meta::Layout {
+    let t = net.call(i, MetaRequest::Layout);
+    match net.replies.remove(&t) {
+        Some(Ok(MetaResponse::Layout(l))) => l,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_layout_change_keeps_the_old_ring_until_every_old_owner_hands_over() {
+    let mut net = Net::new(3, 1_000);
+    net.run(3_000);
+    let t = net.call(0, MetaRequest::CreateTenant { id: "wide".into(), replication_factor: 3 });
+    net.run(500);
+    assert!(matches!(net.replies.remove(&t), Some(Ok(_))));
+    let add = |id: &str, addr: &str, vnodes| MetaRequest::AddNode { id: id.into(), addr: addr.into(), vnodes };
+    // Bad input is refused before the log; a taken id or address by the group.
+    for bad in [add("bad id", "h:1", 150), add("n9", "nohost", 150), add("n9", "h:1", 0), add("n9", "h:1", 5000)] {
+        assert!(matches!(migration(&mut net, 0, bad), Err(CoreError::InvalidArgument(_))));
+    }
+    assert!(matches!(migration(&mut net, 1, add("n1", "h:1", 150)), Err(CoreError::AlreadyExists(_))));
+    assert!(matches!(migration(&mut net, 1, add("n9", "127.0.0.1:7000", 150)), Err(CoreError::AlreadyExists(_))));
+    // Adding n3 (64 vnodes): a new version whose previous ring is the old one, every old
+    // owner owing a hand-over.
+    let m = migration(&mut net, 2, add("n3", "127.0.0.1:7003", 64)).unwrap();
+    assert_eq!((m.kind.name(), m.node.as_str(), m.version, m.status()), ("add_node", "n3", 2, "running"));
+    assert_eq!(m.progress.keys().cloned().collect::<Vec<_>>(), ["n0", "n1", "n2"]);
+    for i in 0..3 {
+        let l = layout(&mut net, i);
+        assert_eq!(l.version, 2);
+        assert_eq!(l.ring_nodes().len(), 4);
+        assert_eq!(l.by_id("n3").map(|m| m.vnodes), Some(64));
+        assert_eq!(l.previous.as_ref().map(Vec::len), Some(3));
+    }
+    // One change at a time.
+    let other = MetaRequest::RemoveNode { id: "n0".into(), force: false };
+    assert!(matches!(migration(&mut net, 0, other), Err(CoreError::FailedPrecondition(_))));
+    // Progress adds up; the change completes when the last old owner is done.
+    let progress = |node: &str, moved, total, done| MetaRequest::Progress {
+        migration: m.id.clone(),
+        node: node.into(),
+        moved,
+        total,
+        done,
+    };
+    migration(&mut net, 0, progress("n0", 10, 40, false)).unwrap();
+    migration(&mut net, 1, progress("n1", 30, 30, true)).unwrap();
+    let half = migration(&mut net, 2, progress("n0", 40, 40, true)).unwrap();
+    assert_eq!((half.keys_migrated(), half.total_keys(), half.status()), (70, 70, "running"));
+    assert!(matches!(migration(&mut net, 2, progress("n3", 1, 1, true)), Err(CoreError::InvalidArgument(_))));
+    let done = migration(&mut net, 1, progress("n2", 0, 0, true)).unwrap();
+    assert_eq!((done.status(), done.percentage()), ("completed", 100.0));
+    for i in 0..3 {
+        let l = layout(&mut net, i);
+        assert_eq!((l.version, l.previous.is_none()), (3, true));
+        let t = net.call(i, MetaRequest::Migration { id: m.id.clone() });
+        assert!(
+            matches!(net.replies.remove(&t), Some(Ok(MetaResponse::Migration(Some(x)))) if x.status() == "completed")
+        );
+    }
+    // Removing: unknown nodes are NOT_FOUND; going below a tenant's factor needs force.
+    let remove = |id: &str, force| MetaRequest::RemoveNode { id: id.into(), force };
+    assert!(matches!(migration(&mut net, 0, remove("n7", false)), Err(CoreError::NotFound(_))));
+    let m = migration(&mut net, 0, remove("n1", false)).unwrap();
+    assert_eq!((m.kind.name(), m.version), ("remove_node", 4));
+    for node in ["n0", "n1", "n2", "n3"] {
+        migration(
+            &mut net,
+            0,
+            MetaRequest::Progress { migration: m.id.clone(), node: node.into(), moved: 1, total: 1, done: true },
+        )
+        .unwrap();
+    }
+    let l = layout(&mut net, 2);
+    assert_eq!((l.version, l.ring_nodes().len()), (5, 3));
+    assert!(l.by_id("n1").is_some_and(|m| !m.storage), "a removed voter stays listed, off the ring");
+    assert!(matches!(migration(&mut net, 0, remove("n2", false)), Err(CoreError::FailedPrecondition(_))));
+    // A restarted member loads the migrations and the layout it had applied.
+    net.crash(1);
+    net.restart(1, 1_000);
+    net.run(1_000);
+    assert_eq!(layout(&mut net, 1).version, 5);
+    let t = net.call(1, MetaRequest::Migration { id: m.id.clone() });
+    assert!(matches!(net.replies.remove(&t), Some(Ok(MetaResponse::Migration(Some(_))))));
+}

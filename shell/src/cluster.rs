@@ -84,7 +84,7 @@ impl Cluster {
         }
         let members: Vec<Member> =
             layout.members.iter().map(|m| Member { id: m.id.clone(), addr: m.addr.clone() }).collect();
-        let ring = Ring::new(&layout.members.iter().map(|m| (m.id.clone(), m.vnodes)).collect::<Vec<_>>());
+        let ring = Ring::new(&layout.ring_nodes());
         let mut peers = BTreeMap::new();
         for m in members.iter().filter(|m| m.id != me) {
             let ch = Channel::from_shared(format!("http://{}", m.addr))?

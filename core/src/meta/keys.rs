@@ -4,6 +4,8 @@
 pub const LAYOUT: &[u8] = b"state/layout";
 /// Tenant records: `state/tenant/{id}`.
 pub const TENANTS: &[u8] = b"state/tenant/";
+/// Layout changes: `state/migration/{id}`.
+pub const MIGRATIONS: &[u8] = b"state/migration/";
 /// Contexts of recently applied proposals: `state/recent/{16 bytes}` -> log index.
 pub const RECENT: &[u8] = b"state/recent/";
 /// Index of the last log entry applied to the state above.
@@ -25,4 +27,8 @@ pub fn entry(index: u64) -> Vec<u8> {
 
 pub fn recent(ctx: &[u8; 16]) -> Vec<u8> {
     [RECENT, &ctx[..]].concat()
+}
+
+pub fn migration(id: &str) -> Vec<u8> {
+    [MIGRATIONS, id.as_bytes()].concat()
 }

@@ -17,6 +17,7 @@ use raft::{Config, RawNode, StateRole};
 
 use crate::error::{CoreError, CoreResult};
 use crate::ids::validate_id;
+use crate::kv::ring::MAX_VNODES;
 use crate::kv::{MAX_RF, MIN_RF};
 use crate::ready::{ClientToken, Machine, Ready};
 use crate::rng::Rng;
@@ -24,6 +25,7 @@ use crate::store::{META as KEYSPACE, StoreError, StoreRead, WriteBatch};
 
 use super::keys;
 use super::log::{RaftLog, encode};
+use super::migration::Migration;
 use super::state::{Applied, Command, Layout, MetaState, TenantRecord};
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,29 @@ pub enum MetaRequest {
     },
     Layout,
     Status,
+    /// Put a storage node on the ring; keys start moving to it.
+    AddNode {
+        id: String,
+        addr: String,
+        vnodes: u32,
+    },
+    /// Take a storage node off the ring; its keys start moving away.
+    RemoveNode {
+        id: String,
+        force: bool,
+    },
+    /// An old owner's progress in handing its keys over.
+    Progress {
+        migration: String,
+        node: String,
+        moved: u64,
+        total: u64,
+        done: bool,
+    },
+    /// A migration as applied here.
+    Migration {
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +129,7 @@ pub enum MetaResponse {
     },
     Layout(Layout),
     Status(MetaStatus),
+    Migration(Option<Migration>),
 }
 
 /// What waits on the group: a proposal for its entry, a read for its read index. `sent`
@@ -383,6 +409,7 @@ impl MetaMachine {
             let result = self.state.apply(&cmd, &mut out.writes).map(|a| match a {
                 Applied::Created(t) => MetaResponse::Created(t),
                 Applied::ReplicationFactor { old, new } => MetaResponse::ReplicationFactor { old, new },
+                Applied::Migration(m) => MetaResponse::Migration(Some(m)),
             });
             self.state.remember(ctx, e.index, &mut out.writes);
             if let Some(Waiter::Propose { token, .. }) = self.waiting.remove(&ctx) {
@@ -493,6 +520,35 @@ impl MetaMachine {
                     return Ok(());
                 }
             }
+            MetaRequest::AddNode { id, addr, vnodes } => {
+                validate_id("node_id", &id)?;
+                validate_addr(&addr)?;
+                if vnodes == 0 || vnodes > MAX_VNODES {
+                    return Err(CoreError::InvalidArgument(format!(
+                        "virtual_nodes: {vnodes}, expected 1..={MAX_VNODES}"
+                    )));
+                }
+                let ctx = self.context();
+                let migration = format!("mig-{}", crate::codec::hex(&ctx[..8]));
+                let cmd = Command::AddNode { id, addr, vnodes, migration, at_ms: now };
+                self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+                return Ok(());
+            }
+            MetaRequest::RemoveNode { id, force } => {
+                validate_id("node_id", &id)?;
+                let ctx = self.context();
+                let migration = format!("mig-{}", crate::codec::hex(&ctx[..8]));
+                let cmd = Command::RemoveNode { id, force, migration, at_ms: now };
+                self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+                return Ok(());
+            }
+            MetaRequest::Progress { migration, node, moved, total, done } => {
+                let cmd = Command::Progress { migration, node, moved, total, done, at_ms: now };
+                let ctx = self.context();
+                self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+                return Ok(());
+            }
+            MetaRequest::Migration { id } => MetaResponse::Migration(self.state.migrations.get(&id).cloned()),
             MetaRequest::Layout => MetaResponse::Layout(self.state.layout.clone()),
             MetaRequest::Status => MetaResponse::Status(self.status()),
         };
@@ -564,5 +620,14 @@ impl Machine for MetaMachine {
 
     fn deadline(&self) -> Option<u64> {
         Some(self.next_tick)
+    }
+}
+
+/// `host:port` with a port a socket can use.
+fn validate_addr(addr: &str) -> CoreResult<()> {
+    let port = addr.rsplit_once(':').filter(|(h, _)| !h.is_empty()).and_then(|(_, p)| p.parse::<u16>().ok());
+    match port {
+        Some(p) if p > 0 && addr.len() <= 255 => Ok(()),
+        _ => Err(CoreError::InvalidArgument(format!("address {addr:?}: expected host:port"))),
     }
 }

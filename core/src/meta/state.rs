@@ -1,4 +1,5 @@
-//! The replicated cluster metadata: the layout (members and its version) and the tenants.
+//! The replicated cluster metadata: the layout (members and its version), the tenants, and
+//! the layout changes (migrations) with their progress.
 //! Every node applies the same committed commands in the same order, so each holds the same
 //! state at the same log index; `apply` is the only way it changes.
 
@@ -12,6 +13,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::store::{META as KEYSPACE, StoreError, StoreRead, WriteBatch, for_each_prefix};
 
 use super::keys;
+use super::migration::{Migration, MigrationKind, NodeProgress};
 
 /// One node of the layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +24,9 @@ pub struct Member {
     pub vnodes: u32,
     /// Its id in the Raft group (raft-rs numbers peers).
     pub raft_id: u64,
+    /// Whether it holds data (is on the ring). A removed node that votes in the Raft group
+    /// stays listed with `false`, so the group can still reach it.
+    pub storage: bool,
 }
 
 /// The members at one layout version. Placement is a pure function of this value.
@@ -30,6 +35,9 @@ pub struct Layout {
     pub version: u64,
     /// Sorted by id.
     pub members: Vec<Member>,
+    /// The ring's nodes (id, vnodes) before the change under way, until every old owner has
+    /// handed its keys over; `None` when no change is under way.
+    pub previous: Option<Vec<(String, u32)>>,
 }
 
 impl Layout {
@@ -46,9 +54,15 @@ impl Layout {
                 addr: addr.clone(),
                 vnodes: *vnodes,
                 raft_id: i as u64 + 1,
+                storage: true,
             })
             .collect();
-        Layout { version: 1, members }
+        Layout { version: 1, members, previous: None }
+    }
+
+    /// The nodes on the ring now (id, vnodes), in id order.
+    pub fn ring_nodes(&self) -> Vec<(String, u32)> {
+        self.members.iter().filter(|m| m.storage).map(|m| (m.id.clone(), m.vnodes)).collect()
     }
 
     pub fn by_raft_id(&self, raft_id: u64) -> Option<&Member> {
@@ -62,9 +76,18 @@ impl Layout {
     fn encode(&self, e: Encoder) -> Encoder {
         let mut e = e.u64(self.version).u64(self.members.len() as u64);
         for m in &self.members {
-            e = e.str(&m.id).str(&m.addr).u64(m.vnodes as u64).u64(m.raft_id);
+            e = e.str(&m.id).str(&m.addr).u64(m.vnodes as u64).u64(m.raft_id).u8(m.storage as u8);
         }
-        e
+        match &self.previous {
+            None => e.u8(0),
+            Some(nodes) => {
+                e = e.u8(1).u64(nodes.len() as u64);
+                for (id, vnodes) in nodes {
+                    e = e.str(id).u64(*vnodes as u64);
+                }
+                e
+            }
+        }
     }
 
     fn decode(d: &mut Decoder<'_>) -> Result<Layout, StoreError> {
@@ -72,9 +95,26 @@ impl Layout {
         let n = d.u64()?;
         let mut members = Vec::new();
         for _ in 0..n {
-            members.push(Member { id: d.string()?, addr: d.string()?, vnodes: d.u64()? as u32, raft_id: d.u64()? });
+            members.push(Member {
+                id: d.string()?,
+                addr: d.string()?,
+                vnodes: d.u64()? as u32,
+                raft_id: d.u64()?,
+                storage: d.u8()? != 0,
+            });
         }
-        Ok(Layout { version, members })
+        let previous = match d.u8()? {
+            0 => None,
+            _ => {
+                let n = d.u64()?;
+                let mut nodes = Vec::new();
+                for _ in 0..n {
+                    nodes.push((d.string()?, d.u64()? as u32));
+                }
+                Some(nodes)
+            }
+        };
+        Ok(Layout { version, members, previous })
     }
 }
 
@@ -105,8 +145,41 @@ impl TenantRecord {
 /// so applying is deterministic on every node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    CreateTenant { id: String, replication_factor: u32, at_ms: u64 },
-    SetReplicationFactor { id: String, replication_factor: u32, at_ms: u64 },
+    CreateTenant {
+        id: String,
+        replication_factor: u32,
+        at_ms: u64,
+    },
+    SetReplicationFactor {
+        id: String,
+        replication_factor: u32,
+        at_ms: u64,
+    },
+    /// Put a storage node on the ring (a new layout version) and start moving keys to it.
+    AddNode {
+        id: String,
+        addr: String,
+        vnodes: u32,
+        migration: String,
+        at_ms: u64,
+    },
+    /// Take a node off the ring (a new layout version) and start moving its keys away.
+    /// `force` allows leaving fewer storage nodes than some tenant's replication factor.
+    RemoveNode {
+        id: String,
+        force: bool,
+        migration: String,
+        at_ms: u64,
+    },
+    /// An old owner's progress in handing keys over.
+    Progress {
+        migration: String,
+        node: String,
+        moved: u64,
+        total: u64,
+        done: bool,
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -118,6 +191,21 @@ impl Command {
             Command::SetReplicationFactor { id, replication_factor, at_ms } => {
                 Encoder::new().u8(2).str(id).u64(*replication_factor as u64).u64(*at_ms).finish()
             }
+            Command::AddNode { id, addr, vnodes, migration, at_ms } => {
+                Encoder::new().u8(3).str(id).str(addr).u64(*vnodes as u64).str(migration).u64(*at_ms).finish()
+            }
+            Command::RemoveNode { id, force, migration, at_ms } => {
+                Encoder::new().u8(4).str(id).u8(*force as u8).str(migration).u64(*at_ms).finish()
+            }
+            Command::Progress { migration, node, moved, total, done, at_ms } => Encoder::new()
+                .u8(5)
+                .str(migration)
+                .str(node)
+                .u64(*moved)
+                .u64(*total)
+                .u8(*done as u8)
+                .u64(*at_ms)
+                .finish(),
         }
     }
 
@@ -128,6 +216,22 @@ impl Command {
             2 => {
                 Command::SetReplicationFactor { id: d.string()?, replication_factor: d.u64()? as u32, at_ms: d.u64()? }
             }
+            3 => Command::AddNode {
+                id: d.string()?,
+                addr: d.string()?,
+                vnodes: d.u64()? as u32,
+                migration: d.string()?,
+                at_ms: d.u64()?,
+            },
+            4 => Command::RemoveNode { id: d.string()?, force: d.u8()? != 0, migration: d.string()?, at_ms: d.u64()? },
+            5 => Command::Progress {
+                migration: d.string()?,
+                node: d.string()?,
+                moved: d.u64()?,
+                total: d.u64()?,
+                done: d.u8()? != 0,
+                at_ms: d.u64()?,
+            },
             t => return Err(StoreError::Corrupt { keyspace: KEYSPACE, reason: format!("unknown command {t}") }),
         };
         d.end()?;
@@ -139,13 +243,20 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     Created(TenantRecord),
-    ReplicationFactor { old: u32, new: TenantRecord },
+    ReplicationFactor {
+        old: u32,
+        new: TenantRecord,
+    },
+    /// A layout change began, or a migration's progress was recorded.
+    Migration(Migration),
 }
 
 /// How many recent proposals' contexts the state remembers. A proposal is sent again when
 /// the leader changes before it is applied (the first copy may or may not have made it), so
 /// a context seen within this window marks a copy to skip: each change applies once.
 pub const RECENT_PROPOSALS: usize = 10_000;
+/// Finished migrations kept for `GetMigrationStatus`; older ones are forgotten.
+pub const FINISHED_MIGRATIONS_KEPT: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MetaState {
@@ -153,6 +264,8 @@ pub struct MetaState {
     pub tenants: BTreeMap<String, TenantRecord>,
     /// Context of each recently applied proposal, with its log index.
     pub recent: BTreeMap<[u8; 16], u64>,
+    /// Layout changes, running and recently finished, by id.
+    pub migrations: BTreeMap<String, Migration>,
 }
 
 impl MetaState {
@@ -197,6 +310,147 @@ impl MetaState {
                 self.put_tenant(new.clone(), batch);
                 Ok(Applied::ReplicationFactor { old: old.replication_factor, new })
             }
+            Command::AddNode { id, addr, vnodes, migration, at_ms } => {
+                if let Some(m) = self.layout.by_id(id) {
+                    let what = if m.storage { "a storage node already" } else { "a removed node's id" };
+                    return Err(CoreError::AlreadyExists(format!("node {id:?} is {what}; pick another id")));
+                }
+                if let Some(m) = self.layout.members.iter().find(|m| m.addr == *addr) {
+                    return Err(CoreError::AlreadyExists(format!("address {addr} belongs to node {:?}", m.id)));
+                }
+                let raft_id = self.layout.members.iter().map(|m| m.raft_id).max().unwrap_or(0) + 1;
+                let member = Member { id: id.clone(), addr: addr.clone(), vnodes: *vnodes, raft_id, storage: true };
+                self.begin(
+                    MigrationKind::AddNode,
+                    id,
+                    migration,
+                    *at_ms,
+                    |l| {
+                        l.members.push(member);
+                        l.members.sort_by(|a, b| a.id.cmp(&b.id));
+                    },
+                    batch,
+                )
+            }
+            Command::RemoveNode { id, force, migration, at_ms } => {
+                if !self.layout.by_id(id).is_some_and(|m| m.storage) {
+                    return Err(CoreError::NotFound(format!("node {id:?} is not a storage node of this cluster")));
+                }
+                let left = self.layout.ring_nodes().len() - 1;
+                if left == 0 {
+                    return Err(CoreError::FailedPrecondition(format!("node {id:?} is the last storage node")));
+                }
+                let widest = self.tenants.values().map(|t| t.replication_factor as usize).max().unwrap_or(0);
+                if left < widest && !force {
+                    return Err(CoreError::FailedPrecondition(format!(
+                        "node {id:?} is in use: {left} storage nodes would remain, and a tenant keeps {widest} \
+                         replicas; add a node first or pass force"
+                    )));
+                }
+                self.begin(
+                    MigrationKind::RemoveNode,
+                    id,
+                    migration,
+                    *at_ms,
+                    |l| {
+                        if let Some(m) = l.members.iter_mut().find(|m| m.id == *id) {
+                            m.storage = false;
+                        }
+                    },
+                    batch,
+                )
+            }
+            Command::Progress { migration, node, moved, total, done, at_ms } => {
+                let Some(mut m) = self.migrations.get(migration).cloned() else {
+                    return Err(CoreError::NotFound(format!("migration {migration:?} not found")));
+                };
+                if m.finished_ms.is_some() {
+                    // A late report (sent again after a leader change): nothing left to do.
+                    return Ok(Applied::Migration(m));
+                }
+                let Some(p) = m.progress.get_mut(node) else {
+                    return Err(CoreError::InvalidArgument(format!(
+                        "node {node:?} owes no keys in migration {migration:?}"
+                    )));
+                };
+                *p = NodeProgress { moved: *moved, total: *total, done: p.done || *done };
+                if m.progress.values().all(|p| p.done) {
+                    m.finished_ms = Some(*at_ms);
+                    self.layout.previous = None;
+                    // The old ring is gone: a new placement, so a new version. A removed node
+                    // stays listed (off the ring), so its id is not reused and the Raft group
+                    // still reaches it if it votes there.
+                    self.layout.version += 1;
+                    self.put_layout(batch);
+                }
+                self.put_migration(m.clone(), batch);
+                Ok(Applied::Migration(m))
+            }
+        }
+    }
+
+    /// The migration under way, if any (at most one runs at a time).
+    pub fn running(&self) -> Option<&Migration> {
+        self.migrations.values().find(|m| m.finished_ms.is_none())
+    }
+
+    /// Starts a layout change: the ring before it becomes `previous`, every node of that ring
+    /// owes a hand-over, and the version moves on.
+    fn begin(
+        &mut self,
+        kind: MigrationKind,
+        node: &str,
+        id: &str,
+        at_ms: u64,
+        change: impl FnOnce(&mut Layout),
+        batch: &mut WriteBatch,
+    ) -> CoreResult<Applied> {
+        if let Some(m) = self.running() {
+            return Err(CoreError::FailedPrecondition(format!(
+                "migration {:?} ({} {}) is still running; one layout change at a time",
+                m.id,
+                m.kind.name(),
+                m.node
+            )));
+        }
+        if self.migrations.contains_key(id) {
+            return Err(CoreError::AlreadyExists(format!("migration id {id:?} was used already")));
+        }
+        let old = self.layout.ring_nodes();
+        change(&mut self.layout);
+        self.layout.version += 1;
+        self.layout.previous = Some(old.clone());
+        let progress = old.into_iter().map(|(n, _)| (n, NodeProgress::default())).collect();
+        let m = Migration {
+            id: id.to_owned(),
+            kind,
+            node: node.to_owned(),
+            version: self.layout.version,
+            started_ms: at_ms,
+            finished_ms: None,
+            progress,
+        };
+        self.put_layout(batch);
+        self.put_migration(m.clone(), batch);
+        Ok(Applied::Migration(m))
+    }
+
+    fn put_layout(&self, batch: &mut WriteBatch) {
+        batch.put(KEYSPACE, keys::LAYOUT.to_vec(), self.layout.encode(Encoder::new()).finish());
+    }
+
+    /// Stores a migration, forgetting the oldest finished ones beyond the kept number.
+    fn put_migration(&mut self, m: Migration, batch: &mut WriteBatch) {
+        batch.put(KEYSPACE, keys::migration(&m.id), m.encode(Encoder::new()).finish());
+        self.migrations.insert(m.id.clone(), m);
+        let mut finished: Vec<(u64, String)> =
+            self.migrations.values().filter_map(|m| m.finished_ms.map(|f| (f, m.id.clone()))).collect();
+        if finished.len() > FINISHED_MIGRATIONS_KEPT {
+            finished.sort();
+            for (_, id) in finished.iter().take(finished.len() - FINISHED_MIGRATIONS_KEPT) {
+                self.migrations.remove(id);
+                batch.delete(KEYSPACE, keys::migration(id));
+            }
         }
     }
 
@@ -208,7 +462,13 @@ impl MetaState {
     /// Writes the whole state (bootstrap, or a snapshot installed from the leader), removing
     /// what `previous` held that this state does not.
     pub fn persist_all(&self, previous: &MetaState, batch: &mut WriteBatch) {
-        batch.put(KEYSPACE, keys::LAYOUT.to_vec(), self.layout.encode(Encoder::new()).finish());
+        self.put_layout(batch);
+        for id in previous.migrations.keys().filter(|id| !self.migrations.contains_key(*id)) {
+            batch.delete(KEYSPACE, keys::migration(id));
+        }
+        for m in self.migrations.values() {
+            batch.put(KEYSPACE, keys::migration(&m.id), m.encode(Encoder::new()).finish());
+        }
         for id in previous.tenants.keys().filter(|id| !self.tenants.contains_key(*id)) {
             batch.delete(KEYSPACE, keys::tenant(id));
         }
@@ -237,6 +497,14 @@ impl MetaState {
             tenants.insert(t.id.clone(), t);
             Ok::<_, StoreError>(Continue(()))
         })?;
+        let mut migrations = BTreeMap::new();
+        for_each_prefix(store, KEYSPACE, keys::MIGRATIONS, |_, v| {
+            let mut d = Decoder::new(KEYSPACE, &v);
+            let m = Migration::decode(&mut d)?;
+            d.end()?;
+            migrations.insert(m.id.clone(), m);
+            Ok::<_, StoreError>(Continue(()))
+        })?;
         let mut recent = BTreeMap::new();
         for_each_prefix(store, KEYSPACE, keys::RECENT, |k, v| {
             let ctx = <[u8; 16]>::try_from(&k[keys::RECENT.len()..]);
@@ -247,7 +515,7 @@ impl MetaState {
             recent.insert(ctx, index);
             Ok(Continue(()))
         })?;
-        Ok(Some(MetaState { layout, tenants, recent }))
+        Ok(Some(MetaState { layout, tenants, recent, migrations }))
     }
 
     /// The whole state as one value (a Raft snapshot's data).
@@ -259,6 +527,10 @@ impl MetaState {
         e = e.u64(self.recent.len() as u64);
         for (ctx, index) in &self.recent {
             e = e.bytes(ctx).u64(*index);
+        }
+        e = e.u64(self.migrations.len() as u64);
+        for m in self.migrations.values() {
+            e = m.encode(e);
         }
         e.finish()
     }
@@ -279,8 +551,14 @@ impl MetaState {
                 .map_err(|_| StoreError::Corrupt { keyspace: KEYSPACE, reason: "proposal context".into() })?;
             recent.insert(ctx, d.u64()?);
         }
+        let n = d.u64()?;
+        let mut migrations = BTreeMap::new();
+        for _ in 0..n {
+            let m = Migration::decode(&mut d)?;
+            migrations.insert(m.id.clone(), m);
+        }
         d.end()?;
-        Ok(MetaState { layout, tenants, recent })
+        Ok(MetaState { layout, tenants, recent, migrations })
     }
 
     /// 16 bytes that differ between any two different states (for the simulator's check that

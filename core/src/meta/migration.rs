@@ -1,0 +1,186 @@
+//! Layout changes and the data they move.
+//!
+//! Adding or removing a storage node gives the layout a new version whose ring differs from
+//! the old one. Until every node of the old ring has handed its keys to their new owners, the
+//! layout keeps the old ring beside the new one (`Layout::previous`) and [`Placement`] answers
+//! as DESIGN §4 asks: writes go to the union of the old and new replica sets (and need W in
+//! each), reads consult the old owners. Each old owner reports its progress through the
+//! metadata group; when the last one reports done, the old ring goes and the change is
+//! complete. A [`Migration`] is the record of one such change, as `GetMigrationStatus` shows it.
+
+use std::collections::BTreeMap;
+
+use crate::codec::{Decoder, Encoder};
+use crate::kv::Ring;
+use crate::store::{META as KEYSPACE, StoreError};
+
+use super::state::Layout;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationKind {
+    AddNode,
+    RemoveNode,
+}
+
+impl MigrationKind {
+    /// The name `GetMigrationStatus` reports in `type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MigrationKind::AddNode => "add_node",
+            MigrationKind::RemoveNode => "remove_node",
+        }
+    }
+}
+
+/// One old owner's share of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeProgress {
+    /// Keys handed to their new owners so far.
+    pub moved: u64,
+    /// Keys this node held when it began.
+    pub total: u64,
+    pub done: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub id: String,
+    pub kind: MigrationKind,
+    /// The node added or removed.
+    pub node: String,
+    /// The layout version the change created.
+    pub version: u64,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Per node of the old ring (they hold the keys that move).
+    pub progress: BTreeMap<String, NodeProgress>,
+}
+
+impl Migration {
+    pub fn keys_migrated(&self) -> u64 {
+        self.progress.values().map(|p| p.moved).sum()
+    }
+
+    pub fn total_keys(&self) -> u64 {
+        self.progress.values().map(|p| p.total).sum()
+    }
+
+    /// 0..=100; a finished migration is 100 whatever its counts.
+    pub fn percentage(&self) -> f32 {
+        let total = self.total_keys();
+        if self.finished_ms.is_some() {
+            return 100.0;
+        }
+        if total == 0 {
+            return 0.0;
+        }
+        (self.keys_migrated().min(total) as f64 / total as f64 * 100.0) as f32
+    }
+
+    /// `running` or `completed`, as `GetMigrationStatus` reports it.
+    pub fn status(&self) -> &'static str {
+        if self.finished_ms.is_some() { "completed" } else { "running" }
+    }
+
+    pub(super) fn encode(&self, e: Encoder) -> Encoder {
+        let kind = match self.kind {
+            MigrationKind::AddNode => 1,
+            MigrationKind::RemoveNode => 2,
+        };
+        let mut e = e
+            .str(&self.id)
+            .u8(kind)
+            .str(&self.node)
+            .u64(self.version)
+            .u64(self.started_ms)
+            .u64(self.finished_ms.map_or(0, |f| f.saturating_add(1)))
+            .u64(self.progress.len() as u64);
+        for (node, p) in &self.progress {
+            e = e.str(node).u64(p.moved).u64(p.total).u8(p.done as u8);
+        }
+        e
+    }
+
+    pub(super) fn decode(d: &mut Decoder<'_>) -> Result<Migration, StoreError> {
+        let id = d.string()?;
+        let kind = match d.u8()? {
+            1 => MigrationKind::AddNode,
+            2 => MigrationKind::RemoveNode,
+            k => return Err(StoreError::Corrupt { keyspace: KEYSPACE, reason: format!("migration kind {k}") }),
+        };
+        let node = d.string()?;
+        let version = d.u64()?;
+        let started_ms = d.u64()?;
+        let finished_ms = d.u64()?.checked_sub(1);
+        let n = d.u64()?;
+        let mut progress = BTreeMap::new();
+        for _ in 0..n {
+            let name = d.string()?;
+            let p = NodeProgress { moved: d.u64()?, total: d.u64()?, done: d.u8()? != 0 };
+            progress.insert(name, p);
+        }
+        Ok(Migration { id, kind, node, version, started_ms, finished_ms, progress })
+    }
+}
+
+/// Where a key lives under one layout: the ring of its storage nodes, and while a change is
+/// under way, the ring before it.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub version: u64,
+    pub current: Ring,
+    pub previous: Option<Ring>,
+}
+
+impl Placement {
+    pub fn new(layout: &Layout) -> Placement {
+        Placement {
+            version: layout.version,
+            current: Ring::new(&layout.ring_nodes()),
+            previous: layout.previous.as_ref().map(|p| Ring::new(p)),
+        }
+    }
+
+    /// The replica sets a write must reach W of, each: the new one, and while ranges move
+    /// the old one too.
+    pub fn write_sets(&self, tenant: &str, key: &str, rf: usize) -> Vec<Vec<String>> {
+        let owned = |r: &Ring| r.replicas(tenant, key, rf).into_iter().map(str::to_owned).collect::<Vec<_>>();
+        let new = owned(&self.current);
+        match &self.previous {
+            Some(old) => {
+                let old = owned(old);
+                if old == new { vec![new] } else { vec![old, new] }
+            }
+            None => vec![new],
+        }
+    }
+
+    /// Every node a write goes to (the union of [`Placement::write_sets`]), in a fixed order.
+    pub fn write_nodes(&self, tenant: &str, key: &str, rf: usize) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for n in self.write_sets(tenant, key, rf).into_iter().flatten() {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// The replica set a read asks: the old owners until the new ones have the range.
+    pub fn read_set(&self, tenant: &str, key: &str, rf: usize) -> Vec<String> {
+        let ring = self.previous.as_ref().unwrap_or(&self.current);
+        ring.replicas(tenant, key, rf).into_iter().map(str::to_owned).collect()
+    }
+
+    /// The new owners `me` must hand a key to: those in the new set but not the old, when
+    /// `me` is an old owner (every old owner sends, so a key reaches them while any old owner
+    /// holding it is alive). Empty when no change is under way.
+    pub fn handoff_targets(&self, me: &str, tenant: &str, key: &str, rf: usize) -> Vec<String> {
+        let Some(old) = &self.previous else { return Vec::new() };
+        let old = old.replicas(tenant, key, rf);
+        if !old.contains(&me) {
+            return Vec::new();
+        }
+        self.current.replicas(tenant, key, rf).into_iter().filter(|n| !old.contains(n)).map(str::to_owned).collect()
+    }
+}
