@@ -100,9 +100,10 @@ fn a_coordination_stores_nothing_and_its_counters_never_repeat_across_restarts()
     assert!(!first.volatile && !first.writes.is_empty());
     store.write(&first.writes).unwrap();
     let KvResponse::Coordinated { clock: a, .. } = first.replies[0].1.clone().unwrap() else { panic!() };
-    // Within the block, a coordination writes nothing and needs no sync.
+    // Within the block, a coordination writes nothing; its answer still waits for its
+    // group's sync (not volatile), which makes the block's ceiling durable first.
     let second = m.step(2, 0, coord("a"), &store).unwrap();
-    assert!(second.volatile && second.writes.is_empty());
+    assert!(!second.volatile && second.writes.is_empty());
     let KvResponse::Coordinated { clock: b, .. } = second.replies[0].1.clone().unwrap() else { panic!() };
     assert_eq!(a.0.len(), 1, "nothing was stored, so the context is still empty");
     assert_eq!(b.0.len(), 1);
@@ -155,6 +156,23 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
     };
     assert_eq!(first, again);
     assert!(n1.step(22, 0, idem("y", 2), &s1).unwrap().replies[0].1.is_err());
+    // Before its record is applied (the apply is still in flight), a replay through the same
+    // replica is recognised, and a reuse for another write is refused.
+    let early = |v: &str, h: u8| KvRequest::Coordinate {
+        tenant: "t".into(),
+        key: "j2".into(),
+        value: Some(v.into()),
+        idem: Some(tessera_core::kv::IdemKey { key: "op-2".into(), request_hash: vec![h] }),
+    };
+    let KvResponse::Coordinated { clock: minted, .. } = step(&mut n1, &s1, 23, early("x", 1)) else { panic!() };
+    let KvResponse::Coordinated { clock: replayed, duplicate: true, .. } = step(&mut n1, &s1, 24, early("x", 1)) else {
+        panic!()
+    };
+    assert_eq!(minted, replayed);
+    assert!(matches!(
+        n1.step(25, 0, early("y", 2), &s1).unwrap().replies[0].1,
+        Err(tessera_core::CoreError::FailedPrecondition(_))
+    ));
     // Stats count distinct keys.
     assert_eq!(step(&mut n1, &s1, 23, KvRequest::Stats), KvResponse::Stats { keys: 2, hints: 0 });
 }

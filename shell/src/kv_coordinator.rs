@@ -313,9 +313,9 @@ impl<P: Peers> KvCoordinator<P> {
                     },
                     false => None,
                 };
-                if merged.is_none() {
+                if merged.is_none() && node != p.me() {
                     // Kept here until the node answers again; if this node cannot keep it
-                    // either, reads repair the replica later.
+                    // either (or it is this node's own replica), reads repair it later.
                     let me = p.me().to_owned();
                     if let Ok(Err(e)) = p.send(&me, hint, PEER_TIMEOUT_MS).await {
                         tracing::warn!(%node, error = %e, "could not keep a hint");

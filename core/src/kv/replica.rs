@@ -13,6 +13,8 @@
 //! Counters come from one node-wide sequence whose ceiling is stored in blocks, so a counter
 //! is never handed out twice, not even across a crash that lost the versions carrying it.
 
+use std::collections::BTreeMap;
+
 use crate::codec::{Decoder, Encoder};
 use crate::error::{CoreError, CoreResult};
 use crate::ready::{ClientToken, Machine, Ready};
@@ -33,6 +35,10 @@ pub const MAX_SIBLINGS: usize = 64;
 const SWEEP_BATCH: usize = 1000;
 /// Clock counters reserved per stored ceiling: one write per this many coordinations.
 const MINT_BLOCK: u64 = 1 << 16;
+/// How long a coordination's idempotency key is remembered in memory before its record
+/// arrives with the apply, and how many such keys at most.
+const PENDING_IDEM_MS: u64 = 60_000;
+const MAX_PENDING_IDEM: usize = 10_000;
 /// Default life of an idempotency record.
 pub const DEFAULT_IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -160,6 +166,10 @@ pub struct KvMachine {
     config: KvConfig,
     /// (next counter to hand out, stored ceiling), read from the store on first use.
     mint: Option<(u64, u64)>,
+    /// Idempotent coordinations whose record has not been applied here yet, by (tenant,
+    /// idempotency key): a replay or a reuse of the key for another write meanwhile is still
+    /// recognised. With the version minted and when.
+    pending: BTreeMap<(String, String), (IdemRecord, Vec<Version>, u64)>,
 }
 
 fn count(store: &dyn StoreRead, key: &[u8]) -> Result<u64, StoreError> {
@@ -168,7 +178,7 @@ fn count(store: &dyn StoreRead, key: &[u8]) -> Result<u64, StoreError> {
 
 impl KvMachine {
     pub fn new(config: KvConfig) -> KvMachine {
-        KvMachine { config, mint: None }
+        KvMachine { config, mint: None, pending: BTreeMap::new() }
     }
 
     /// A counter for this node's entry in a new clock: above `seen` (this node's entry in the
@@ -223,6 +233,20 @@ impl KvMachine {
         Ok((r.expires_ms > now).then_some(r))
     }
 
+    /// Keeps a coordination's idempotency key in memory until its record is applied here,
+    /// dropping expired ones, then the oldest, beyond the cap.
+    fn remember_pending(&mut self, now: u64, tenant: &str, r: &IdemRecord, versions: &[Version]) {
+        if self.pending.len() >= MAX_PENDING_IDEM {
+            self.pending.retain(|_, (_, _, at)| at.saturating_add(PENDING_IDEM_MS) > now);
+        }
+        if self.pending.len() >= MAX_PENDING_IDEM
+            && let Some(oldest) = self.pending.iter().min_by_key(|(_, (_, _, at))| *at).map(|(k, _)| k.clone())
+        {
+            self.pending.remove(&oldest);
+        }
+        self.pending.insert((tenant.to_owned(), r.key.clone()), (r.clone(), versions.to_vec(), now));
+    }
+
     fn remember(batch: &mut WriteBatch, tenant: &str, r: &IdemRecord) {
         let k = keys::idempotency(tenant, &r.key);
         batch.put(KEYSPACE, keys::expiry(r.expires_ms, &k), Vec::new());
@@ -256,6 +280,20 @@ impl KvMachine {
                         batch,
                     ));
                 }
+                if let Some(i) = &idem
+                    && let Some((rec, versions, at)) = self.pending.get(&(tenant.clone(), i.key.clone()))
+                    && at.saturating_add(PENDING_IDEM_MS) > now
+                {
+                    if rec.request_hash != i.request_hash {
+                        return Err(CoreError::FailedPrecondition(format!(
+                            "idempotency key {:?} is in use for a different write; use a new key",
+                            i.key
+                        )));
+                    }
+                    let (clock, versions) = (rec.clock.clone(), versions.clone());
+                    let out = KvResponse::Coordinated { clock, versions, duplicate: true, idem: Some(rec.clone()) };
+                    return Ok((out, batch));
+                }
                 let mut clock = context(current.as_deref().unwrap_or_default());
                 let counter = self.mint(store, &mut batch, clock.get(&self.config.node_id))?;
                 clock.0.insert(self.config.node_id.clone(), counter);
@@ -267,6 +305,9 @@ impl KvMachine {
                     clock: clock.clone(),
                     expires_ms: now.saturating_add(self.config.idempotency_ttl_ms),
                 });
+                if let Some(r) = &rec {
+                    self.remember_pending(now, &tenant, r, &versions);
+                }
                 Ok((KvResponse::Coordinated { clock, versions, duplicate: false, idem: rec }, batch))
             }
             KvRequest::Apply { tenant, key, versions, idem } => {
@@ -285,6 +326,9 @@ impl KvMachine {
                 let merged = reconcile(&current, &versions);
                 if !existed || merged != current {
                     Self::store_versions(store, &mut batch, &tenant, &key, existed, &merged)?;
+                }
+                if let Some(r) = &idem {
+                    self.pending.remove(&(tenant.clone(), r.key.clone()));
                 }
                 if let Some(r) = idem
                     && r.expires_ms > now
@@ -455,13 +499,13 @@ impl Machine for KvMachine {
                 | KvRequest::Stats
                 | KvRequest::Scan { .. }
                 | KvRequest::Compare { .. }
-                | KvRequest::Coordinate { .. }
         );
         let mut ready = Ready::answer(token, self.handle(now, input, store))?;
-        // Reads promise nothing new about durable state; neither does a coordination, unless
-        // it raised the counters' ceiling, which must be durable before any counter above the
-        // old one leaves the node.
-        ready.volatile = read_only && ready.writes.is_empty();
+        // Reads promise nothing new about durable state. A coordination is not volatile even
+        // when it writes nothing: its counter may come from a block whose raised ceiling is
+        // still waiting for this group's sync, and no such counter may leave the node before
+        // that ceiling is durable (a crash would hand it out again).
+        ready.volatile = read_only;
         ready.deadline = Some(now + SWEEP_EVERY_MS);
         Ok(ready)
     }

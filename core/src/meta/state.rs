@@ -315,7 +315,7 @@ impl MetaState {
                     let what = if m.storage { "a storage node already" } else { "a removed node's id" };
                     return Err(CoreError::AlreadyExists(format!("node {id:?} is {what}; pick another id")));
                 }
-                if let Some(m) = self.layout.members.iter().find(|m| m.addr == *addr) {
+                if let Some(m) = self.layout.members.iter().find(|m| m.storage && m.addr == *addr) {
                     return Err(CoreError::AlreadyExists(format!("address {addr} belongs to node {:?}", m.id)));
                 }
                 let raft_id = self.layout.members.iter().map(|m| m.raft_id).max().unwrap_or(0) + 1;
@@ -373,7 +373,9 @@ impl MetaState {
                         "node {node:?} owes no keys in migration {migration:?}"
                     )));
                 };
-                *p = NodeProgress { moved: *moved, total: *total, done: p.done || *done };
+                // A report sent again after a leader change may commit after a newer one:
+                // progress never goes back.
+                *p = NodeProgress { moved: p.moved.max(*moved), total: p.total.max(*total), done: p.done || *done };
                 if m.progress.values().all(|p| p.done) {
                     m.finished_ms = Some(*at_ms);
                     self.layout.previous = None;
