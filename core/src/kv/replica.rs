@@ -258,41 +258,34 @@ impl KvMachine {
         match req {
             KvRequest::Coordinate { tenant, key, value, idem } => {
                 let current = Self::versions(store, &tenant, &key)?;
-                if let Some(i) = &idem
-                    && let Some(rec) = self.idem(store, now, &tenant, &i.key)?
-                {
-                    if rec.request_hash != i.request_hash {
-                        return Err(CoreError::FailedPrecondition(format!(
-                            "idempotency key {:?} was already used for a different write; use a new key",
-                            i.key
-                        )));
-                    }
-                    // Replay: send what this replica holds again (merging is idempotent), so a
-                    // write that missed its quorum the first time can still reach it.
-                    let versions = current.unwrap_or_default();
-                    return Ok((
-                        KvResponse::Coordinated {
+                if let Some(i) = &idem {
+                    // A replay: of a write whose record this replica holds (send what it holds
+                    // again, merging is idempotent, so a write that missed its quorum the first
+                    // time can still reach it), or of one coordinated here whose record is
+                    // still on its way (send that version again).
+                    let known = match self.idem(store, now, &tenant, &i.key)? {
+                        Some(rec) => Some((rec, current.clone().unwrap_or_default())),
+                        None => self
+                            .pending
+                            .get(&(tenant.clone(), i.key.clone()))
+                            .filter(|(_, _, at)| at.saturating_add(PENDING_IDEM_MS) > now)
+                            .map(|(rec, versions, _)| (rec.clone(), versions.clone())),
+                    };
+                    if let Some((rec, versions)) = known {
+                        if rec.request_hash != i.request_hash {
+                            return Err(CoreError::FailedPrecondition(format!(
+                                "idempotency key {:?} was already used for a different write; use a new key",
+                                i.key
+                            )));
+                        }
+                        let out = KvResponse::Coordinated {
                             clock: rec.clock.clone(),
                             versions,
                             duplicate: true,
                             idem: Some(rec),
-                        },
-                        batch,
-                    ));
-                }
-                if let Some(i) = &idem
-                    && let Some((rec, versions, at)) = self.pending.get(&(tenant.clone(), i.key.clone()))
-                    && at.saturating_add(PENDING_IDEM_MS) > now
-                {
-                    if rec.request_hash != i.request_hash {
-                        return Err(CoreError::FailedPrecondition(format!(
-                            "idempotency key {:?} is in use for a different write; use a new key",
-                            i.key
-                        )));
+                        };
+                        return Ok((out, batch));
                     }
-                    let (clock, versions) = (rec.clock.clone(), versions.clone());
-                    let out = KvResponse::Coordinated { clock, versions, duplicate: true, idem: Some(rec.clone()) };
-                    return Ok((out, batch));
                 }
                 let mut clock = context(current.as_deref().unwrap_or_default());
                 let counter = self.mint(store, &mut batch, clock.get(&self.config.node_id))?;

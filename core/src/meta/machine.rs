@@ -284,6 +284,14 @@ impl MetaMachine {
         c
     }
 
+    /// Queues a proposal under a fresh context (the command may take its id from it); it is
+    /// answered when its entry is applied here, or when it expires.
+    fn propose(&mut self, token: ClientToken, expires: u64, cmd: impl FnOnce(&[u8; 16]) -> Command) {
+        let ctx = self.context();
+        let cmd = cmd(&ctx);
+        self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+    }
+
     fn validate_rf(rf: u32) -> CoreResult<()> {
         if (MIN_RF..=MAX_RF).contains(&rf) {
             Ok(())
@@ -495,17 +503,13 @@ impl MetaMachine {
             MetaRequest::CreateTenant { id, replication_factor } => {
                 validate_id("tenant_id", &id)?;
                 Self::validate_rf(replication_factor)?;
-                let cmd = Command::CreateTenant { id, replication_factor, at_ms: now };
-                let ctx = self.context();
-                self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+                self.propose(token, expires, |_| Command::CreateTenant { id, replication_factor, at_ms: now });
                 return Ok(());
             }
             MetaRequest::SetReplicationFactor { id, replication_factor } => {
                 validate_id("tenant_id", &id)?;
                 Self::validate_rf(replication_factor)?;
-                let cmd = Command::SetReplicationFactor { id, replication_factor, at_ms: now };
-                let ctx = self.context();
-                self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+                self.propose(token, expires, |_| Command::SetReplicationFactor { id, replication_factor, at_ms: now });
                 return Ok(());
             }
             MetaRequest::Tenant { id, current } => {
@@ -528,24 +532,27 @@ impl MetaMachine {
                         "virtual_nodes: {vnodes}, expected 1..={MAX_VNODES}"
                     )));
                 }
-                let ctx = self.context();
-                let migration = format!("mig-{}", crate::codec::hex(&ctx[..8]));
-                let cmd = Command::AddNode { id, addr, vnodes, migration, at_ms: now };
-                self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+                self.propose(token, expires, |ctx| Command::AddNode {
+                    id,
+                    addr,
+                    vnodes,
+                    migration: migration_id(ctx),
+                    at_ms: now,
+                });
                 return Ok(());
             }
             MetaRequest::RemoveNode { id, force } => {
                 validate_id("node_id", &id)?;
-                let ctx = self.context();
-                let migration = format!("mig-{}", crate::codec::hex(&ctx[..8]));
-                let cmd = Command::RemoveNode { id, force, migration, at_ms: now };
-                self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+                self.propose(token, expires, |ctx| Command::RemoveNode {
+                    id,
+                    force,
+                    migration: migration_id(ctx),
+                    at_ms: now,
+                });
                 return Ok(());
             }
             MetaRequest::Progress { migration, node, moved, total, done } => {
-                let cmd = Command::Progress { migration, node, moved, total, done, at_ms: now };
-                let ctx = self.context();
-                self.waiting.insert(ctx, Waiter::Propose { token, cmd, expires, sent: None });
+                self.propose(token, expires, |_| Command::Progress { migration, node, moved, total, done, at_ms: now });
                 return Ok(());
             }
             MetaRequest::Migration { id } => MetaResponse::Migration(self.state.migrations.get(&id).cloned()),
@@ -630,4 +637,9 @@ fn validate_addr(addr: &str) -> CoreResult<()> {
         Some(p) if p > 0 && addr.len() <= 255 => Ok(()),
         _ => Err(CoreError::InvalidArgument(format!("address {addr:?}: expected host:port"))),
     }
+}
+
+/// A migration's id, from its proposal's random context.
+fn migration_id(ctx: &[u8; 16]) -> String {
+    format!("mig-{}", crate::codec::hex(&ctx[..8]))
 }

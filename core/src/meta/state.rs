@@ -491,22 +491,8 @@ impl MetaState {
         let mut d = Decoder::new(KEYSPACE, &layout);
         let layout = Layout::decode(&mut d)?;
         d.end()?;
-        let mut tenants = BTreeMap::new();
-        for_each_prefix(store, KEYSPACE, keys::TENANTS, |_, v| {
-            let mut d = Decoder::new(KEYSPACE, &v);
-            let t = TenantRecord::decode(&mut d)?;
-            d.end()?;
-            tenants.insert(t.id.clone(), t);
-            Ok::<_, StoreError>(Continue(()))
-        })?;
-        let mut migrations = BTreeMap::new();
-        for_each_prefix(store, KEYSPACE, keys::MIGRATIONS, |_, v| {
-            let mut d = Decoder::new(KEYSPACE, &v);
-            let m = Migration::decode(&mut d)?;
-            d.end()?;
-            migrations.insert(m.id.clone(), m);
-            Ok::<_, StoreError>(Continue(()))
-        })?;
+        let tenants = load_by_id(store, keys::TENANTS, TenantRecord::decode, |t| &t.id)?;
+        let migrations = load_by_id(store, keys::MIGRATIONS, Migration::decode, |m| &m.id)?;
         let mut recent = BTreeMap::new();
         for_each_prefix(store, KEYSPACE, keys::RECENT, |k, v| {
             let ctx = <[u8; 16]>::try_from(&k[keys::RECENT.len()..]);
@@ -571,4 +557,22 @@ impl MetaState {
         out.copy_from_slice(&full[..16]);
         out
     }
+}
+
+/// Every record stored under `prefix` (each a whole value), by its id.
+fn load_by_id<T>(
+    store: &dyn StoreRead,
+    prefix: &[u8],
+    decode: fn(&mut Decoder<'_>) -> Result<T, StoreError>,
+    id: fn(&T) -> &String,
+) -> Result<BTreeMap<String, T>, StoreError> {
+    let mut out = BTreeMap::new();
+    for_each_prefix(store, KEYSPACE, prefix, |_, v| {
+        let mut d = Decoder::new(KEYSPACE, &v);
+        let r = decode(&mut d)?;
+        d.end()?;
+        out.insert(id(&r).clone(), r);
+        Ok(Continue(()))
+    })?;
+    Ok(out)
 }
