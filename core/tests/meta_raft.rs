@@ -37,6 +37,8 @@ fn config(id: &str, compact_after: u64) -> MetaConfig {
     let initial = (0..3).map(|i| (format!("n{i}"), format!("127.0.0.1:{}", 7000 + i), 150)).collect();
     let mut c = MetaConfig::new(id.to_owned(), initial);
     c.compact_after = compact_after;
+    // A node past the initial three joins the group, as `--initial-cluster-state existing`.
+    c.join = !["n0", "n1", "n2"].contains(&id);
     c
 }
 
@@ -64,8 +66,15 @@ impl Net {
         }
     }
 
-    fn index(&self, id: &str) -> usize {
-        self.nodes.iter().position(|n| n.id == id).unwrap()
+    /// Starts node `id` empty, to join the group once the layout names it.
+    fn start_joining(&mut self, id: &str, compact_after: u64) -> usize {
+        let store = MemStore::new();
+        let (m, init) = MetaMachine::open(&store, config(id, compact_after), Rng::new(500)).unwrap();
+        store.write(&init).unwrap();
+        store.sync().unwrap();
+        self.nodes.push(Node { id: id.to_owned(), store, machine: Some(m) });
+        self.down.push(false);
+        self.nodes.len() - 1
     }
 
     /// What a driver does with a Ready: write, sync, then send and answer.
@@ -78,7 +87,8 @@ impl Net {
                 continue;
             }
             let at = self.now + 1 + self.rng.below(30);
-            let to = self.index(&to);
+            // A member the layout names but that was never started gets nothing.
+            let Some(to) = self.nodes.iter().position(|n| n.id == to) else { continue };
             self.wire.push((at, to, msg));
         }
         for (token, r) in ready.replies {
@@ -109,7 +119,7 @@ impl Net {
                 }
             }
             if self.now.is_multiple_of(TICK) {
-                for i in 0..3 {
+                for i in 0..self.nodes.len() {
                     let store = self.nodes[i].store.clone();
                     if let Some(m) = self.nodes[i].machine.as_mut() {
                         let ready = m.tick(self.now, &store).unwrap();
@@ -122,7 +132,7 @@ impl Net {
     }
 
     fn observe(&mut self) {
-        for i in 0..3 {
+        for i in 0..self.nodes.len() {
             let t = self.call(i, MetaRequest::Status);
             if let Some(Ok(MetaResponse::Status(s))) = self.replies.remove(&t) {
                 if let Some(d) = self.seen.get(&s.applied) {
@@ -349,4 +359,48 @@ fn a_layout_change_keeps_the_old_ring_until_every_old_owner_hands_over() {
     assert_eq!(layout(&mut net, 1).version, 5);
     let t = net.call(1, MetaRequest::Migration { id: m.id.clone() });
     assert!(matches!(net.replies.remove(&t), Some(Ok(MetaResponse::Migration(Some(_))))));
+}
+
+#[test]
+fn a_joining_node_gets_the_metadata_as_a_learner_and_keeps_it_across_a_restart() {
+    for compact_after in [1_000, 5] {
+        let mut net = Net::new(11, compact_after);
+        net.run(3_000);
+        for i in 0..8 {
+            let t = net.call(i % 3, MetaRequest::CreateTenant { id: format!("t{i}"), replication_factor: 3 });
+            net.run(300);
+            assert!(matches!(net.replies.remove(&t), Some(Ok(_))));
+        }
+        // Started before the layout names it: it waits, empty, and campaigns for nothing.
+        let n3 = net.start_joining("n3", compact_after);
+        net.run(2_000);
+        assert_eq!(layout(&mut net, n3).version, 0);
+        assert_eq!(net.tenant(n3, "t0"), None);
+        let add = MetaRequest::AddNode { id: "n3".into(), addr: "127.0.0.1:7003".into(), vnodes: 64 };
+        migration(&mut net, 0, add).unwrap();
+        net.run(3_000);
+        let want = layout(&mut net, 0);
+        assert_eq!(layout(&mut net, n3), want, "the learner holds the leader's layout");
+        for i in 0..8 {
+            assert!(net.tenant(n3, &format!("t{i}")).is_some(), "t{i} reached the learner");
+        }
+        // It proposes through the leader like any member, and sees later changes.
+        let t = net.call(n3, MetaRequest::CreateTenant { id: "late".into(), replication_factor: 2 });
+        net.run(1_000);
+        assert!(matches!(net.replies.remove(&t), Some(Ok(MetaResponse::Created(_)))), "a learner's proposal");
+        for i in 0..4 {
+            assert!(net.tenant(i, "late").is_some());
+        }
+        // A learner does not vote: the three voters still make a quorum without it, and it
+        // loses nothing across a crash.
+        net.crash(n3);
+        let t = net.call(1, MetaRequest::CreateTenant { id: "while-down".into(), replication_factor: 1 });
+        net.run(1_000);
+        assert!(matches!(net.replies.remove(&t), Some(Ok(_))));
+        net.restart(n3, compact_after);
+        net.run(3_000);
+        assert_eq!(layout(&mut net, n3), layout(&mut net, 0));
+        assert!(net.tenant(n3, "while-down").is_some());
+        assert!(net.tenant(n3, "late").is_some());
+    }
 }

@@ -1,18 +1,19 @@
-//! The cluster as one node sees it: the members of the replicated layout, the ring over
-//! them, calls to any node's key-value replica (this node's through its driver, others'
-//! over `tessera.peer.v1`, batched per peer), this node's metadata machine, and the
-//! background loops of hinted handoff and anti-entropy. Liveness, as `ListStorageNodes`
+//! The cluster as one node sees it: the members of the replicated layout and where keys live
+//! under it (a [`Placement`], rebuilt whenever the layout's version moves), calls to any
+//! node's key-value replica (this node's through its driver, others' over `tessera.peer.v1`,
+//! batched per peer), this node's metadata machine, and the background loops of hinted
+//! handoff, anti-entropy, layout following and hand-over. Liveness, as `ListStorageNodes`
 //! reports it, is a stats call answered now.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tessera_core::CoreError;
 use tessera_core::CoreResult;
 use tessera_core::kv::wire;
-use tessera_core::kv::{KvMachine, KvRequest, KvResponse, Ring};
-use tessera_core::meta::{Layout, MetaMachine, MetaRequest, MetaResponse};
+use tessera_core::kv::{KvMachine, KvRequest, KvResponse};
+use tessera_core::meta::{Layout, MetaMachine, MetaRequest, MetaResponse, Placement};
 use tessera_proto::tessera::peer::v1 as peer;
 use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +21,7 @@ use tonic::transport::Channel;
 
 use crate::driver::HandleFor;
 use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable};
+use crate::raft_transport::RaftTransport;
 
 pub type KvHandle = HandleFor<KvMachine>;
 pub type MetaHandle = HandleFor<MetaMachine>;
@@ -28,6 +30,8 @@ pub type MetaHandle = HandleFor<MetaMachine>;
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often hints are offered to their nodes.
 const HANDOFF_EVERY: Duration = Duration::from_millis(500);
+/// How often the layout this node serves by is compared with the applied one.
+const FOLLOW_LAYOUT_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -36,18 +40,28 @@ pub struct Member {
     pub addr: String,
 }
 
+/// One layout version, as this node serves by it.
+pub struct View {
+    pub layout: Layout,
+    pub placement: Arc<Placement>,
+}
+
+/// A connection to one peer's replica, with the queue its batcher drains.
+#[derive(Clone)]
+struct Link {
+    addr: String,
+    client: PeerServiceClient<Channel>,
+    queue: mpsc::Sender<Queued>,
+}
+
 pub struct Cluster {
     pub me: String,
-    pub members: Vec<Member>,
-    pub ring: Ring,
-    /// The layout version `members` and `ring` were built from.
-    pub layout_version: u64,
+    view: RwLock<Arc<View>>,
     data_dir: std::path::PathBuf,
     local: KvHandle,
     meta: MetaHandle,
-    peers: BTreeMap<String, PeerServiceClient<Channel>>,
-    /// Per peer: the queue its batcher drains into `CallBatch` messages.
-    batchers: BTreeMap<String, mpsc::Sender<Queued>>,
+    links: Mutex<BTreeMap<String, Link>>,
+    raft: Arc<RaftTransport>,
 }
 
 /// Parses `n1=host:port,n2=host:port`.
@@ -71,45 +85,87 @@ pub fn parse_members(s: &str) -> Result<Vec<Member>, String> {
     Ok(out)
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Cluster {
+    /// The cluster at `layout`, which may still be empty on a node joining an existing
+    /// cluster (it serves no keys until the layout names it).
     pub fn new(
         me: String,
         layout: &Layout,
         local: KvHandle,
         meta: MetaHandle,
         data_dir: std::path::PathBuf,
-    ) -> anyhow::Result<Arc<Cluster>> {
-        if layout.by_id(&me).is_none() {
-            anyhow::bail!("node {me:?} is not in the cluster's layout");
-        }
-        let members: Vec<Member> =
-            layout.members.iter().map(|m| Member { id: m.id.clone(), addr: m.addr.clone() }).collect();
-        let ring = Ring::new(&layout.ring_nodes());
-        let mut peers = BTreeMap::new();
-        for m in members.iter().filter(|m| m.id != me) {
-            let ch = Channel::from_shared(format!("http://{}", m.addr))?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .connect_lazy();
-            peers.insert(m.id.clone(), PeerServiceClient::new(ch));
-        }
-        let mut batchers = BTreeMap::new();
-        for (id, client) in &peers {
-            let (tx, rx) = mpsc::channel(4096);
-            tokio::spawn(batcher(me.clone(), client.clone(), rx));
-            batchers.insert(id.clone(), tx);
-        }
-        Ok(Arc::new(Cluster {
+        raft: Arc<RaftTransport>,
+    ) -> Arc<Cluster> {
+        let view = View { layout: layout.clone(), placement: Arc::new(Placement::new(layout)) };
+        Arc::new(Cluster {
             me,
-            members,
-            ring,
-            layout_version: layout.version,
+            view: RwLock::new(Arc::new(view)),
             data_dir,
             local,
             meta,
-            peers,
-            batchers,
-        }))
+            links: Mutex::new(BTreeMap::new()),
+            raft,
+        })
+    }
+
+    /// The layout version this node serves by now.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serves by `layout` from now on, if it is newer than the one in use.
+    pub fn follow(&self, layout: Layout) {
+        let current = self.view();
+        if layout.version <= current.layout.version {
+            return;
+        }
+        tracing::info!(
+            from = current.layout.version,
+            to = layout.version,
+            members = layout.members.len(),
+            moving = layout.previous.is_some(),
+            "layout changed"
+        );
+        self.raft.set_addresses(layout.members.iter().map(|m| (m.id.clone(), m.addr.clone())));
+        let view = View { placement: Arc::new(Placement::new(&layout)), layout };
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+    }
+
+    /// Follows the layout this node's metadata machine has applied, now, and returns the
+    /// view in use after.
+    pub async fn refresh(&self) -> Arc<View> {
+        if let Ok(Ok(MetaResponse::Layout(layout))) = self.meta.call(MetaRequest::Layout).await {
+            self.follow(layout);
+        }
+        self.view()
+    }
+
+    /// The link to `node` at its address in the layout, made on first use (or again when
+    /// the address changed).
+    fn link(&self, node: &str) -> Result<Link, Unreachable> {
+        let view = self.view();
+        let Some(addr) = view.layout.by_id(node).map(|m| m.addr.clone()) else {
+            return Err(Unreachable(format!("{node} is not a member")));
+        };
+        let mut links = lock(&self.links);
+        if let Some(l) = links.get(node).filter(|l| l.addr == addr) {
+            return Ok(l.clone());
+        }
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| Unreachable(format!("{node} at {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = PeerServiceClient::new(ch);
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(batcher(self.me.clone(), client.clone(), rx));
+        let link = Link { addr, client, queue: tx };
+        links.insert(node.to_owned(), link.clone());
+        Ok(link)
     }
 
     /// Sends `req` to `node`'s replica machine, waiting at most `timeout`. The outer error
@@ -146,10 +202,7 @@ impl Cluster {
         let late = || Unreachable(format!("{node} did not answer within {} ms", limit.as_millis()));
         if matches!(req, KvRequest::Stats) {
             // Stats also carries the node's disk usage, which only the single call returns.
-            let Some(client) = self.peers.get(node) else {
-                return Err(Unreachable(format!("{node} is not a member")));
-            };
-            let mut client = client.clone();
+            let mut client = self.link(node)?.client;
             let msg = peer::PeerRequest { from: self.me.clone(), body: wire::encode_request(&req) };
             match tokio::time::timeout(limit, client.call(msg)).await {
                 Err(_) => Err(late()),
@@ -162,9 +215,7 @@ impl Cluster {
                 }
             }
         } else {
-            let Some(queue) = self.batchers.get(node) else {
-                return Err(Unreachable(format!("{node} is not a member")));
-            };
+            let queue = self.link(node)?.queue;
             let (tx, rx) = oneshot::channel();
             let sent = async {
                 queue
@@ -203,11 +254,11 @@ impl Peers for Cluster {
     }
 
     fn members(&self) -> Vec<String> {
-        self.members.iter().map(|m| m.id.clone()).collect()
+        self.view().layout.members.iter().map(|m| m.id.clone()).collect()
     }
 
-    fn ring(&self) -> &Ring {
-        &self.ring
+    fn placement(&self) -> Arc<Placement> {
+        self.view().placement.clone()
     }
 
     fn now_ms(&self) -> u64 {
@@ -302,6 +353,32 @@ pub async fn anti_entropy(coordinator: Arc<KvCoordinator<Cluster>>) {
         let n = coordinator.anti_entropy_pass().await;
         if n > 0 {
             tracing::info!(keys = n, "anti-entropy repaired keys");
+        }
+    }
+}
+
+/// Follows the applied layout, forever (a background task): a new version takes effect for
+/// the next request this node coordinates.
+pub async fn follow_layout(cluster: Arc<Cluster>) {
+    loop {
+        cluster.refresh().await;
+        tokio::time::sleep(FOLLOW_LAYOUT_EVERY).await;
+    }
+}
+
+/// How often this node checks whether it owes keys to a layout change.
+const HAND_OVER_EVERY: Duration = Duration::from_secs(1);
+
+/// Hands this node's keys to their new owners whenever a layout change under way says it
+/// owes them, forever (a background task). A pass that fails is tried again from the start;
+/// sending a key twice is harmless (replicas merge).
+pub async fn hand_over(coordinator: Arc<KvCoordinator<Cluster>>) {
+    loop {
+        tokio::time::sleep(HAND_OVER_EVERY).await;
+        match coordinator.hand_over_pass().await {
+            Ok(Some(n)) => tracing::info!(keys = n, "hand-over done"),
+            Ok(None) => {}
+            Err(e) => tracing::info!(error = %e, "hand-over paused; will retry"),
         }
     }
 }

@@ -38,6 +38,10 @@ pub struct Flags {
     /// Every member, as id=host:port,... (this node included); absent: a one-node cluster
     #[arg(long, env = "TESSERA_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// `new` starts a cluster from --initial-cluster; `existing` joins a running one (add
+    /// this node with AddStorageNode; it then receives the metadata) [default: new]
+    #[arg(long, env = "TESSERA_INITIAL_CLUSTER_STATE", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: Option<String>,
 }
 
 /// The TOML file's shape. Every key is optional.
@@ -64,6 +68,7 @@ pub struct FileConfig {
     pub log: Option<String>,
     pub node_id: Option<String>,
     pub initial_cluster: Option<String>,
+    pub initial_cluster_state: Option<String>,
     #[serde(default)]
     pub status: StatusSection,
     #[serde(default)]
@@ -96,6 +101,8 @@ pub struct Config {
     pub node_id: String,
     /// The cluster's members; one (this node) unless `--initial-cluster` names more.
     pub members: Vec<crate::cluster::Member>,
+    /// Join a running cluster (`--initial-cluster-state existing`) rather than start one.
+    pub join: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +163,20 @@ impl Config {
         if !members.iter().any(|m| m.id == node_id) {
             return Err(ConfigError::Invalid(format!("--node-id {node_id:?} is not in --initial-cluster")));
         }
+        let join = match flags.initial_cluster_state.or(file.initial_cluster_state).as_deref() {
+            None | Some("new") => false,
+            Some("existing") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "initial_cluster_state: {other:?}, expected \"new\" or \"existing\""
+                )));
+            }
+        };
+        if join && members.len() < 2 {
+            return Err(ConfigError::Invalid(
+                "--initial-cluster-state existing: --initial-cluster must name at least one running member".into(),
+            ));
+        }
         Ok(Self {
             listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
@@ -165,6 +186,7 @@ impl Config {
             upload,
             node_id,
             members,
+            join,
         })
     }
 }

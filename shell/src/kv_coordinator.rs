@@ -4,14 +4,14 @@
 //! simulator over its faulty in-memory network. The replica-side rules (clocks, siblings,
 //! idempotency) are the core's `KvMachine`; the quorum arithmetic is `kv::quorum`.
 //!
-//! A write goes to the key's replicas (the ring's first RF distinct nodes). The first replica
-//! that answers coordinates it, this node first when it is one: that replica's stored versions
-//! are the write's context, and it returns the new version, which is then applied on the
-//! other replicas in parallel. The client is answered once W replicas hold it; the count it
-//! gets is the number that did by then. A replica that does not answer gets a hint, kept on
-//! this node and delivered when it answers again. A read asks R replicas (another for each
-//! that fails), answers from their reconciled versions, and repairs the stale ones in the
-//! background.
+//! A write goes to the key's replicas (the ring's first RF distinct nodes; while a layout
+//! change moves keys, those of the old ring and the new one, see [`Placement`]). The first
+//! replica that answers mints its version, this node first when it is one, and every replica
+//! then applies it in parallel. The client is answered once W replicas of each set hold it;
+//! the count it gets is the number that did by then. A replica that does not answer gets a
+//! hint, kept on this node and delivered when it answers again. A read asks R replicas
+//! (another for each that fails; the old owners while keys move), answers from their
+//! reconciled versions, and repairs the stale ones in the background.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tessera_core::kv::quorum::{Consistency, resolve_read};
-use tessera_core::kv::{Causal, IdemKey, IdemRecord, KvRequest, KvResponse, Ring, TenantRecord, VClock, Version};
-use tessera_core::meta::{MetaRequest, MetaResponse};
+use tessera_core::kv::{Causal, IdemKey, IdemRecord, KvRequest, KvResponse, TenantRecord, VClock, Version};
+use tessera_core::meta::{MetaRequest, MetaResponse, Migration, Placement};
 use tessera_core::rng::Rng;
 use tessera_core::{CoreError, CoreResult};
 use tokio::sync::mpsc;
@@ -40,7 +40,8 @@ pub trait Peers: Send + Sync + 'static {
     fn me(&self) -> &str;
     /// Every member's id, this node's included.
     fn members(&self) -> Vec<String>;
-    fn ring(&self) -> &Ring;
+    /// Where keys live under the layout this node serves by now.
+    fn placement(&self) -> Arc<Placement>;
     /// Milliseconds on this node's clock.
     fn now_ms(&self) -> u64;
     /// Sends `req` to `node`'s replica; no answer within `timeout_ms` is `Unreachable`.
@@ -51,6 +52,14 @@ pub trait Peers: Send + Sync + 'static {
     fn meta(self: &Arc<Self>, req: MetaRequest, timeout_ms: u64) -> BoxFuture<CoreResult<MetaResponse>>;
 }
 
+fn not_joined() -> CoreError {
+    CoreError::Unavailable(
+        "this node has not joined the cluster yet: its layout names no storage nodes (add it with \
+         AddStorageNode, or ask another node)"
+            .into(),
+    )
+}
+
 fn unexpected(r: MetaResponse) -> CoreError {
     CoreError::Unavailable(format!("unexpected answer from the metadata machine: {r:?}"))
 }
@@ -59,6 +68,10 @@ fn unexpected(r: MetaResponse) -> CoreError {
 pub const MAX_IDEM_KEY: usize = 256;
 /// How long one peer call may take at most.
 pub const PEER_TIMEOUT_MS: u64 = 2_000;
+/// How long after a layout change starts its hand-over begins.
+pub const HAND_OVER_GRACE_MS: u64 = 2_000;
+/// Keys examined between two progress reports of a hand-over.
+const HAND_OVER_REPORT_EVERY: u64 = 4_096;
 /// How long a tenant record is reused. A replication factor change reaches every
 /// coordinator within this long.
 const TENANT_CACHE_MS: u64 = 1_000;
@@ -70,6 +83,47 @@ pub struct Written {
     pub acks: usize,
     pub duplicate: bool,
     pub idempotency_key: String,
+}
+
+/// The nodes a write goes to and the sets it needs W acknowledgements in, each.
+struct Targets {
+    nodes: Vec<String>,
+    /// Per set: its members' positions in `nodes`, and how many must acknowledge.
+    sets: Vec<(Vec<usize>, usize)>,
+}
+
+impl Targets {
+    fn new(placement: &Placement, tenant: &TenantRecord, key: &str, consistency: Consistency) -> Targets {
+        let rf = tenant.replication_factor as usize;
+        let nodes = placement.write_nodes(&tenant.id, key, rf);
+        let sets = placement
+            .write_sets(&tenant.id, key, rf)
+            .into_iter()
+            .map(|set| {
+                let at: Vec<usize> = set.iter().filter_map(|n| nodes.iter().position(|m| m == n)).collect();
+                let need = consistency.needed(at.len());
+                (at, need)
+            })
+            .collect();
+        Targets { nodes, sets }
+    }
+
+    fn met(&self, acked: &[bool]) -> bool {
+        self.sets.iter().all(|(at, need)| at.iter().filter(|&&i| acked[i]).count() >= *need)
+    }
+
+    /// What fell short, for the client's message.
+    fn shortfall(&self, acked: &[bool]) -> String {
+        let parts: Vec<String> = self
+            .sets
+            .iter()
+            .map(|(at, need)| format!("{} of {} (needed {need})", at.iter().filter(|&&i| acked[i]).count(), at.len()))
+            .collect();
+        match parts.len() {
+            1 => parts.concat(),
+            _ => format!("old replica set {}, new replica set {} (keys are moving)", parts[0], parts[1]),
+        }
+    }
 }
 
 pub struct KvCoordinator<P: Peers> {
@@ -100,11 +154,6 @@ impl<P: Peers> KvCoordinator<P> {
         let mut b = [0u8; 16];
         lock(&self.rng).fill(&mut b);
         tessera_core::codec::hex(&b)
-    }
-
-    fn replicas(&self, tenant: &TenantRecord, key: &str) -> Vec<String> {
-        let rf = tenant.replication_factor as usize;
-        self.peers.ring().replicas(&tenant.id, key, rf).into_iter().map(str::to_owned).collect()
     }
 
     /// The tenant's record from the replicated metadata, reused for [`TENANT_CACHE_MS`]. A
@@ -157,6 +206,23 @@ impl<P: Peers> KvCoordinator<P> {
         }
     }
 
+    /// Starts a layout change (`AddNode` or `RemoveNode`) through the metadata group;
+    /// answered with its migration once committed and applied on this node.
+    pub async fn change_layout(&self, req: MetaRequest, until_ms: u64) -> CoreResult<Migration> {
+        match self.meta(req, until_ms).await? {
+            MetaResponse::Migration(Some(m)) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A migration as this node has applied it.
+    pub async fn migration(&self, id: &str, until_ms: u64) -> CoreResult<Option<Migration>> {
+        match self.meta(MetaRequest::Migration { id: id.to_owned() }, until_ms).await? {
+            MetaResponse::Migration(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// One call to this node's metadata machine, bounded by the client's deadline.
     async fn meta(&self, req: MetaRequest, until_ms: u64) -> CoreResult<MetaResponse> {
         let left = until_ms.saturating_sub(self.peers.now_ms());
@@ -197,16 +263,19 @@ impl<P: Peers> KvCoordinator<P> {
             None => h.update([0]),
         }
         let idem = IdemKey { key: idempotency_key.clone(), request_hash: h.finalize().to_vec() };
-        let replicas = self.replicas(&tenant, key);
-        let need = consistency.needed(replicas.len());
+        let placement = self.peers.placement();
+        let targets = Targets::new(&placement, &tenant, key, consistency);
+        let replicas = &targets.nodes;
+        if replicas.is_empty() {
+            return Err(not_joined());
+        }
 
         // The first replica that answers coordinates, this node first when it is one (it
-        // saves a hop, as in Dynamo).
+        // saves a hop, as in Dynamo). While keys move, the old owners go first: they hold
+        // the versions a new owner may not have been handed yet.
+        let old = placement.read_set(tenant_id, key, tenant.replication_factor as usize);
         let mut order: Vec<usize> = (0..replicas.len()).collect();
-        if let Some(me) = replicas.iter().position(|r| r == self.peers.me()) {
-            order.retain(|&i| i != me);
-            order.insert(0, me);
-        }
+        order.sort_by_key(|&i| (!old.contains(&replicas[i]), replicas[i] != self.peers.me()));
         let mut coordinated = None;
         let mut unreachable = Vec::new();
         let mut skipped = Vec::new();
@@ -241,13 +310,13 @@ impl<P: Peers> KvCoordinator<P> {
         }
         let Some((coord, clock, versions, duplicate, idem_rec)) = coordinated else {
             return Err(CoreError::Unavailable(format!(
-                "0 of {} replicas answered (needed {need}): {}",
+                "0 of {} replicas answered ({}): {}",
                 replicas.len(),
+                targets.shortfall(&vec![false; replicas.len()]),
                 unreachable.join("; ")
             )));
         };
-        let (mut acks, held) =
-            self.replicate(tenant_id, key, &replicas, &skipped, versions, idem_rec, need, until_ms).await;
+        let (mut acked, held) = self.replicate(tenant_id, key, &targets, &skipped, versions, idem_rec, until_ms).await;
         let mut clock = clock;
         // The coordinating replica may have missed a version others hold (it was down when
         // that write was acknowledged). Since the acknowledging replicas overlap every other
@@ -256,38 +325,38 @@ impl<P: Peers> KvCoordinator<P> {
         // beside it as a sibling. Only truly concurrent writes stay siblings.
         let missed: Vec<Version> =
             held.into_iter().flatten().filter(|v| v.clock.compare(&clock) == Causal::Concurrent).collect();
-        if acks >= need && !duplicate && !missed.is_empty() {
-            (clock, acks) = self.supersede(tenant_id, key, value, &replicas, coord, missed, need, until_ms).await?;
+        if targets.met(&acked) && !duplicate && !missed.is_empty() {
+            (clock, acked) = self.supersede(tenant_id, key, value, &targets, coord, missed, until_ms).await?;
         }
-        if acks < need {
+        if !targets.met(&acked) {
             return Err(CoreError::Unavailable(format!(
-                "quorum not reached: {acks} of {} replicas acknowledged the write (needed {need} for {}); \
-                 it may still reach the others",
-                replicas.len(),
+                "quorum not reached: {} acknowledged the write (for {}); it may still reach the others",
+                targets.shortfall(&acked),
                 consistency.name()
             )));
         }
+        let acks = acked.iter().filter(|a| **a).count();
         Ok(Written { clock, acks, duplicate, idempotency_key })
     }
 
     /// Applies `versions` on every replica, the coordinating one included (coordinating
-    /// stored nothing), and returns once `need` replicas hold them or none more can, with the
-    /// versions each acknowledging replica holds after its merge. Replicas that do not answer
-    /// (or were `skipped`: they did not answer the coordinate call) get a hint; the rest
-    /// finish in the background.
+    /// stored nothing), and returns once W replicas of each set hold them or none more can:
+    /// which replicas acknowledged, and the versions each holds after its merge. Replicas
+    /// that do not answer (or were `skipped`: they did not answer the coordinate call) get a
+    /// hint; the rest finish in the background.
     #[allow(clippy::too_many_arguments)]
     async fn replicate(
         &self,
         tenant: &str,
         key: &str,
-        replicas: &[String],
+        targets: &Targets,
         skipped: &[usize],
         versions: Vec<Version>,
         idem: Option<IdemRecord>,
-        need: usize,
         until_ms: u64,
-    ) -> (usize, Vec<Vec<Version>>) {
-        let mut acks = 0;
+    ) -> (Vec<bool>, Vec<Vec<Version>>) {
+        let replicas = &targets.nodes;
+        let mut acked = vec![false; replicas.len()];
         let mut held = Vec::new();
         let (tx, mut rx) = mpsc::channel(replicas.len());
         for (i, node) in replicas.iter().enumerate() {
@@ -321,39 +390,38 @@ impl<P: Peers> KvCoordinator<P> {
                         tracing::warn!(%node, error = %e, "could not keep a hint");
                     }
                 }
-                let _ = tx.send(merged).await;
+                let _ = tx.send((i, merged)).await;
             }));
         }
         drop(tx);
-        while acks < need {
+        while !targets.met(&acked) {
             match rx.recv().await {
-                Some(Some(v)) => {
-                    acks += 1;
+                Some((i, Some(v))) => {
+                    acked[i] = true;
                     held.push(v);
                 }
-                Some(None) => {}
+                Some((_, None)) => {}
                 None => break,
             }
         }
-        (acks, held)
+        (acked, held)
     }
 
     /// Coordinates `value` again on the replica that coordinated it, after giving that
     /// replica the versions it had `missed`, and replicates the result: a version that
-    /// supersedes both. Returns its clock and how many replicas hold it.
+    /// supersedes both. Returns its clock and which replicas hold it.
     #[allow(clippy::too_many_arguments)]
     async fn supersede(
         &self,
         tenant: &str,
         key: &str,
         value: Option<Vec<u8>>,
-        replicas: &[String],
+        targets: &Targets,
         coord: usize,
         missed: Vec<Version>,
-        need: usize,
         until_ms: u64,
-    ) -> CoreResult<(VClock, usize)> {
-        let node = &replicas[coord];
+    ) -> CoreResult<(VClock, Vec<bool>)> {
+        let node = &targets.nodes[coord];
         let give = KvRequest::Apply { tenant: tenant.to_owned(), key: key.to_owned(), versions: missed, idem: None };
         let again = KvRequest::Coordinate { tenant: tenant.to_owned(), key: key.to_owned(), value, idem: None };
         let retry = async {
@@ -369,8 +437,8 @@ impl<P: Peers> KvCoordinator<P> {
                  superseding that version failed; it may still take effect"
             )));
         };
-        let (acks, _) = self.replicate(tenant, key, replicas, &[], versions, None, need, until_ms).await;
-        Ok((clock, acks))
+        let (acked, _) = self.replicate(tenant, key, targets, &[], versions, None, until_ms).await;
+        Ok((clock, acked))
     }
 
     /// Reads a key: the reconciled versions from R replicas, repairing stale ones.
@@ -382,7 +450,10 @@ impl<P: Peers> KvCoordinator<P> {
         until_ms: u64,
     ) -> CoreResult<Vec<Version>> {
         let tenant = self.tenant(tenant_id, until_ms).await?;
-        let replicas = self.replicas(&tenant, key);
+        let replicas = self.peers.placement().read_set(tenant_id, key, tenant.replication_factor as usize);
+        if replicas.is_empty() {
+            return Err(not_joined());
+        }
         let need = consistency.needed(replicas.len());
         // Ask R replicas (this node first when it is one) and another only for each that
         // fails, as Cassandra does: a quorum read costs R calls, not RF.
@@ -466,6 +537,7 @@ impl<P: Peers> KvCoordinator<P> {
     /// peer's own pass. Returns how many keys were repaired.
     pub async fn anti_entropy_pass(&self) -> usize {
         let me = self.peers.me().to_owned();
+        let placement = self.peers.placement();
         let mut after = None;
         let mut repaired = 0;
         loop {
@@ -481,7 +553,8 @@ impl<P: Peers> KvCoordinator<P> {
                 let until = self.peers.now_ms() + PEER_TIMEOUT_MS;
                 let Ok(t) = self.tenant(&tenant, until).await else { continue };
                 let d = tessera_core::kv::vclock::digest(&versions);
-                for r in self.replicas(&t, &key).into_iter().filter(|r| *r != me) {
+                let replicas = placement.write_nodes(&tenant, &key, t.replication_factor as usize);
+                for r in replicas.into_iter().filter(|r| *r != me) {
                     per_peer.entry(r).or_default().push((tenant.clone(), key.clone(), d.clone()));
                 }
                 mine.insert((tenant, key), versions);
@@ -505,6 +578,85 @@ impl<P: Peers> KvCoordinator<P> {
                 }
             }
         }
+    }
+
+    /// One hand-over pass: when a layout change under way says this node owes keys to new
+    /// owners, sends each key it holds to the owners it gains ([`Placement::handoff_targets`]),
+    /// reports progress to the metadata group as it goes, and reports itself done at the end,
+    /// which completes the change once every old owner has. A pass that fails stops (to be
+    /// run again from the start). Returns how many keys were examined when this pass
+    /// finished the node's share, `None` when nothing was owed.
+    pub async fn hand_over_pass(&self) -> CoreResult<Option<u64>> {
+        let me = self.peers.me().to_owned();
+        let until = || self.peers.now_ms() + PEER_TIMEOUT_MS;
+        let m = match self.meta(MetaRequest::Running, until()).await? {
+            MetaResponse::Migration(Some(m)) => m,
+            MetaResponse::Migration(None) => return Ok(None),
+            other => return Err(unexpected(other)),
+        };
+        if m.progress.get(&me).is_none_or(|p| p.done) {
+            return Ok(None);
+        }
+        let placement = self.peers.placement();
+        // Every coordinator must write to the new owners before their keys are copied, or a
+        // write that only reached the old owners could be missed. Coordinators follow the
+        // layout within a fraction of this grace.
+        if placement.version < m.version || self.peers.now_ms() < m.started_ms.saturating_add(HAND_OVER_GRACE_MS) {
+            return Ok(None);
+        }
+        let total = match self.peers.send(&me, KvRequest::Stats, PEER_TIMEOUT_MS).await {
+            Ok(Ok(KvResponse::Stats { keys, .. })) => keys,
+            _ => return Err(CoreError::Unavailable("this node's replica did not report its key count".into())),
+        };
+        let report = |moved: u64, done: bool| MetaRequest::Progress {
+            migration: m.id.clone(),
+            node: me.clone(),
+            moved,
+            total: total.max(moved),
+            done,
+        };
+        let (mut after, mut examined, mut reported) = (None, 0u64, 0u64);
+        loop {
+            let scan = KvRequest::Scan { after: after.clone(), limit: 256 };
+            let entries = match self.peers.send(&me, scan, PEER_TIMEOUT_MS).await {
+                Ok(Ok(KvResponse::Entries(e))) => e,
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(_)) | Err(_) => {
+                    return Err(CoreError::Unavailable("this node's replica did not answer a scan".into()));
+                }
+            };
+            let Some(last) = entries.last().map(|(t, k, _)| (t.clone(), k.clone())) else { break };
+            after = Some(last);
+            for (tenant, key, versions) in entries {
+                // A key whose tenant is gone has no owners to go to.
+                if let Ok(t) = self.tenant(&tenant, until()).await {
+                    let rf = t.replication_factor as usize;
+                    for target in placement.handoff_targets(&me, &tenant, &key, rf) {
+                        let req = KvRequest::Apply {
+                            tenant: tenant.clone(),
+                            key: key.clone(),
+                            versions: versions.clone(),
+                            idem: None,
+                        };
+                        match self.peers.send(&target, req, PEER_TIMEOUT_MS).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return Err(e),
+                            Err(e) => {
+                                let _ = self.meta(report(examined, false), until()).await;
+                                return Err(CoreError::Unavailable(format!("new owner {target}: {}", e.0)));
+                            }
+                        }
+                    }
+                }
+                examined += 1;
+            }
+            if examined - reported >= HAND_OVER_REPORT_EVERY {
+                self.meta(report(examined, false), until()).await?;
+                reported = examined;
+            }
+        }
+        self.meta(report(examined, true), until()).await?;
+        Ok(Some(examined))
     }
 
     /// Offers the hints this node holds to every other member, once.

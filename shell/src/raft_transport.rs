@@ -5,6 +5,7 @@
 //! retransmits, and a lagging follower is caught up by the leader.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tessera_proto::tessera::peer::v1 as peer;
@@ -21,29 +22,74 @@ const BATCH: usize = 256;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct RaftTransport {
-    queues: BTreeMap<String, mpsc::Sender<Vec<u8>>>,
+    me: String,
+    /// Where each member is: `--initial-cluster` at first, then the replicated layout.
+    addresses: Mutex<BTreeMap<String, String>>,
+    /// One queue per peer (and the address its sender task dials), made on first use.
+    queues: Mutex<BTreeMap<String, Queue>>,
+    /// The server's runtime: messages are handed over on the metadata driver's own thread,
+    /// whose runtime has no network.
+    rt: tokio::runtime::Handle,
+}
+
+/// A peer's address and the queue its sender task drains.
+type Queue = (String, mpsc::Sender<Vec<u8>>);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RaftTransport {
-    /// One queue and sender task per peer (`(id, host:port)`, this node excluded).
-    pub fn new(me: &str, peers: &[(String, String)]) -> anyhow::Result<RaftTransport> {
-        let mut queues = BTreeMap::new();
-        for (id, addr) in peers.iter().filter(|(id, _)| id != me) {
-            let ch = Channel::from_shared(format!("http://{addr}"))?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .connect_lazy();
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(sender(me.to_owned(), id.clone(), PeerServiceClient::new(ch), rx));
-            queues.insert(id.clone(), tx);
+    /// A transport to `peers` (`(id, host:port)`; this node is skipped). Call it on the
+    /// server's runtime.
+    pub fn new(me: &str, peers: &[(String, String)]) -> RaftTransport {
+        let t = RaftTransport {
+            me: me.to_owned(),
+            addresses: Mutex::default(),
+            queues: Mutex::default(),
+            rt: tokio::runtime::Handle::current(),
+        };
+        t.set_addresses(peers.iter().cloned());
+        t
+    }
+
+    /// Adds or updates members' addresses (a layout change); a changed address gets a new
+    /// connection on the next message.
+    pub fn set_addresses(&self, peers: impl IntoIterator<Item = (String, String)>) {
+        let mut book = lock(&self.addresses);
+        for (id, addr) in peers {
+            if id != self.me {
+                book.insert(id, addr);
+            }
         }
-        Ok(RaftTransport { queues })
+    }
+
+    fn queue(&self, to: &str) -> Option<mpsc::Sender<Vec<u8>>> {
+        let addr = lock(&self.addresses).get(to)?.clone();
+        let mut queues = lock(&self.queues);
+        if let Some((a, q)) = queues.get(to)
+            && *a == addr
+        {
+            return Some(q.clone());
+        }
+        let ch = match Channel::from_shared(format!("http://{addr}")) {
+            Ok(ch) => ch.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
+            Err(e) => {
+                tracing::warn!(peer = %to, %addr, error = %e, "bad peer address");
+                return None;
+            }
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (me, peer) = (self.me.clone(), to.to_owned());
+        self.rt.spawn(async move { sender(me, peer, PeerServiceClient::new(ch.connect_lazy()), rx).await });
+        queues.insert(to.to_owned(), (addr, tx.clone()));
+        Some(tx)
     }
 }
 
 impl Outbox<Vec<u8>> for RaftTransport {
     fn send(&self, to: String, msg: Vec<u8>) {
-        if let Some(q) = self.queues.get(&to)
+        if let Some(q) = self.queue(&to)
             && q.try_send(msg).is_err()
         {
             tracing::debug!(peer = %to, "raft queue full; message dropped");

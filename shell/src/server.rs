@@ -184,23 +184,45 @@ pub async fn run(
     let (kv_handle, t) = spawn_driver("kv", machine, Default::default(), store.clone(), &metrics, failed_tx.clone())?;
     drivers.push(t);
     let initial = config.members.iter().map(|m| (m.id.clone(), m.addr.clone(), DEFAULT_VNODES)).collect();
+    let mut meta_config = MetaConfig::new(config.node_id.clone(), initial);
+    meta_config.join = config.join;
     let (machine, init) =
-        MetaMachine::open(&*store, MetaConfig::new(config.node_id.clone(), initial), Rng::new(rng.next_u64()))
-            .context("opening the cluster metadata")?;
+        MetaMachine::open(&*store, meta_config, Rng::new(rng.next_u64())).context("opening the cluster metadata")?;
     let layout = machine.state().layout.clone();
     let given: Vec<(&str, &str)> = config.members.iter().map(|m| (m.id.as_str(), m.addr.as_str())).collect();
     let held: Vec<(&str, &str)> = layout.members.iter().map(|m| (m.id.as_str(), m.addr.as_str())).collect();
-    if config.members.len() > 1 && given.iter().collect::<std::collections::BTreeSet<_>>() != held.iter().collect() {
+    if config.members.len() > 1
+        && !layout.members.is_empty()
+        && given.iter().collect::<std::collections::BTreeSet<_>>() != held.iter().collect()
+    {
         // As etcd does: --initial-cluster only bootstraps; the replicated layout rules after.
         tracing::warn!(?given, ?held, "--initial-cluster differs from the replicated layout; using the layout");
     }
-    let peers: Vec<(String, String)> = layout.members.iter().map(|m| (m.id.clone(), m.addr.clone())).collect();
-    let transport = Arc::new(crate::raft_transport::RaftTransport::new(&config.node_id, &peers)?);
+    if layout.members.is_empty() {
+        tracing::info!(
+            node = %config.node_id,
+            "joining an existing cluster: waiting for the metadata (add this node with AddStorageNode)"
+        );
+    }
+    // Where the peers are: --initial-cluster, then the replicated layout over it.
+    let peers: Vec<(String, String)> = config
+        .members
+        .iter()
+        .map(|m| (m.id.clone(), m.addr.clone()))
+        .chain(layout.members.iter().map(|m| (m.id.clone(), m.addr.clone())))
+        .collect();
+    let transport = Arc::new(crate::raft_transport::RaftTransport::new(&config.node_id, &peers));
     let (meta_handle, t) =
-        spawn_driver_with("meta", machine, init, store.clone(), &metrics, failed_tx, Some(transport))?;
+        spawn_driver_with("meta", machine, init, store.clone(), &metrics, failed_tx, Some(transport.clone()))?;
     drivers.push(t);
-    let cluster =
-        Cluster::new(config.node_id.clone(), &layout, kv_handle.clone(), meta_handle.clone(), config.data_dir.clone())?;
+    let cluster = Cluster::new(
+        config.node_id.clone(),
+        &layout,
+        kv_handle.clone(),
+        meta_handle.clone(),
+        config.data_dir.clone(),
+        transport,
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -221,6 +243,8 @@ pub async fn run(
     let peer = Peer::new(kv_handle, meta_handle, config.data_dir.clone());
     let handoff = tokio::spawn(crate::cluster::hand_off(coordinator.coordinator()));
     let anti_entropy = tokio::spawn(crate::cluster::anti_entropy(coordinator.coordinator()));
+    let follow = tokio::spawn(crate::cluster::follow_layout(cluster.clone()));
+    let hand_over = tokio::spawn(crate::cluster::hand_over(coordinator.coordinator()));
 
     if let Some(maddr) = config.metrics_listen {
         let m = metrics.clone();
@@ -287,11 +311,11 @@ pub async fn run(
         .await
         .context("gRPC server")?;
 
-    // The handoff task holds the cluster (and its driver handle): stop it first.
-    handoff.abort();
-    anti_entropy.abort();
-    let _ = handoff.await;
-    let _ = anti_entropy.await;
+    // The background tasks hold the cluster (and its driver handles): stop them first.
+    for task in [handoff, anti_entropy, follow, hand_over] {
+        task.abort();
+        let _ = task.await;
+    }
     drop(cluster);
     // Every service (and so every driver handle) is gone: each driver serves what is queued,
     // syncs, and returns.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tessera_core::kv::quorum::Consistency;
 use tessera_core::kv::ring::DEFAULT_VNODES;
 use tessera_core::kv::{KvRequest, KvResponse, Ring, Version};
-use tessera_core::meta::{MetaRequest, MetaResponse};
+use tessera_core::meta::{MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult};
 use tessera_shell::kv_coordinator::{BoxFuture, PeerResult, Peers, Unreachable};
 
@@ -54,14 +54,15 @@ pub struct SimPeers {
     index: usize,
     skew_ms: i64,
     members: Vec<String>,
-    ring: Ring,
+    placement: Arc<Placement>,
 }
 
 impl SimPeers {
     pub fn new(world: Arc<World>, index: usize, skew_ms: i64) -> SimPeers {
         let members: Vec<String> = (0..world.opts.nodes).map(|i| format!("n{i}")).collect();
         let ring = Ring::new(&members.iter().map(|m| (m.clone(), DEFAULT_VNODES)).collect::<Vec<_>>());
-        SimPeers { world, index, skew_ms, members, ring }
+        let placement = Arc::new(Placement { version: 1, current: ring, previous: None });
+        SimPeers { world, index, skew_ms, members, placement }
     }
 }
 
@@ -99,8 +100,8 @@ impl Peers for SimPeers {
         self.members.clone()
     }
 
-    fn ring(&self) -> &Ring {
-        &self.ring
+    fn placement(&self) -> Arc<Placement> {
+        self.placement.clone()
     }
 
     fn now_ms(&self) -> u64 {

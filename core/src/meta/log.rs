@@ -30,20 +30,33 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// A new group: no entries, `voters` as its configuration.
+    /// A new group with `voters` as its configuration, whose initial state counts as applied
+    /// at index 1. Starting past 0 means a member added later cannot be caught up from the
+    /// log alone (the initial state is not in it): it is sent a snapshot, which carries it.
+    /// With no voters, a node that will join an existing group: empty until its leader
+    /// sends a snapshot.
     pub fn bootstrap(voters: Vec<u64>, batch: &mut WriteBatch) -> RaftLog {
+        let start = u64::from(!voters.is_empty());
         let conf = ConfState { voters, ..Default::default() };
+        let hard = HardState { term: start, commit: start, ..Default::default() };
         let log = RaftLog {
-            hard: HardState::default(),
+            hard,
             conf,
-            snap_index: 0,
-            snap_term: 0,
+            snap_index: start,
+            snap_term: start,
             entries: Vec::new(),
             snapshot: Snapshot::default(),
         };
         log.persist_snapshot_point(batch);
         batch.put(KEYSPACE, keys::HARD_STATE.to_vec(), encode(&log.hard));
         log
+    }
+
+    /// A configuration change applied: stored with the snapshot point, where the next start
+    /// reads it (the same batch stores the applied index past the change).
+    pub fn set_conf(&mut self, conf: ConfState, batch: &mut WriteBatch) {
+        self.conf = conf;
+        self.persist_snapshot_point(batch);
     }
 
     /// The log as persisted; `None` if this node was never bootstrapped.

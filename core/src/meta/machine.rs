@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
 use raft::{Config, RawNode, StateRole};
 
 use crate::error::{CoreError, CoreResult};
@@ -26,7 +26,7 @@ use crate::store::{META as KEYSPACE, StoreError, StoreRead, WriteBatch};
 use super::keys;
 use super::log::{RaftLog, encode};
 use super::migration::Migration;
-use super::state::{Applied, Command, Layout, MetaState, TenantRecord};
+use super::state::{Applied, Command, Layout, MetaState, TenantRecord, raft_id_of};
 
 #[derive(Debug, Clone)]
 pub struct MetaConfig {
@@ -35,6 +35,11 @@ pub struct MetaConfig {
     /// The initial cluster (id, host:port, virtual nodes); used only the first time a node
     /// starts, as etcd uses `--initial-cluster`. Afterwards the replicated layout rules.
     pub initial: Vec<(String, String, u32)>,
+    /// Join an existing group instead of starting one (etcd's `--initial-cluster-state
+    /// existing`): the node starts empty, as a learner the leader adds once the node is in
+    /// the layout, and takes the metadata from the leader's snapshot. `initial` then only
+    /// says where the other members are until the layout does.
+    pub join: bool,
     /// One Raft tick.
     pub tick_ms: u64,
     /// Ticks without a leader before a follower campaigns (randomised up to twice this).
@@ -51,6 +56,7 @@ impl MetaConfig {
         MetaConfig {
             node_id,
             initial,
+            join: false,
             tick_ms: 100,
             election_ticks: 10,
             heartbeat_ticks: 2,
@@ -103,6 +109,8 @@ pub enum MetaRequest {
     Migration {
         id: String,
     },
+    /// The migration under way, as applied here.
+    Running,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +167,9 @@ pub struct MetaMachine {
     next_tick: u64,
     /// (term, role) when the election timeout was last drawn.
     drawn_for: (u64, StateRole),
+    /// Raft number to node id for the nodes `--initial-cluster` named: how a joining node
+    /// answers the leader before the layout has reached it.
+    known: BTreeMap<u64, String>,
 }
 
 fn config_error(e: impl std::fmt::Display) -> StoreError {
@@ -178,6 +189,13 @@ impl MetaMachine {
                 };
                 (log, state, applied)
             }
+            _ if config.join => {
+                let log = RaftLog::bootstrap(Vec::new(), &mut init);
+                let state = MetaState::default();
+                state.persist_all(&MetaState::default(), &mut init);
+                init.put(KEYSPACE, keys::APPLIED.to_vec(), 0u64.to_be_bytes().to_vec());
+                (log, state, 0)
+            }
             _ => {
                 let layout = Layout::initial(&config.initial);
                 if layout.by_id(&config.node_id).is_none() {
@@ -185,17 +203,20 @@ impl MetaMachine {
                 }
                 let voters = layout.members.iter().map(|m| m.raft_id).collect();
                 let log = RaftLog::bootstrap(voters, &mut init);
+                let applied = log.snap_index;
                 let state = MetaState { layout, ..MetaState::default() };
                 state.persist_all(&MetaState::default(), &mut init);
-                init.put(KEYSPACE, keys::APPLIED.to_vec(), 0u64.to_be_bytes().to_vec());
-                (log, state, 0)
+                init.put(KEYSPACE, keys::APPLIED.to_vec(), applied.to_be_bytes().to_vec());
+                (log, state, applied)
             }
         };
-        let Some(me) = state.layout.by_id(&config.node_id) else {
+        // A joining node that has not received the metadata yet has an empty layout.
+        if !state.layout.members.is_empty() && state.layout.by_id(&config.node_id).is_none() {
             return Err(config_error(format!("node {:?} is not in the cluster's layout", config.node_id)));
-        };
+        }
+        let known = config.initial.iter().map(|(id, _, _)| (raft_id_of(id), id.clone())).collect();
         let rc = Config {
-            id: me.raft_id,
+            id: raft_id_of(&config.node_id),
             election_tick: config.election_ticks,
             heartbeat_tick: config.heartbeat_ticks,
             applied,
@@ -216,6 +237,7 @@ impl MetaMachine {
             waiting: BTreeMap::new(),
             next_tick: 0,
             drawn_for: (u64::MAX, StateRole::Follower),
+            known,
         };
         m.rng = Rng::new(m.rng.next_u64());
         m.refresh_snapshot();
@@ -232,8 +254,33 @@ impl MetaMachine {
     }
 
     fn leader(&self) -> Option<String> {
-        let id = self.raw.raft.leader_id;
-        self.state.layout.by_raft_id(id).map(|m| m.id.clone())
+        self.node_of(self.raw.raft.leader_id)
+    }
+
+    /// The node id of a Raft number: from the layout, or for a node still joining, from
+    /// what `--initial-cluster` said.
+    fn node_of(&self, raft_id: u64) -> Option<String> {
+        match self.state.layout.by_raft_id(raft_id) {
+            Some(m) => Some(m.id.clone()),
+            None => self.known.get(&raft_id).cloned(),
+        }
+    }
+
+    /// On the leader: puts a storage node the layout has gained into the Raft group as a
+    /// learner (it receives the log and snapshots and does not vote, so adding a storage node
+    /// never changes the group's quorum). One change at a time, as raft-rs requires.
+    fn add_learners(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || self.raw.raft.has_pending_conf() {
+            return;
+        }
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let in_group = |id: u64| conf.voters.contains(&id) || conf.learners.contains(&id);
+        let missing = self.state.layout.members.iter().find(|m| m.storage && !in_group(m.raft_id)).map(|m| m.raft_id);
+        if let Some(node_id) = missing {
+            let cc = ConfChange { change_type: ConfChangeType::AddLearnerNode, node_id, ..Default::default() };
+            // Refused only while another change is pending; the next step tries again.
+            let _ = self.raw.propose_conf_change(Vec::new(), cc);
+        }
     }
 
     /// raft-rs draws each election timeout from the thread RNG; replace each draw with one
@@ -372,8 +419,8 @@ impl MetaMachine {
 
     fn route(&self, msgs: Vec<Message>, out: &mut Ready<CoreResult<MetaResponse>, Vec<u8>>) {
         for m in msgs {
-            if let Some(to) = self.state.layout.by_raft_id(m.to) {
-                out.messages.push((to.id.clone(), encode(&m)));
+            if let Some(to) = self.node_of(m.to) {
+                out.messages.push((to, encode(&m)));
             }
         }
     }
@@ -398,11 +445,20 @@ impl MetaMachine {
         out: &mut Ready<CoreResult<MetaResponse>, Vec<u8>>,
     ) -> Result<(), StoreError> {
         let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        let mut conf_changed = false;
         for e in entries {
             if e.index <= self.applied {
                 continue;
             }
-            // Empty entries are a new leader's no-op; we propose no configuration changes.
+            if e.get_entry_type() == EntryType::EntryConfChange {
+                let cc = ConfChange::parse_from_bytes(e.get_data())
+                    .map_err(|err| config_error(format!("log entry {}: {err}", e.index)))?;
+                let conf = self.raw.apply_conf_change(&cc).map_err(config_error)?;
+                self.raw.raft.mut_store().set_conf(conf, &mut out.writes);
+                conf_changed = true;
+                continue;
+            }
+            // Empty entries are a new leader's no-op.
             if e.get_entry_type() != EntryType::EntryNormal || e.get_data().is_empty() {
                 continue;
             }
@@ -426,6 +482,11 @@ impl MetaMachine {
         }
         self.applied = self.applied.max(last);
         out.writes.put(KEYSPACE, keys::APPLIED.to_vec(), self.applied.to_be_bytes().to_vec());
+        if conf_changed {
+            // raft-rs refuses a snapshot whose configuration lacks the receiving node, so a
+            // learner just added must be sent one taken after its addition.
+            self.refresh_snapshot();
+        }
         Ok(())
     }
 
@@ -492,7 +553,7 @@ impl MetaMachine {
             MetaRequest::Raft(bytes) => {
                 let m = Message::parse_from_bytes(&bytes)
                     .map_err(|e| CoreError::InvalidArgument(format!("not a Raft message: {e}")))?;
-                if self.state.layout.by_raft_id(m.from).is_none() {
+                if self.node_of(m.from).is_none() {
                     return Err(CoreError::InvalidArgument(format!("Raft message from unknown peer {}", m.from)));
                 }
                 // raft-rs refuses messages it cannot use (stale, from a removed peer); the
@@ -556,6 +617,7 @@ impl MetaMachine {
                 return Ok(());
             }
             MetaRequest::Migration { id } => MetaResponse::Migration(self.state.migrations.get(&id).cloned()),
+            MetaRequest::Running => MetaResponse::Migration(self.state.running().cloned()),
             MetaRequest::Layout => MetaResponse::Layout(self.state.layout.clone()),
             MetaRequest::Status => MetaResponse::Status(self.status()),
         };
@@ -569,6 +631,7 @@ impl MetaMachine {
         mut out: Ready<CoreResult<MetaResponse>, Vec<u8>>,
     ) -> Result<Ready<CoreResult<MetaResponse>, Vec<u8>>, StoreError> {
         self.send_waiting();
+        self.add_learners();
         self.drain(&mut out)?;
         self.expire(now, &mut out);
         if self.next_tick == 0 {

@@ -29,6 +29,16 @@ pub struct Member {
     pub storage: bool,
 }
 
+/// A node's number in the Raft group (raft-rs numbers peers), derived from its id so that a
+/// node joining an existing cluster knows its own before it has seen any metadata.
+pub fn raft_id_of(node_id: &str) -> u64 {
+    let h = Sha256::digest(node_id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    // 0 is raft-rs's "no node".
+    u64::from_be_bytes(b).max(1)
+}
+
 /// The members at one layout version. Placement is a pure function of this value.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Layout {
@@ -41,19 +51,17 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The first layout of a cluster: the initial members, numbered for Raft in id order so
-    /// every node that is given the same list numbers them the same.
+    /// The first layout of a cluster: the initial members, in id order.
     pub fn initial(members: &[(String, String, u32)]) -> Layout {
         let mut sorted: Vec<&(String, String, u32)> = members.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         let members = sorted
             .into_iter()
-            .enumerate()
-            .map(|(i, (id, addr, vnodes))| Member {
+            .map(|(id, addr, vnodes)| Member {
                 id: id.clone(),
                 addr: addr.clone(),
                 vnodes: *vnodes,
-                raft_id: i as u64 + 1,
+                raft_id: raft_id_of(id),
                 storage: true,
             })
             .collect();
@@ -318,7 +326,13 @@ impl MetaState {
                 if let Some(m) = self.layout.members.iter().find(|m| m.storage && m.addr == *addr) {
                     return Err(CoreError::AlreadyExists(format!("address {addr} belongs to node {:?}", m.id)));
                 }
-                let raft_id = self.layout.members.iter().map(|m| m.raft_id).max().unwrap_or(0) + 1;
+                let raft_id = raft_id_of(id);
+                if let Some(m) = self.layout.by_raft_id(raft_id) {
+                    return Err(CoreError::AlreadyExists(format!(
+                        "node id {id:?} hashes to the same Raft number as {:?}; pick another id",
+                        m.id
+                    )));
+                }
                 let member = Member { id: id.clone(), addr: addr.clone(), vnodes: *vnodes, raft_id, storage: true };
                 self.begin(
                     MigrationKind::AddNode,

@@ -5,8 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::kv::quorum::Consistency;
+use tessera_core::kv::ring::{DEFAULT_VNODES, MAX_VNODES};
 use tessera_core::kv::vclock::{context, winner};
 use tessera_core::kv::{DEFAULT_RF, MAX_KEY_BYTES, MAX_RF, MAX_VALUE_BYTES, MIN_RF, VClock};
+use tessera_core::meta::MetaRequest;
+use tessera_core::meta::state::FINISHED_MIGRATIONS_KEPT;
 use tessera_proto::proto as wire;
 use tessera_proto::proto::coordinator_service_server::CoordinatorService;
 use tessera_proto::tessera::kv::v1 as ext;
@@ -240,38 +243,110 @@ impl CoordinatorService for Coordinator {
 
     async fn add_storage_node(
         &self,
-        _req: Request<wire::AddStorageNodeRequest>,
+        req: Request<wire::AddStorageNodeRequest>,
     ) -> Result<Response<wire::AddStorageNodeResponse>, Status> {
-        Err(fixed_membership("AddStorageNode"))
+        let until = deadline(&req, self.now_ms());
+        let r = req.into_inner();
+        check_node_id(&r.node_id)?;
+        let addr = node_addr(&r.host, r.port)?;
+        let vnodes = match r.virtual_nodes {
+            0 => DEFAULT_VNODES,
+            v if (1..=MAX_VNODES as i32).contains(&v) => v as u32,
+            v => {
+                return Err(invalid(format!(
+                    "virtual_nodes: {v}, must be 1..={MAX_VNODES} (0 means {DEFAULT_VNODES})"
+                )));
+            }
+        };
+        let req = MetaRequest::AddNode { id: r.node_id.clone(), addr: addr.clone(), vnodes };
+        let m = self.kv.change_layout(req, until).await.map_err(to_status)?;
+        let owners: Vec<&str> = m.progress.keys().map(String::as_str).collect();
+        Ok(Response::new(wire::AddStorageNodeResponse {
+            success: true,
+            node_id: m.node.clone(),
+            migration_id: m.id.clone(),
+            message: format!(
+                "node {} ({addr}, {vnodes} virtual nodes) is on the ring as of layout version {}; {} hand its keys \
+                 over. Start it with --initial-cluster-state existing if it is not running; follow the move \
+                 with GetMigrationStatus",
+                m.node,
+                m.version,
+                owners.join(", ")
+            ),
+            estimated_completion: 0,
+            error_message: String::new(),
+        }))
     }
 
     async fn remove_storage_node(
         &self,
-        _req: Request<wire::RemoveStorageNodeRequest>,
+        req: Request<wire::RemoveStorageNodeRequest>,
     ) -> Result<Response<wire::RemoveStorageNodeResponse>, Status> {
-        Err(fixed_membership("RemoveStorageNode"))
+        let until = deadline(&req, self.now_ms());
+        let r = req.into_inner();
+        check_node_id(&r.node_id)?;
+        let req = MetaRequest::RemoveNode { id: r.node_id.clone(), force: r.force };
+        let m = self.kv.change_layout(req, until).await.map_err(to_status)?;
+        Ok(Response::new(wire::RemoveStorageNodeResponse {
+            success: true,
+            node_id: m.node.clone(),
+            migration_id: m.id.clone(),
+            message: format!(
+                "node {} is off the ring as of layout version {}; it keeps serving its keys until they are handed \
+                 over; follow the move with GetMigrationStatus",
+                m.node, m.version
+            ),
+            estimated_completion: 0,
+            error_message: String::new(),
+        }))
     }
 
     async fn get_migration_status(
         &self,
         req: Request<wire::GetMigrationStatusRequest>,
     ) -> Result<Response<wire::GetMigrationStatusResponse>, Status> {
+        let until = deadline(&req, self.now_ms());
         let id = req.into_inner().migration_id;
         if id.is_empty() {
             return Err(invalid("migration_id: required"));
         }
-        Err(Status::not_found(format!("migration {id:?} not found: this cluster has run no migrations")))
+        if id.len() > 64 {
+            return Err(invalid(format!("migration_id: {} bytes, at most 64", id.len())));
+        }
+        let Some(m) = self.kv.migration(&id, until).await.map_err(to_status)? else {
+            return Err(Status::not_found(format!(
+                "migration {id:?} not found (never started, or one of more than {FINISHED_MIGRATIONS_KEPT} \
+                 finished since)"
+            )));
+        };
+        Ok(Response::new(wire::GetMigrationStatusResponse {
+            success: true,
+            migration_id: m.id.clone(),
+            r#type: m.kind.name().to_owned(),
+            node_id: m.node.clone(),
+            status: m.status().to_owned(),
+            progress: Some(wire::MigrationProgress {
+                keys_migrated: m.keys_migrated() as i64,
+                total_keys: m.total_keys() as i64,
+                percentage: m.percentage(),
+            }),
+            started_at: secs(m.started_ms),
+            estimated_completion: secs(m.finished_ms.or_else(|| estimate(&m, self.now_ms())).unwrap_or(0)),
+            error_message: String::new(),
+        }))
     }
 
     async fn list_storage_nodes(
         &self,
         _req: Request<wire::ListStorageNodesRequest>,
     ) -> Result<Response<wire::ListStorageNodesResponse>, Status> {
-        let mut nodes = Vec::with_capacity(self.cluster.members.len());
+        let view = self.cluster.refresh().await;
+        let layout = &view.layout;
+        // A removed node is listed while it still hands keys over (draining), not after.
+        let draining = |id: &str| layout.previous.as_ref().is_some_and(|p| p.iter().any(|(n, _)| n == id));
+        let listed: Vec<_> = layout.members.iter().filter(|m| m.storage || draining(&m.id)).collect();
         // Every node at once: one that is down costs its timeout once, not once per node.
-        let asks: Vec<_> = self
-            .cluster
-            .members
+        let asks: Vec<_> = listed
             .iter()
             .map(|m| {
                 let (c, id) = (self.cluster.clone(), m.id.clone());
@@ -282,15 +357,21 @@ impl CoordinatorService for Coordinator {
         for a in asks {
             answers.push(a.await.ok().flatten());
         }
-        for ((m, (_, vnodes)), stats) in self.cluster.members.iter().zip(self.cluster.ring.nodes()).zip(answers) {
+        let mut nodes = Vec::with_capacity(listed.len());
+        for (m, stats) in listed.into_iter().zip(answers) {
             let (host, port) = m.addr.rsplit_once(':').unwrap_or((m.addr.as_str(), "0"));
             let (keys, disk) = stats.map(|(k, _, d)| (k as i64, d)).unwrap_or((0, 0.0));
+            let status = match (stats.is_some(), m.storage) {
+                (false, _) => "inactive",
+                (true, true) => "active",
+                (true, false) => "draining",
+            };
             nodes.push(wire::StorageNodeInfo {
                 node_id: m.id.clone(),
-                host: host.to_owned(),
+                host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
                 port: port.parse().unwrap_or(0),
-                status: if stats.is_some() { "active" } else { "inactive" }.into(),
-                virtual_nodes: vnodes as i32,
+                status: status.into(),
+                virtual_nodes: m.vnodes as i32,
                 keys_count: keys,
                 disk_usage_percent: disk,
             });
@@ -299,11 +380,37 @@ impl CoordinatorService for Coordinator {
     }
 }
 
-fn fixed_membership(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc}: membership is fixed by --initial-cluster in this version; node add and remove arrive with \
-         migrations"
-    ))
+fn check_node_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(invalid("node_id: required"));
+    }
+    tessera_core::ids::validate_id("node_id", id).map_err(|e| invalid(e.to_string()))
+}
+
+/// `host:port` for a node's address (IPv6 hosts in brackets).
+fn node_addr(host: &str, port: i32) -> Result<String, Status> {
+    if host.is_empty() {
+        return Err(invalid("host: required"));
+    }
+    if host.len() > 253 || host.chars().any(|c| c.is_whitespace() || c == '/' || c == '[' || c == ']') {
+        return Err(invalid(format!("host: {host:?} is not a host name or IP address")));
+    }
+    if !(1..=65535).contains(&port) {
+        return Err(invalid(format!("port: {port}, must be 1..=65535")));
+    }
+    Ok(if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") })
+}
+
+/// When a running migration should finish at the pace it has kept so far; `None` before
+/// any key has moved.
+fn estimate(m: &tessera_core::meta::Migration, now_ms: u64) -> Option<u64> {
+    let (moved, total) = (m.keys_migrated(), m.total_keys());
+    if moved == 0 || total == 0 {
+        return None;
+    }
+    let elapsed = now_ms.saturating_sub(m.started_ms);
+    let left = total.saturating_sub(moved);
+    Some(now_ms + (elapsed as u128 * left as u128 / moved as u128) as u64)
 }
 
 #[tonic::async_trait]
