@@ -152,6 +152,8 @@ async fn three_nodes_survive_a_kill_and_catch_up_by_handoff_and_repair() {
 /// and the node keeps serving afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_service_refuses_bad_input_and_keeps_serving() {
+    use tessera_core::CoreError;
+    use tessera_core::kv::{KvRequest, wire};
     use tessera_proto::tessera::peer::v1 as peer;
     use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
     let dir = tempfile::tempdir().unwrap();
@@ -159,12 +161,16 @@ async fn peer_service_refuses_bad_input_and_keeps_serving() {
     let ch = node.channel().await;
     let mut p = PeerServiceClient::new(ch.clone());
     let garbage = vec![0xff_u8; 40];
-    let e = p.call(peer::PeerRequest { from: "x".into(), body: garbage.clone() }).await.unwrap_err();
+    let e = p.call(peer::PeerRequest { from: "x".into(), body: garbage.clone(), layout: 1 }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("peer request"), "{}", e.message());
-    let e = p.call_batch(peer::PeerBatch { from: "x".into(), bodies: vec![garbage.clone()] }).await.unwrap_err();
+    let batch = |bodies: Vec<Vec<u8>>, layouts: Vec<u64>| peer::PeerBatch { from: "x".into(), bodies, layouts };
+    let e = p.call_batch(batch(vec![garbage.clone()], vec![1])).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let e = p.call_batch(peer::PeerBatch { from: "x".into(), bodies: vec![vec![]; 257] }).await.unwrap_err();
+    let e = p.call_batch(batch(vec![garbage.clone()], vec![])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("layout versions"), "{}", e.message());
+    let e = p.call_batch(batch(vec![vec![]; 257], vec![1; 257])).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("at most 256"), "{}", e.message());
     let e = p.raft(peer::RaftMessages { from: "x".into(), messages: vec![garbage] }).await.unwrap_err();
@@ -172,6 +178,14 @@ async fn peer_service_refuses_bad_input_and_keeps_serving() {
     assert!(e.message().contains("Raft message"), "{}", e.message());
     let e = p.raft(peer::RaftMessages { from: "x".into(), messages: vec![vec![]; 257] }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // A keyed request placed by a layout older than the node's own is refused (the node is at
+    // version 1; a coordinator that lags a layout change would send an older one).
+    let read = wire::encode_request(&KvRequest::Read { tenant: "t".into(), key: "k".into() });
+    let r = p.call(peer::PeerRequest { from: "x".into(), body: read, layout: 0 }).await.unwrap().into_inner();
+    match wire::decode_reply(&r.body).unwrap() {
+        Err(CoreError::Unavailable(m)) => assert!(m.contains("layout version 0"), "{m}"),
+        other => panic!("a stale layout was served: {other:?}"),
+    }
     // Still a working node: a tenant and a quorum write go through.
     let mut c = CoordinatorServiceClient::new(ch);
     let t = kv::CreateTenantRequest { tenant_id: "after".into(), replication_factor: 1 };

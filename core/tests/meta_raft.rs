@@ -359,6 +359,12 @@ fn a_layout_change_keeps_the_old_ring_until_every_old_owner_hands_over() {
     assert_eq!(layout(&mut net, 1).version, 5);
     let t = net.call(1, MetaRequest::Migration { id: m.id.clone() });
     assert!(matches!(net.replies.remove(&t), Some(Ok(MetaResponse::Migration(Some(_))))));
+    // Forced, a removal goes below the factor, and the removed node (perhaps dead) owes no
+    // hand-over: the others hand its keys over.
+    let forced = migration(&mut net, 2, remove("n2", true)).unwrap();
+    assert_eq!(forced.progress.keys().cloned().collect::<Vec<_>>(), ["n0", "n3"]);
+    let t = net.call(0, MetaRequest::Running);
+    assert!(matches!(net.replies.remove(&t), Some(Ok(MetaResponse::Migration(Some(r)))) if r.id == forced.id));
 }
 
 #[test]

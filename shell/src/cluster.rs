@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
 use crate::driver::HandleFor;
-use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable};
+use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable, check_layout};
 use crate::raft_transport::RaftTransport;
 
 pub type KvHandle = HandleFor<KvMachine>;
@@ -119,7 +119,7 @@ impl Cluster {
 
     /// Serves by `layout` from now on, if it is newer than the one in use.
     pub fn follow(&self, layout: Layout) {
-        let current = self.view();
+        let mut current = self.view.write().unwrap_or_else(|e| e.into_inner());
         if layout.version <= current.layout.version {
             return;
         }
@@ -131,8 +131,7 @@ impl Cluster {
             "layout changed"
         );
         self.raft.set_addresses(layout.members.iter().map(|m| (m.id.clone(), m.addr.clone())));
-        let view = View { placement: Arc::new(Placement::new(&layout)), layout };
-        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        *current = Arc::new(View { placement: Arc::new(Placement::new(&layout)), layout });
     }
 
     /// Follows the layout this node's metadata machine has applied, now, and returns the
@@ -174,14 +173,15 @@ impl Cluster {
         &self,
         node: &str,
         req: KvRequest,
+        layout: u64,
         timeout: Duration,
     ) -> Result<Result<KvResponse, CoreError>, Unreachable> {
-        self.call_raw(node, req, timeout).await.map(|(r, _)| r)
+        self.call_raw(node, req, layout, timeout).await.map(|(r, _)| r)
     }
 
     /// A node's key and hint counts and disk usage; `None` when it does not answer.
     pub async fn stats(&self, node: &str) -> Option<(u64, u64, f32)> {
-        match self.call_raw(node, KvRequest::Stats, Duration::from_secs(1)).await {
+        match self.call_raw(node, KvRequest::Stats, 0, Duration::from_secs(1)).await {
             Ok((Ok(KvResponse::Stats { keys, hints }), disk)) => Some((keys, hints, disk)),
             _ => None,
         }
@@ -191,9 +191,13 @@ impl Cluster {
         &self,
         node: &str,
         req: KvRequest,
+        layout: u64,
         timeout: Duration,
     ) -> Result<(Result<KvResponse, CoreError>, f32), Unreachable> {
         if node == self.me {
+            if let Err(e) = check_layout(&req, layout, self.view().layout.version) {
+                return Ok((Err(e), 0.0));
+            }
             let disk = if matches!(req, KvRequest::Stats) { Self::disk_usage_percent(&self.data_dir) } else { None };
             let out = self.local.call(req).await.map_err(|e| Unreachable(e.to_string()))?;
             return Ok((out, disk.unwrap_or(0.0)));
@@ -203,7 +207,7 @@ impl Cluster {
         if matches!(req, KvRequest::Stats) {
             // Stats also carries the node's disk usage, which only the single call returns.
             let mut client = self.link(node)?.client;
-            let msg = peer::PeerRequest { from: self.me.clone(), body: wire::encode_request(&req) };
+            let msg = peer::PeerRequest { from: self.me.clone(), body: wire::encode_request(&req), layout };
             match tokio::time::timeout(limit, client.call(msg)).await {
                 Err(_) => Err(late()),
                 Ok(Err(s)) => Err(Unreachable(format!("{node}: {}", s.message()))),
@@ -219,7 +223,7 @@ impl Cluster {
             let (tx, rx) = oneshot::channel();
             let sent = async {
                 queue
-                    .send((wire::encode_request(&req), tx))
+                    .send((wire::encode_request(&req), layout, tx))
                     .await
                     .map_err(|_| Unreachable(format!("{node}: batcher gone")))?;
                 rx.await.map_err(|_| Unreachable(format!("{node}: batcher gone")))?
@@ -266,9 +270,9 @@ impl Peers for Cluster {
         crate::server::SystemClock.now_ms()
     }
 
-    fn send(self: &Arc<Self>, node: &str, req: KvRequest, timeout_ms: u64) -> BoxFuture<PeerResult> {
+    fn send_at(self: &Arc<Self>, node: &str, req: KvRequest, layout: u64, timeout_ms: u64) -> BoxFuture<PeerResult> {
         let (this, node) = (self.clone(), node.to_owned());
-        Box::pin(async move { Cluster::call(&this, &node, req, Duration::from_millis(timeout_ms)).await })
+        Box::pin(async move { Cluster::call(&this, &node, req, layout, Duration::from_millis(timeout_ms)).await })
     }
 
     fn spawn(&self, fut: BoxFuture<()>) {
@@ -289,8 +293,9 @@ impl Peers for Cluster {
     }
 }
 
-/// A request waiting for its peer batch, and where its reply body goes.
-type Queued = (Vec<u8>, oneshot::Sender<Result<Vec<u8>, Unreachable>>);
+/// A request waiting for its peer batch, the layout version it was placed by, and where its
+/// reply body goes.
+type Queued = (Vec<u8>, u64, oneshot::Sender<Result<Vec<u8>, Unreachable>>);
 
 /// Most batches in flight to one peer at a time.
 const BATCHES_IN_FLIGHT: usize = 4;
@@ -309,9 +314,16 @@ async fn batcher(me: String, client: PeerServiceClient<Channel>, mut rx: mpsc::R
                 Err(_) => break,
             }
         }
-        let (bodies, waiters): (Vec<Vec<u8>>, Vec<_>) = batch.into_iter().unzip();
+        let mut bodies = Vec::with_capacity(batch.len());
+        let mut layouts = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        for (body, layout, waiter) in batch {
+            bodies.push(body);
+            layouts.push(layout);
+            waiters.push(waiter);
+        }
         let mut client = client.clone();
-        let msg = peer::PeerBatch { from: me.clone(), bodies };
+        let msg = peer::PeerBatch { from: me.clone(), bodies, layouts };
         tokio::spawn(async move {
             let out = tokio::time::timeout(PEER_TIMEOUT, client.call_batch(msg)).await;
             drop(permit);

@@ -44,12 +44,37 @@ pub trait Peers: Send + Sync + 'static {
     fn placement(&self) -> Arc<Placement>;
     /// Milliseconds on this node's clock.
     fn now_ms(&self) -> u64;
-    /// Sends `req` to `node`'s replica; no answer within `timeout_ms` is `Unreachable`.
-    fn send(self: &Arc<Self>, node: &str, req: KvRequest, timeout_ms: u64) -> BoxFuture<PeerResult>;
+    /// Sends `req`, decided under layout version `layout`, to `node`'s replica; no answer
+    /// within `timeout_ms` is `Unreachable`. The replica refuses it (see [`check_layout`]) if
+    /// it already serves by a newer layout.
+    fn send_at(self: &Arc<Self>, node: &str, req: KvRequest, layout: u64, timeout_ms: u64) -> BoxFuture<PeerResult>;
+    /// [`Peers::send_at`] under the layout this node serves by now.
+    fn send(self: &Arc<Self>, node: &str, req: KvRequest, timeout_ms: u64) -> BoxFuture<PeerResult> {
+        let layout = self.placement().version;
+        self.send_at(node, req, layout, timeout_ms)
+    }
     /// Runs `fut` in the background (work that outlives the client's answer).
     fn spawn(&self, fut: BoxFuture<()>);
     /// Asks this node's metadata machine; no answer within `timeout_ms` is UNAVAILABLE.
     fn meta(self: &Arc<Self>, req: MetaRequest, timeout_ms: u64) -> BoxFuture<CoreResult<MetaResponse>>;
+}
+
+/// A replica's guard against coordinators that lag behind a layout change: a request that
+/// reads or writes a key (`Coordinate`, `Apply`, `Read`, `Compare`) decided under an older
+/// layout than the replica's own is refused, since it may leave out the key's new owners
+/// after this replica has handed its keys to them. The coordinator retries once it follows.
+pub fn check_layout(req: &KvRequest, sender: u64, mine: u64) -> CoreResult<()> {
+    let keyed = matches!(
+        req,
+        KvRequest::Coordinate { .. } | KvRequest::Apply { .. } | KvRequest::Read { .. } | KvRequest::Compare { .. }
+    );
+    if keyed && sender < mine {
+        return Err(CoreError::Unavailable(format!(
+            "the coordinator placed this request by layout version {sender}, but the replica already serves by \
+             version {mine}; retry in a moment"
+        )));
+    }
+    Ok(())
 }
 
 fn not_joined() -> CoreError {
@@ -68,7 +93,8 @@ fn unexpected(r: MetaResponse) -> CoreError {
 pub const MAX_IDEM_KEY: usize = 256;
 /// How long one peer call may take at most.
 pub const PEER_TIMEOUT_MS: u64 = 2_000;
-/// How long after a layout change starts its hand-over begins.
+/// How long after a layout change starts its hand-over begins (tesserad follows the layout
+/// every 200 ms).
 pub const HAND_OVER_GRACE_MS: u64 = 2_000;
 /// Keys examined between two progress reports of a hand-over.
 const HAND_OVER_REPORT_EVERY: u64 = 4_096;
@@ -87,6 +113,8 @@ pub struct Written {
 
 /// The nodes a write goes to and the sets it needs W acknowledgements in, each.
 struct Targets {
+    /// The layout version the targets were placed by.
+    layout: u64,
     nodes: Vec<String>,
     /// Per set: its members' positions in `nodes`, and how many must acknowledge.
     sets: Vec<(Vec<usize>, usize)>,
@@ -105,7 +133,7 @@ impl Targets {
                 (at, need)
             })
             .collect();
-        Targets { nodes, sets }
+        Targets { layout: placement.version, nodes, sets }
     }
 
     fn met(&self, acked: &[bool]) -> bool {
@@ -130,6 +158,7 @@ pub struct KvCoordinator<P: Peers> {
     peers: Arc<P>,
     tenants: Mutex<BTreeMap<String, (TenantRecord, u64)>>,
     rng: Mutex<Rng>,
+    hand_over_grace_ms: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,7 +167,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl<P: Peers> KvCoordinator<P> {
     pub fn new(peers: Arc<P>, seed: u64) -> Self {
-        Self { peers, tenants: Mutex::new(BTreeMap::new()), rng: Mutex::new(Rng::new(seed)) }
+        Self {
+            peers,
+            tenants: Mutex::new(BTreeMap::new()),
+            rng: Mutex::new(Rng::new(seed)),
+            hand_over_grace_ms: HAND_OVER_GRACE_MS,
+        }
+    }
+
+    /// How long after a layout change starts this node begins its hand-over: longer than
+    /// every coordinator takes to follow a new layout.
+    pub fn with_hand_over_grace(mut self, ms: u64) -> Self {
+        self.hand_over_grace_ms = ms;
+        self
     }
 
     pub fn peers(&self) -> &Arc<P> {
@@ -290,7 +331,7 @@ impl<P: Peers> KvCoordinator<P> {
                 value: value.clone(),
                 idem: Some(idem.clone()),
             };
-            match self.peers.send(&replicas[i], req, left).await {
+            match self.peers.send_at(&replicas[i], req, targets.layout, left).await {
                 Ok(Ok(KvResponse::Coordinated { clock, versions, duplicate, idem })) => {
                     coordinated = Some((i, clock, versions, duplicate, idem));
                     break;
@@ -325,7 +366,10 @@ impl<P: Peers> KvCoordinator<P> {
         // beside it as a sibling. Only truly concurrent writes stay siblings.
         let missed: Vec<Version> =
             held.into_iter().flatten().filter(|v| v.clock.compare(&clock) == Causal::Concurrent).collect();
-        if targets.met(&acked) && !duplicate && !missed.is_empty() {
+        // A replay too: its first copy may never have been replicated (a copy the network
+        // duplicated, or a coordinator that crashed), and it must not stand beside a write
+        // acknowledged before it.
+        if targets.met(&acked) && !missed.is_empty() {
             (clock, acked) = self.supersede(tenant_id, key, value, &targets, coord, missed, until_ms).await?;
         }
         if !targets.met(&acked) {
@@ -355,7 +399,7 @@ impl<P: Peers> KvCoordinator<P> {
         idem: Option<IdemRecord>,
         until_ms: u64,
     ) -> (Vec<bool>, Vec<Vec<Version>>) {
-        let replicas = &targets.nodes;
+        let (replicas, layout) = (&targets.nodes, targets.layout);
         let mut acked = vec![false; replicas.len()];
         let mut held = Vec::new();
         let (tx, mut rx) = mpsc::channel(replicas.len());
@@ -376,7 +420,7 @@ impl<P: Peers> KvCoordinator<P> {
             };
             self.peers.spawn(Box::pin(async move {
                 let merged = match left > 0 {
-                    true => match p.send(&node, req, left).await {
+                    true => match p.send_at(&node, req, layout, left).await {
                         Ok(Ok(KvResponse::Versions(v))) => Some(v),
                         _ => None,
                     },
@@ -425,8 +469,8 @@ impl<P: Peers> KvCoordinator<P> {
         let give = KvRequest::Apply { tenant: tenant.to_owned(), key: key.to_owned(), versions: missed, idem: None };
         let again = KvRequest::Coordinate { tenant: tenant.to_owned(), key: key.to_owned(), value, idem: None };
         let retry = async {
-            self.peers.send(node, give, self.left(until_ms)).await.ok()?.ok()?;
-            match self.peers.send(node, again, self.left(until_ms)).await {
+            self.peers.send_at(node, give, targets.layout, self.left(until_ms)).await.ok()?.ok()?;
+            match self.peers.send_at(node, again, targets.layout, self.left(until_ms)).await {
                 Ok(Ok(KvResponse::Coordinated { clock, versions, .. })) => Some((clock, versions)),
                 _ => None,
             }
@@ -450,7 +494,9 @@ impl<P: Peers> KvCoordinator<P> {
         until_ms: u64,
     ) -> CoreResult<Vec<Version>> {
         let tenant = self.tenant(tenant_id, until_ms).await?;
-        let replicas = self.peers.placement().read_set(tenant_id, key, tenant.replication_factor as usize);
+        let placement = self.peers.placement();
+        let layout = placement.version;
+        let replicas = placement.read_set(tenant_id, key, tenant.replication_factor as usize);
         if replicas.is_empty() {
             return Err(not_joined());
         }
@@ -469,7 +515,7 @@ impl<P: Peers> KvCoordinator<P> {
             let req = KvRequest::Read { tenant: tenant_id.to_owned(), key: key.to_owned() };
             let left = self.left(until_ms);
             self.peers.spawn(Box::pin(async move {
-                let out = match p.send(&node, req, left).await {
+                let out = match p.send_at(&node, req, layout, left).await {
                     Ok(Ok(KvResponse::Versions(v))) => Some(v),
                     _ => None,
                 };
@@ -522,7 +568,7 @@ impl<P: Peers> KvCoordinator<P> {
                     versions: versions.clone(),
                     idem: None,
                 };
-                if let Ok(Ok(_)) = p.send(&node, req, PEER_TIMEOUT_MS).await {
+                if let Ok(Ok(_)) = p.send_at(&node, req, layout, PEER_TIMEOUT_MS).await {
                     tracing::debug!(%node, key = %key, "read repair");
                 }
             }
@@ -601,7 +647,7 @@ impl<P: Peers> KvCoordinator<P> {
         // Every coordinator must write to the new owners before their keys are copied, or a
         // write that only reached the old owners could be missed. Coordinators follow the
         // layout within a fraction of this grace.
-        if placement.version < m.version || self.peers.now_ms() < m.started_ms.saturating_add(HAND_OVER_GRACE_MS) {
+        if placement.version < m.version || self.peers.now_ms() < m.started_ms.saturating_add(self.hand_over_grace_ms) {
             return Ok(None);
         }
         let total = match self.peers.send(&me, KvRequest::Stats, PEER_TIMEOUT_MS).await {
@@ -628,30 +674,36 @@ impl<P: Peers> KvCoordinator<P> {
             let Some(last) = entries.last().map(|(t, k, _)| (t.clone(), k.clone())) else { break };
             after = Some(last);
             for (tenant, key, versions) in entries {
-                // A key whose tenant is gone has no owners to go to.
-                if let Ok(t) = self.tenant(&tenant, until()).await {
-                    let rf = t.replication_factor as usize;
-                    for target in placement.handoff_targets(&me, &tenant, &key, rf) {
-                        let req = KvRequest::Apply {
-                            tenant: tenant.clone(),
-                            key: key.clone(),
-                            versions: versions.clone(),
-                            idem: None,
-                        };
-                        match self.peers.send(&target, req, PEER_TIMEOUT_MS).await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(e)) => return Err(e),
-                            Err(e) => {
-                                let _ = self.meta(report(examined, false), until()).await;
-                                return Err(CoreError::Unavailable(format!("new owner {target}: {}", e.0)));
-                            }
-                        }
+                // Tenants are never deleted, so a failed lookup is the metadata group being
+                // unreachable: stop, rather than count a key that did not move.
+                let rf = match self.tenant(&tenant, until()).await {
+                    Ok(t) => t.replication_factor as usize,
+                    Err(e) => {
+                        let _ = self.meta(report(examined, false), until()).await;
+                        return Err(e);
                     }
+                };
+                for target in placement.handoff_targets(&me, &tenant, &key, rf) {
+                    let req = KvRequest::Apply {
+                        tenant: tenant.clone(),
+                        key: key.clone(),
+                        versions: versions.clone(),
+                        idem: None,
+                    };
+                    let refused = match self.peers.send_at(&target, req, placement.version, PEER_TIMEOUT_MS).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.0,
+                    };
+                    let _ = self.meta(report(examined, false), until()).await;
+                    return Err(CoreError::Unavailable(format!("new owner {target}: {refused}")));
                 }
                 examined += 1;
             }
-            if examined - reported >= HAND_OVER_REPORT_EVERY {
-                self.meta(report(examined, false), until()).await?;
+            // Progress reports are for people watching; one that fails does not stop the move.
+            if examined - reported >= HAND_OVER_REPORT_EVERY
+                && self.meta(report(examined, false), until()).await.is_ok()
+            {
                 reported = examined;
             }
         }

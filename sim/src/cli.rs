@@ -9,7 +9,7 @@ use crate::run::{Options, SeedReport, run_seed};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: tessera-sim (--seed N | --seeds A..B) [--verbose] [--nodes N] [--clients N] [--duration-ms N] \
-         [--broken-ack-before-sync]"
+         [--layout-changes] [--broken-ack-before-sync]"
     );
     ExitCode::from(2)
 }
@@ -75,6 +75,7 @@ pub fn main() -> ExitCode {
             }
             "--verbose" => verbose = true,
             "--broken-ack-before-sync" => opts.ack_before_sync = true,
+            "--layout-changes" => opts.layout_changes = true,
             _ => return usage(),
         }
         i += 1;

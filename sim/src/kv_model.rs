@@ -15,15 +15,15 @@
 //!   through read repair and hinted handoff).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tessera_core::kv::quorum::Consistency;
 use tessera_core::kv::ring::DEFAULT_VNODES;
-use tessera_core::kv::{KvRequest, KvResponse, Ring, Version};
-use tessera_core::meta::{MetaRequest, MetaResponse, Placement};
+use tessera_core::kv::{KvRequest, KvResponse, Version};
+use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult};
-use tessera_shell::kv_coordinator::{BoxFuture, PeerResult, Peers, Unreachable};
+use tessera_shell::kv_coordinator::{BoxFuture, PeerResult, Peers, Unreachable, check_layout};
 
 use crate::model::clip;
 use crate::net::REQUEST_TIMEOUT;
@@ -46,23 +46,54 @@ pub struct KeyState {
 #[derive(Debug, Default)]
 pub struct KvModel {
     keys: BTreeMap<String, KeyState>,
+    /// Whether the node that starts outside the cluster was added to it.
+    pub joined: bool,
 }
 
 /// One node's view of the others, over the simulated network.
 pub struct SimPeers {
     world: Arc<World>,
     index: usize,
+    name: String,
     skew_ms: i64,
-    members: Vec<String>,
-    placement: Arc<Placement>,
+    /// The layout this node serves by: its members and placement, following the applied one.
+    view: Mutex<(Layout, Arc<Placement>)>,
 }
 
+/// How long after a layout change starts old owners begin handing keys over (nodes follow
+/// the layout every 100 ms here).
+pub const HAND_OVER_GRACE_MS: u64 = 400;
+
 impl SimPeers {
-    pub fn new(world: Arc<World>, index: usize, skew_ms: i64) -> SimPeers {
-        let members: Vec<String> = (0..world.opts.nodes).map(|i| format!("n{i}")).collect();
-        let ring = Ring::new(&members.iter().map(|m| (m.clone(), DEFAULT_VNODES)).collect::<Vec<_>>());
-        let placement = Arc::new(Placement { version: 1, current: ring, previous: None });
-        SimPeers { world, index, skew_ms, members, placement }
+    /// A node's peers as of `layout`, the one its metadata machine opened with (as tesserad
+    /// starts from its stored layout); a node that has not joined yet has none.
+    pub fn new(world: Arc<World>, index: usize, skew_ms: i64, layout: Layout) -> SimPeers {
+        let placement = Arc::new(Placement::new(&layout));
+        SimPeers { world, index, name: format!("n{index}"), skew_ms, view: Mutex::new((layout, placement)) }
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, (Layout, Arc<Placement>)> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The layout version this node serves by.
+    pub fn layout_version(&self) -> u64 {
+        self.view().0.version
+    }
+}
+
+/// Follows this node's applied layout every 100 ms (tesserad: 200 ms).
+pub async fn follow_layout(peers: Arc<SimPeers>) {
+    loop {
+        madsim::time::sleep(Duration::from_millis(100)).await;
+        let Some(h) = peers.world.meta_handle(peers.index) else { continue };
+        if let Ok(Ok(MetaResponse::Layout(layout))) = h.call(MetaRequest::Layout).await {
+            let mut view = peers.view();
+            if layout.version > view.0.version {
+                let placement = Arc::new(Placement::new(&layout));
+                *view = (layout, placement);
+            }
+        }
     }
 }
 
@@ -71,8 +102,25 @@ async fn delay(world: &World) {
     madsim::time::sleep(Duration::from_millis(ms)).await;
 }
 
+/// The replica's side of a call: refused if placed by a layout older than the node's own
+/// (as tesserad's peer service does), else served by its driver. `None`: the node is down.
+async fn serve(world: &World, to: usize, req: KvRequest, layout: u64) -> Option<CoreResult<KvResponse>> {
+    let mine = world.coordinator(to).map(|(c, _)| c.peers().layout_version())?;
+    if let Err(e) = check_layout(&req, layout, mine) {
+        return Some(Err(e));
+    }
+    world.kv_handle(to)?.call(req).await.ok()
+}
+
 /// One node-to-node call through the faulty network.
-async fn deliver(world: Arc<World>, from: usize, to: usize, req: KvRequest, timeout_ms: u64) -> PeerResult {
+async fn deliver(
+    world: Arc<World>,
+    from: usize,
+    to: usize,
+    req: KvRequest,
+    layout: u64,
+    timeout_ms: u64,
+) -> PeerResult {
     let lost = |w: &World| w.nodes_cut(from, to) || (!w.lock().healed && w.chance(w.plan.loss));
     let timeout = Duration::from_millis(timeout_ms);
     let attempt = async {
@@ -80,8 +128,7 @@ async fn deliver(world: Arc<World>, from: usize, to: usize, req: KvRequest, time
         if lost(&world) {
             return None;
         }
-        let handle = world.kv_handle(to)?;
-        let out = handle.call(req).await.ok()?;
+        let out = serve(&world, to, req, layout).await?;
         delay(&world).await;
         if lost(&world) { None } else { Some(out) }
     };
@@ -93,37 +140,38 @@ async fn deliver(world: Arc<World>, from: usize, to: usize, req: KvRequest, time
 
 impl Peers for SimPeers {
     fn me(&self) -> &str {
-        &self.members[self.index]
+        &self.name
     }
 
     fn members(&self) -> Vec<String> {
-        self.members.clone()
+        self.view().0.members.iter().map(|m| m.id.clone()).collect()
     }
 
     fn placement(&self) -> Arc<Placement> {
-        self.placement.clone()
+        self.view().1.clone()
     }
 
     fn now_ms(&self) -> u64 {
         (1_000_000 + self.world.elapsed_ms() as i64 + self.skew_ms) as u64
     }
 
-    fn send(self: &Arc<Self>, node: &str, req: KvRequest, timeout_ms: u64) -> BoxFuture<PeerResult> {
+    fn send_at(self: &Arc<Self>, node: &str, req: KvRequest, layout: u64, timeout_ms: u64) -> BoxFuture<PeerResult> {
         let world = self.world.clone();
         let (from, to) = (self.index, node.trim_start_matches('n').parse::<usize>().unwrap_or(usize::MAX));
         Box::pin(async move {
-            if timeout_ms == 0 || to >= world.opts.nodes {
+            if timeout_ms == 0 || to >= world.opts.all_nodes() {
                 return Err(Unreachable(format!("n{to}: no time left or not a member")));
             }
             if to == from {
                 // This node's own replica: no network in between.
-                let h = world.kv_handle(to).ok_or_else(|| Unreachable("this node's replica is down".into()))?;
-                return h.call(req).await.map_err(|e| Unreachable(e.to_string()));
+                return serve(&world, to, req, layout)
+                    .await
+                    .ok_or_else(|| Unreachable("this node's replica is down".into()));
             }
             if !world.lock().healed && world.chance(world.plan.duplicate) {
-                madsim::task::spawn(deliver(world.clone(), from, to, req.clone(), timeout_ms));
+                madsim::task::spawn(deliver(world.clone(), from, to, req.clone(), layout, timeout_ms));
             }
-            deliver(world, from, to, req, timeout_ms).await
+            deliver(world, from, to, req, layout, timeout_ms).await
         })
     }
 
@@ -144,7 +192,8 @@ impl Peers for SimPeers {
     }
 }
 
-/// Offers held hints to their nodes every 100 ms (tesserad: 500 ms), and runs an
+/// Offers held hints to their nodes every 100 ms (tesserad: 500 ms), hands keys over to
+/// new owners every 200 ms when a layout change says so (tesserad: 1 s), and runs an
 /// anti-entropy pass every 400 ms (tesserad: 10 s).
 pub async fn hand_off(coord: Coordinator) {
     let mut round = 0u64;
@@ -152,6 +201,9 @@ pub async fn hand_off(coord: Coordinator) {
         madsim::time::sleep(Duration::from_millis(100)).await;
         coord.hand_off_round().await;
         round += 1;
+        if round.is_multiple_of(2) {
+            let _ = coord.hand_over_pass().await;
+        }
         if round.is_multiple_of(4) {
             coord.anti_entropy_pass().await;
         }
@@ -214,7 +266,7 @@ pub async fn setup(world: &Arc<World>) {
 pub async fn client(world: Arc<World>, client: usize, duration_ms: u64) {
     while world.elapsed_ms() < duration_ms {
         let key = format!("c{client}-k{}", world.rng_below(KEYS_PER_CLIENT as u64));
-        let node = world.rng_below(world.opts.nodes as u64) as usize;
+        let node = world.rng_below(world.opts.all_nodes() as u64) as usize;
         if world.chance(0.55) {
             write(&world, client, node, &key).await;
         } else {
@@ -308,14 +360,26 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
 /// acknowledged write is readable at `all`.
 pub async fn final_check(world: &Arc<World>) {
     let keys: Vec<(String, u64)> = world.lock().kv.keys.iter().map(|(k, s)| (k.clone(), s.last_acked)).collect();
+    // A layout change still under way finishes once its old owners have handed over.
+    let mut layout = newest_layout(world).await;
+    for _ in 0..150 {
+        if layout.as_ref().is_some_and(|l| l.previous.is_none()) {
+            break;
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+        layout = newest_layout(world).await;
+    }
+    let Some(layout) = layout.filter(|l| l.previous.is_none()) else {
+        return world.violation("kv: the layout change did not finish within 15 s of the heal".into());
+    };
+    world.event(format!("kv final layout v{}: ring {:?}", layout.version, layout.ring_nodes()));
     // A few anti-entropy rounds (every 400 ms per node).
     madsim::time::sleep(Duration::from_millis(2_000)).await;
-    let members: Vec<(String, u32)> = (0..world.opts.nodes).map(|i| (format!("n{i}"), DEFAULT_VNODES)).collect();
-    let ring = Ring::new(&members);
+    let ring = Placement::new(&layout).current;
     for (key, _) in &keys {
         let mut per_node = Vec::new();
         let replicas = ring.replicas(TENANT, key, 3);
-        for n in (0..world.opts.nodes).filter(|n| replicas.contains(&format!("n{n}").as_str())) {
+        for n in (0..world.opts.all_nodes()).filter(|n| replicas.contains(&format!("n{n}").as_str())) {
             let Some(h) = world.kv_handle(n) else { continue };
             if let Ok(Ok(KvResponse::Versions(v))) =
                 h.call(KvRequest::Read { tenant: TENANT.into(), key: key.clone() }).await
@@ -332,7 +396,7 @@ pub async fn final_check(world: &Arc<World>) {
     for (key, acked) in &keys {
         let mut seen = None;
         for attempt in 0..10 {
-            let node = attempt % world.opts.nodes;
+            let node = attempt % world.opts.all_nodes();
             let Some((coord, id)) = world.coordinator(node) else {
                 madsim::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -354,5 +418,72 @@ pub async fn final_check(world: &Arc<World>) {
             }
             Some(_) => {}
         }
+    }
+}
+
+/// The newest layout any initial node has applied (the checker's view, not a client's).
+async fn newest_layout(world: &Arc<World>) -> Option<Layout> {
+    let mut best: Option<Layout> = None;
+    for n in 0..world.opts.nodes {
+        let Some(h) = world.meta_handle(n) else { continue };
+        let call = madsim::time::timeout(Duration::from_millis(100), h.call(MetaRequest::Layout));
+        if let Ok(Ok(Ok(MetaResponse::Layout(l)))) = call.await
+            && best.as_ref().is_none_or(|b| l.version > b.version)
+        {
+            best = Some(l);
+        }
+    }
+    best
+}
+
+/// Asks a random initial node to make a layout change until one attempt has taken effect
+/// (`done` says so of the newest layout) or the faulty phase is over.
+async fn change_layout(world: &Arc<World>, req: MetaRequest, done: impl Fn(&Layout) -> bool, until_ms: u64) -> bool {
+    while world.elapsed_ms() < until_ms {
+        let node = world.rng_below(world.opts.nodes as u64) as usize;
+        let r = req.clone();
+        let out = on_node(world, 0, node, move |c, until| async move { c.change_layout(r, until).await }).await;
+        let shown = match &out {
+            Some(Ok(m)) => format!("migration {} to v{}", m.id, m.version),
+            Some(Err(e)) => format!("refused: {e}"),
+            None => "no answer".into(),
+        };
+        world.event(format!("layout {req:?} via n{node} => {}", clip(&shown)));
+        // An attempt without an answer, or refused as already made, may have taken effect.
+        if newest_layout(world).await.is_some_and(|l| done(&l)) {
+            return true;
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Adds the node that started outside the cluster while clients write and faults go on;
+/// once its keys have moved, maybe removes one of the initial nodes the same way.
+pub async fn layout_changes(world: Arc<World>, until_ms: u64) {
+    let joiner = format!("n{}", world.opts.nodes);
+    madsim::time::sleep(Duration::from_millis(200 + world.rng_below(until_ms / 4))).await;
+    let add = MetaRequest::AddNode { id: joiner.clone(), addr: format!("{joiner}:7000"), vnodes: DEFAULT_VNODES };
+    let j = joiner.clone();
+    // The add goes on past the faulty phase if it must: without it nothing here is tested.
+    if !change_layout(&world, add, move |l| l.by_id(&j).is_some(), until_ms + 5_000).await {
+        return;
+    }
+    world.lock().kv.joined = true;
+    world.event(format!("layout: {joiner} added"));
+    while world.elapsed_ms() < until_ms {
+        if newest_layout(&world).await.is_some_and(|l| l.previous.is_none()) {
+            world.event(format!("layout: keys moved to {joiner}"));
+            if world.chance(0.5) {
+                let victim = format!("n{}", world.rng_below(world.opts.nodes as u64));
+                let remove = MetaRequest::RemoveNode { id: victim.clone(), force: false };
+                let v = victim.clone();
+                if change_layout(&world, remove, move |l| l.by_id(&v).is_some_and(|m| !m.storage), until_ms).await {
+                    world.event(format!("layout: {victim} removed"));
+                }
+            }
+            return;
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -68,17 +68,18 @@ impl Outbox<Vec<u8>> for SimRaft {
     }
 }
 
-/// One request to a node's metadata machine, as a client's call through that node.
+/// One request to a node's metadata machine, as a client's call through that node; also
+/// whether the network sent it twice.
 async fn call(
     world: &Arc<World>,
     client: usize,
     node: usize,
     req: MetaRequest,
-) -> Option<Result<MetaResponse, CoreError>> {
-    let out = crate::net::call(world, client, node, pick, req).await;
+) -> (Option<Result<MetaResponse, CoreError>>, bool) {
+    let (out, duplicated) = crate::net::call_traced(world, client, node, pick, req).await;
     match out {
-        crate::net::Outcome::Reply(r) => Some(r),
-        crate::net::Outcome::Unknown => None,
+        crate::net::Outcome::Reply(r) => (Some(r), duplicated),
+        crate::net::Outcome::Unknown => (None, duplicated),
     }
 }
 
@@ -93,7 +94,7 @@ pub async fn client(world: Arc<World>, client: usize, duration_ms: u64) {
         let id = format!("m{}", world.rng_below(TENANTS));
         if world.chance(0.5) {
             world.lock().meta.created.entry(id.clone()).or_insert(false);
-            let out =
+            let (out, _) =
                 call(&world, client, node, MetaRequest::CreateTenant { id: id.clone(), replication_factor: 1 }).await;
             show(&world, client, node, &format!("create {id}"), &out);
             // A refusal: another client's create, or the network's copy of this one, came first.
@@ -109,11 +110,15 @@ pub async fn client(world: Arc<World>, client: usize, duration_ms: u64) {
             }
             let req = MetaRequest::SetReplicationFactor { id: id.clone(), replication_factor: next };
             let started = world.elapsed_ms();
-            let out = call(&world, client, node, req).await;
+            let (out, duplicated) = call(&world, client, node, req).await;
             show(&world, client, node, &format!("set {id} rf={next}"), &out);
             let acked = matches!(out, Some(Ok(MetaResponse::ReplicationFactor { .. })));
             let ended = world.elapsed_ms();
             world.lock().meta.sets.push((id.clone(), next, started, acked.then_some(ended)));
+            if duplicated {
+                // The second copy is another request, unanswered, that may apply at any time.
+                world.lock().meta.sets.push((id.clone(), next, started, None));
+            }
             if let Some(Ok(MetaResponse::ReplicationFactor { old, new })) = out {
                 let mut w = world.lock();
                 let was = w.meta.factor.get(&id).copied().unwrap_or(1);
@@ -169,7 +174,7 @@ fn record(world: &World, s: &MetaStatus) {
 pub async fn observer(world: Arc<World>, until_ms: u64) {
     while world.elapsed_ms() < until_ms {
         madsim::time::sleep(Duration::from_millis(50)).await;
-        for n in 0..world.opts.nodes {
+        for n in 0..world.opts.all_nodes() {
             if let Some(s) = status(&world, n).await {
                 record(&world, &s);
             }
@@ -180,25 +185,23 @@ pub async fn observer(world: Arc<World>, until_ms: u64) {
 /// After the heal: every node converges on one applied index and state, holding every
 /// acknowledged tenant with at least its last acknowledged factor.
 pub async fn final_check(world: &Arc<World>) {
+    // The node that joins later is a member only once it was added.
+    let nodes = if world.lock().kv.joined { world.opts.all_nodes() } else { world.opts.nodes };
     let mut last = Vec::new();
     for _ in 0..60 {
         madsim::time::sleep(Duration::from_millis(100)).await;
         last.clear();
-        for n in 0..world.opts.nodes {
+        for n in 0..nodes {
             if let Some(s) = status(world, n).await {
                 record(world, &s);
                 last.push(s);
             }
         }
-        if last.len() == world.opts.nodes
-            && last.windows(2).all(|w| (w[0].applied, w[0].digest) == (w[1].applied, w[1].digest))
-        {
+        if last.len() == nodes && last.windows(2).all(|w| (w[0].applied, w[0].digest) == (w[1].applied, w[1].digest)) {
             break;
         }
     }
-    if last.len() < world.opts.nodes
-        || last.windows(2).any(|w| (w[0].applied, w[0].digest) != (w[1].applied, w[1].digest))
-    {
+    if last.len() < nodes || last.windows(2).any(|w| (w[0].applied, w[0].digest) != (w[1].applied, w[1].digest)) {
         let shown: Vec<String> =
             last.iter().map(|s| format!("{} applied {} leader {:?}", s.node_id, s.applied, s.leader)).collect();
         return world.violation(format!("meta: nodes did not converge after the heal: {shown:?}"));
@@ -217,7 +220,7 @@ pub async fn final_check(world: &Arc<World>) {
             Some(end) => !mine.iter().any(|o| o.3.is_some() && o.2 > end),
         })
     };
-    for n in 0..world.opts.nodes {
+    for n in 0..nodes {
         let Some(h) = world.meta_handle(n) else { continue };
         for i in 0..TENANTS {
             let id = format!("m{i}");

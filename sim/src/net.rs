@@ -52,7 +52,24 @@ where
     I: Clone + std::fmt::Debug + Send + 'static,
     O: std::fmt::Debug + Send + 'static,
 {
-    if world.chance(world.plan.duplicate) {
+    call_traced(world, client, node, pick, req).await.0
+}
+
+/// [`call`], also saying whether the network sent a second copy of the request, which may
+/// take effect at any later time (the checker must allow for it).
+pub async fn call_traced<I, O>(
+    world: &Arc<World>,
+    client: usize,
+    node: usize,
+    pick: Pick<I, O>,
+    req: I,
+) -> (Outcome<O>, bool)
+where
+    I: Clone + std::fmt::Debug + Send + 'static,
+    O: std::fmt::Debug + Send + 'static,
+{
+    let duplicated = world.chance(world.plan.duplicate);
+    if duplicated {
         let (w, r) = (world.clone(), req.clone());
         madsim::task::spawn(async move {
             let desc = format!("{r:?}");
@@ -76,5 +93,5 @@ where
         let rest = (REQUEST_TIMEOUT.as_millis() as u64).saturating_sub(waited);
         madsim::time::sleep(Duration::from_millis(rest)).await;
     }
-    out
+    (out, duplicated)
 }

@@ -173,19 +173,23 @@ impl SimNode {
                     boot.spawn("txn", txn, txn_slot);
                     let kv = KvMachine::new(KvConfig { node_id: boot.name.clone(), idempotency_ttl_ms: 60_000 });
                     boot.spawn("kv", Ok((kv, WriteBatch::default())), kv_slot);
-                    let initial = (0..boot.world.opts.nodes)
+                    // The node past the initial ones joins later, knowing where they are.
+                    let join = index >= boot.world.opts.nodes;
+                    let initial = (0..boot.world.opts.nodes + usize::from(join))
                         .map(|i| (format!("n{i}"), format!("n{i}:7000"), DEFAULT_VNODES))
                         .collect();
-                    let meta = MetaMachine::open(
-                        &boot.store,
-                        MetaConfig::new(boot.name.clone(), initial),
-                        Rng::new(rng.next_u64()),
-                    )
-                    .map_err(|e| e.to_string());
+                    let mut meta_config = MetaConfig::new(boot.name.clone(), initial);
+                    meta_config.join = join;
+                    let meta = MetaMachine::open(&boot.store, meta_config, Rng::new(rng.next_u64()))
+                        .map_err(|e| e.to_string());
+                    let layout = meta.as_ref().map(|(m, _)| m.state().layout.clone()).unwrap_or_default();
                     let outbox = Arc::new(crate::meta_model::SimRaft { world: boot.world.clone(), from: index });
                     boot.spawn_with("meta", meta, meta_slot, Some(outbox));
-                    let peers = Arc::new(crate::kv_model::SimPeers::new(boot.world.clone(), index, skew_ms));
-                    let coord = Arc::new(tessera_shell::kv_coordinator::KvCoordinator::new(peers, rng.next_u64()));
+                    let peers = Arc::new(crate::kv_model::SimPeers::new(boot.world.clone(), index, skew_ms, layout));
+                    madsim::task::spawn(crate::kv_model::follow_layout(peers.clone()));
+                    let coord = tessera_shell::kv_coordinator::KvCoordinator::new(peers, rng.next_u64())
+                        .with_hand_over_grace(crate::kv_model::HAND_OVER_GRACE_MS);
+                    let coord = Arc::new(coord);
                     *lock(&coord_slot) = Some(coord.clone());
                     madsim::task::spawn(crate::kv_model::hand_off(coord));
                     boot.world.event(format!("{} up", boot.name));

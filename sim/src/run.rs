@@ -22,11 +22,21 @@ pub struct Options {
     pub duration_ms: u64,
     /// Run the driver with replies released before the sync (a deliberately broken driver).
     pub ack_before_sync: bool,
+    /// Start one more node, joining the cluster later (`AddStorageNode` mid-run while clients
+    /// write), and then possibly remove one of the first nodes.
+    pub layout_changes: bool,
+}
+
+impl Options {
+    /// Every simulated node: the initial members, and the one that joins later.
+    pub fn all_nodes(&self) -> usize {
+        self.nodes + usize::from(self.layout_changes)
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { nodes: 3, clients: 6, duration_ms: 5_000, ack_before_sync: false }
+        Self { nodes: 3, clients: 6, duration_ms: 5_000, ack_before_sync: false, layout_changes: false }
     }
 }
 
@@ -149,7 +159,7 @@ impl World {
 /// driver stopped on a storage error.
 async fn faults(world: Arc<World>, until_ms: u64) {
     let plan = world.plan.clone();
-    let n = world.opts.nodes;
+    let n = world.opts.all_nodes();
     loop {
         let wait = 1 + world.rng_below(plan.fault_every_ms.min(10_000) * 2);
         madsim::time::sleep(Duration::from_millis(wait.min(until_ms))).await;
@@ -248,7 +258,7 @@ fn run_seed_here(seed: u64, opts: &Options) -> SeedReport {
     let opts = opts.clone();
     rt.block_on(async move {
         let mut rng = Rng::new(seed ^ 0x7e55_e7a5_1a0b_u64);
-        let plan = FaultPlan::draw(&mut rng, opts.nodes);
+        let plan = FaultPlan::draw(&mut rng, opts.all_nodes());
         let world = Arc::new(World {
             seed,
             plan: plan.clone(),
@@ -272,7 +282,7 @@ fn run_seed_here(seed: u64, opts: &Options) -> SeedReport {
         world.event(format!("seed {seed} plan {}", plan.describe()));
         let config = StatusConfig::default().with_capacity(CAPPED, CAPACITY);
         let driver = DriverConfig { ack_before_sync: opts.ack_before_sync, ..DriverConfig::default() };
-        for i in 0..opts.nodes {
+        for i in 0..opts.all_nodes() {
             let node = SimNode::start(&world, i, config.clone(), driver.clone());
             world.with_nodes(|nodes| nodes.push(node));
         }
@@ -288,6 +298,9 @@ fn run_seed_here(seed: u64, opts: &Options) -> SeedReport {
         }
         tasks.push(madsim::task::spawn(crate::meta_model::observer(world.clone(), opts.duration_ms)));
         tasks.push(madsim::task::spawn(faults(world.clone(), opts.duration_ms)));
+        if opts.layout_changes {
+            tasks.push(madsim::task::spawn(crate::kv_model::layout_changes(world.clone(), opts.duration_ms)));
+        }
         for t in tasks {
             let _ = t.await;
         }

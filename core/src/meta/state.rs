@@ -339,6 +339,7 @@ impl MetaState {
                     id,
                     migration,
                     *at_ms,
+                    None,
                     |l| {
                         l.members.push(member);
                         l.members.sort_by(|a, b| a.id.cmp(&b.id));
@@ -361,11 +362,16 @@ impl MetaState {
                          replicas; add a node first or pass force"
                     )));
                 }
+                // Forced, the node owes no hand-over: it may be dead, and the other replicas
+                // of its keys hand them over instead (with one replica, they are lost: that
+                // is what forcing means).
+                let exempt = force.then_some(id.as_str());
                 self.begin(
                     MigrationKind::RemoveNode,
                     id,
                     migration,
                     *at_ms,
+                    exempt,
                     |l| {
                         if let Some(m) = l.members.iter_mut().find(|m| m.id == *id) {
                             m.storage = false;
@@ -411,13 +417,15 @@ impl MetaState {
     }
 
     /// Starts a layout change: the ring before it becomes `previous`, every node of that ring
-    /// owes a hand-over, and the version moves on.
+    /// but `exempt` owes a hand-over, and the version moves on.
+    #[allow(clippy::too_many_arguments)]
     fn begin(
         &mut self,
         kind: MigrationKind,
         node: &str,
         id: &str,
         at_ms: u64,
+        exempt: Option<&str>,
         change: impl FnOnce(&mut Layout),
         batch: &mut WriteBatch,
     ) -> CoreResult<Applied> {
@@ -436,7 +444,11 @@ impl MetaState {
         change(&mut self.layout);
         self.layout.version += 1;
         self.layout.previous = Some(old.clone());
-        let progress = old.into_iter().map(|(n, _)| (n, NodeProgress::default())).collect();
+        let progress: BTreeMap<String, NodeProgress> = old
+            .into_iter()
+            .filter(|(n, _)| Some(n.as_str()) != exempt)
+            .map(|(n, _)| (n, NodeProgress::default()))
+            .collect();
         let m = Migration {
             id: id.to_owned(),
             kind,

@@ -46,6 +46,24 @@ pub enum KvCmd {
     },
     /// Every node with its status, virtual nodes, keys and disk usage
     Nodes,
+    /// Put a node on the ring (start it first with --initial-cluster-state existing)
+    AddNode {
+        node_id: String,
+        /// host:port the node listens on
+        addr: String,
+        /// Virtual nodes (1..=4096; 0 = 150)
+        #[arg(long, default_value_t = 0)]
+        vnodes: i32,
+    },
+    /// Take a node off the ring; its keys move to the others
+    RemoveNode {
+        node_id: String,
+        /// Even below a tenant's replication factor (and without the node's own hand-over)
+        #[arg(long)]
+        force: bool,
+    },
+    /// A layout change's progress
+    Migration { migration_id: String },
 }
 
 fn grpc(e: tonic::Status) -> anyhow::Error {
@@ -110,6 +128,36 @@ pub async fn run(ch: Channel, cmd: KvCmd) -> anyhow::Result<()> {
             let req = ext::DeleteKeyRequest { tenant_id: tenant, key, consistency, idempotency_key: String::new() };
             let r = KvServiceClient::new(ch).delete_key(req).await.map_err(grpc)?.into_inner();
             println!("deleted  {} replicas  clock {}", r.replica_count, clock(&r.vector_clock));
+        }
+        KvCmd::AddNode { node_id, addr, vnodes } => {
+            let (host, port) = addr.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("{addr:?}: expected host:port"))?;
+            let port = port.parse().map_err(|_| anyhow::anyhow!("{addr:?}: the port is not a number"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let req = kv::AddStorageNodeRequest { node_id, host, port, virtual_nodes: vnodes };
+            let r = c.add_storage_node(req).await.map_err(grpc)?.into_inner();
+            println!("{}  migration {}\n{}", r.node_id, r.migration_id, r.message);
+        }
+        KvCmd::RemoveNode { node_id, force } => {
+            let req = kv::RemoveStorageNodeRequest { node_id, force };
+            let r = c.remove_storage_node(req).await.map_err(grpc)?.into_inner();
+            println!("{}  migration {}\n{}", r.node_id, r.migration_id, r.message);
+        }
+        KvCmd::Migration { migration_id } => {
+            let req = kv::GetMigrationStatusRequest { migration_id };
+            let r = c.get_migration_status(req).await.map_err(grpc)?.into_inner();
+            let p = r.progress.unwrap_or_default();
+            println!(
+                "{}  {} {}  {}  {}/{} keys ({:.1}%)  started {}  estimated {}",
+                r.migration_id,
+                r.r#type,
+                r.node_id,
+                r.status,
+                p.keys_migrated,
+                p.total_keys,
+                p.percentage,
+                r.started_at,
+                r.estimated_completion
+            );
         }
         KvCmd::Nodes => {
             let r = c.list_storage_nodes(kv::ListStorageNodesRequest {}).await.map_err(grpc)?.into_inner();

@@ -392,7 +392,16 @@ fn node_addr(host: &str, port: i32) -> Result<String, Status> {
     if host.is_empty() {
         return Err(invalid("host: required"));
     }
-    if host.len() > 253 || host.chars().any(|c| c.is_whitespace() || c == '/' || c == '[' || c == ']') {
+    // An IP address, or a DNS name (RFC 1123 labels): anything else could never be dialled.
+    let name = host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if host.parse::<std::net::IpAddr>().is_err() && !name {
         return Err(invalid(format!("host: {host:?} is not a host name or IP address")));
     }
     if !(1..=65535).contains(&port) {

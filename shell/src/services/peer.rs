@@ -2,26 +2,39 @@
 //! the metadata group's Raft messages.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use tessera_core::kv::wire;
+use tessera_core::kv::{KvRequest, wire};
 use tessera_core::meta::MetaRequest;
 use tessera_proto::tessera::peer::v1 as peer;
 use tessera_proto::tessera::peer::v1::peer_service_server::PeerService;
 use tonic::{Request, Response, Status};
 
 use super::errors::driver_status;
-use crate::cluster::{KvHandle, MetaHandle};
+use crate::cluster::{Cluster, KvHandle, MetaHandle};
+use crate::kv_coordinator::check_layout;
 
 #[derive(Clone)]
 pub struct Peer {
     local: KvHandle,
     meta: MetaHandle,
     data_dir: PathBuf,
+    /// The layout this node serves by, which fences requests placed by an older one.
+    cluster: Arc<Cluster>,
 }
 
 impl Peer {
-    pub fn new(local: KvHandle, meta: MetaHandle, data_dir: PathBuf) -> Self {
-        Self { local, meta, data_dir }
+    pub fn new(local: KvHandle, meta: MetaHandle, data_dir: PathBuf, cluster: Arc<Cluster>) -> Self {
+        Self { local, meta, data_dir, cluster }
+    }
+
+    /// The replica's answer to one request placed by layout version `layout`.
+    async fn serve(local: KvHandle, req: KvRequest, layout: u64, mine: u64) -> Result<Vec<u8>, Status> {
+        if let Err(e) = check_layout(&req, layout, mine) {
+            return Ok(wire::encode_reply(&Err(e)));
+        }
+        let out = local.call(req).await.map_err(driver_status)?;
+        Ok(wire::encode_reply(&out))
     }
 }
 
@@ -31,9 +44,10 @@ impl PeerService for Peer {
         let r = req.into_inner();
         let kv = wire::decode_request(&r.body)
             .map_err(|e| Status::invalid_argument(format!("peer request from {:?}: {e}", r.from)))?;
-        let stats = matches!(kv, tessera_core::kv::KvRequest::Stats);
-        let out = self.local.call(kv).await.map_err(driver_status)?;
-        let mut reply = peer::PeerReply { body: wire::encode_reply(&out), disk_usage_percent: 0.0 };
+        let stats = matches!(kv, KvRequest::Stats);
+        let mine = self.cluster.view().layout.version;
+        let body = Self::serve(self.local.clone(), kv, r.layout, mine).await?;
+        let mut reply = peer::PeerReply { body, disk_usage_percent: 0.0 };
         if stats {
             reply.disk_usage_percent = crate::cluster::Cluster::disk_usage_percent(&self.data_dir).unwrap_or(0.0);
         }
@@ -48,20 +62,25 @@ impl PeerService for Peer {
                 r.bodies.len()
             )));
         }
+        if r.layouts.len() != r.bodies.len() {
+            return Err(Status::invalid_argument(format!(
+                "{} layout versions for {} requests; one each",
+                r.layouts.len(),
+                r.bodies.len()
+            )));
+        }
         // Every request goes to the driver at once, so they share its group commit; the
         // answers are collected in order.
+        let mine = self.cluster.view().layout.version;
         let mut pending = Vec::with_capacity(r.bodies.len());
-        for body in r.bodies {
+        for (body, layout) in r.bodies.into_iter().zip(r.layouts) {
             let kv = wire::decode_request(&body)
                 .map_err(|e| Status::invalid_argument(format!("peer request from {:?}: {e}", r.from)))?;
-            let local = self.local.clone();
-            pending.push(tokio::spawn(async move { local.call(kv).await }));
+            pending.push(tokio::spawn(Self::serve(self.local.clone(), kv, layout, mine)));
         }
         let mut bodies = Vec::with_capacity(pending.len());
         for p in pending {
-            let out =
-                p.await.map_err(|e| Status::internal(format!("peer request task: {e}")))?.map_err(driver_status)?;
-            bodies.push(wire::encode_reply(&out));
+            bodies.push(p.await.map_err(|e| Status::internal(format!("peer request task: {e}")))??);
         }
         Ok(Response::new(peer::PeerBatchReply { bodies }))
     }
