@@ -141,11 +141,24 @@ pub enum MetaResponse {
 }
 
 /// What waits on the group: a proposal for its entry, a read for its read index. `sent`
-/// holds the (term, leader) it was last handed to raft-rs under: under a new leader it goes
-/// again, since the old one may have dropped it (applying skips a second copy).
+/// holds the (term, leader, time) it was last handed to raft-rs under: under a new leader it
+/// goes again, since the old one may have dropped it, and so it does after [`RESEND_MS`],
+/// since a follower forwards it to the leader in a message the network may lose (applying
+/// skips a second copy).
 enum Waiter {
-    Propose { token: ClientToken, cmd: Command, expires: u64, sent: Option<(u64, u64)> },
-    Read { token: ClientToken, id: String, expires: u64, sent: Option<(u64, u64)>, index: Option<u64> },
+    Propose { token: ClientToken, cmd: Command, expires: u64, sent: Option<(u64, u64, u64)> },
+    Read { token: ClientToken, id: String, expires: u64, sent: Option<(u64, u64, u64)>, index: Option<u64> },
+}
+
+/// How long a proposal or read handed to raft-rs waits before it is handed over again.
+const RESEND_MS: u64 = 1_000;
+
+/// Whether a waiter last `sent` so should go (again) to `leader` (term, leader id) at `now`.
+fn due(sent: Option<(u64, u64, u64)>, leader: (u64, u64), now: u64) -> bool {
+    match sent {
+        None => true,
+        Some((term, id, at)) => (term, id) != leader || now >= at + RESEND_MS,
+    }
 }
 
 impl Waiter {
@@ -349,17 +362,18 @@ impl MetaMachine {
 
     /// Sends the waiters not yet handed to raft-rs, once a leader is known (raft-rs drops
     /// proposals and reads while there is none; they wait here instead).
-    fn send_waiting(&mut self) {
+    fn send_waiting(&mut self, now_ms: u64) {
         if self.raw.raft.leader_id == raft::INVALID_ID {
             return;
         }
-        let now = Some((self.raw.raft.term, self.raw.raft.leader_id));
+        let leader = (self.raw.raft.term, self.raw.raft.leader_id);
+        let now = Some((leader.0, leader.1, now_ms));
         let ready: Vec<[u8; 16]> = self
             .waiting
             .iter()
             .filter(|(_, w)| match w {
-                Waiter::Propose { sent, .. } => *sent != now,
-                Waiter::Read { sent, index, .. } => *sent != now && index.is_none(),
+                Waiter::Propose { sent, .. } => due(*sent, leader, now_ms),
+                Waiter::Read { sent, index, .. } => due(*sent, leader, now_ms) && index.is_none(),
             })
             .map(|(c, _)| *c)
             .collect();
@@ -630,7 +644,7 @@ impl MetaMachine {
         now: u64,
         mut out: Ready<CoreResult<MetaResponse>, Vec<u8>>,
     ) -> Result<Ready<CoreResult<MetaResponse>, Vec<u8>>, StoreError> {
-        self.send_waiting();
+        self.send_waiting(now);
         self.add_learners();
         self.drain(&mut out)?;
         self.expire(now, &mut out);
