@@ -383,7 +383,7 @@ fn a_joining_node_gets_the_metadata_as_a_learner_and_keeps_it_across_a_restart()
         assert_eq!(layout(&mut net, n3).version, 0);
         assert_eq!(net.tenant(n3, "t0"), None);
         let add = MetaRequest::AddNode { id: "n3".into(), addr: "127.0.0.1:7003".into(), vnodes: 64 };
-        migration(&mut net, 0, add).unwrap();
+        let added = migration(&mut net, 0, add).unwrap();
         net.run(3_000);
         let want = layout(&mut net, 0);
         assert_eq!(layout(&mut net, n3), want, "the learner holds the leader's layout");
@@ -408,5 +408,64 @@ fn a_joining_node_gets_the_metadata_as_a_learner_and_keeps_it_across_a_restart()
         assert_eq!(layout(&mut net, n3), layout(&mut net, 0));
         assert!(net.tenant(n3, "while-down").is_some());
         assert!(net.tenant(n3, "late").is_some());
+        assert_eq!(voters(&mut net, 0), ["n0", "n1", "n2"], "a fourth node stays a learner");
+        // Remove n1, a voter: once its hand-over is done it leaves the group and the learner
+        // takes its vote, so the group keeps three voters.
+        finish(&mut net, &added);
+        let m = migration(&mut net, 0, MetaRequest::RemoveNode { id: "n1".into(), force: false }).unwrap();
+        net.run(1_000);
+        assert_eq!(voters(&mut net, 0), ["n0", "n1", "n2", "n3"], "n1 votes until its hand-over is done");
+        finish(&mut net, &m);
+        net.run(3_000);
+        for i in [0, 2, n3] {
+            assert_eq!(voters(&mut net, i), ["n0", "n2", "n3"], "voters seen by node {i}");
+        }
+        // Without the removed node and one more, the remaining two voters still commit.
+        net.crash(1);
+        net.crash(0);
+        let t = net.call(n3, MetaRequest::CreateTenant { id: "after-swap".into(), replication_factor: 1 });
+        net.run(4_000);
+        assert!(matches!(net.replies.remove(&t), Some(Ok(_))), "n2 and n3 make a quorum");
     }
+}
+
+/// Reports every old owner of `m` done.
+fn finish(net: &mut Net, m: &tessera_core::meta::Migration) {
+    for node in m.progress.keys() {
+        let done =
+            MetaRequest::Progress { migration: m.id.clone(), node: node.clone(), moved: 0, total: 0, done: true };
+        migration(net, 0, done).unwrap();
+    }
+}
+
+fn voters(net: &mut Net, i: usize) -> Vec<String> {
+    let t = net.call(i, MetaRequest::Status);
+    match net.replies.remove(&t) {
+        Some(Ok(MetaResponse::Status(s))) => s.voters,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_forced_removal_of_a_node_still_joining_cancels_its_add() {
+    let mut net = Net::new(5, 1_000);
+    net.run(3_000);
+    let add = MetaRequest::AddNode { id: "n7".into(), addr: "127.0.0.1:7007".into(), vnodes: 150 };
+    let m = migration(&mut net, 0, add).unwrap();
+    assert_eq!((m.version, layout(&mut net, 1).ring_nodes().len()), (2, 4));
+    // Without force the removal waits its turn; with it, the add is cancelled.
+    let plain = MetaRequest::RemoveNode { id: "n7".into(), force: false };
+    assert!(matches!(migration(&mut net, 1, plain), Err(CoreError::FailedPrecondition(_))));
+    let cancel = migration(&mut net, 1, MetaRequest::RemoveNode { id: "n7".into(), force: true }).unwrap();
+    assert_eq!((cancel.id.as_str(), cancel.status(), cancel.percentage()), (m.id.as_str(), "cancelled", 100.0));
+    for i in 0..3 {
+        let l = layout(&mut net, i);
+        assert_eq!((l.version, l.previous.is_none()), (3, true));
+        assert_eq!(l.ring_nodes().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["n0", "n1", "n2"]);
+    }
+    // The next change may start, and the cancelled id is not reused.
+    let again = MetaRequest::AddNode { id: "n7".into(), addr: "127.0.0.1:7007".into(), vnodes: 150 };
+    assert!(matches!(migration(&mut net, 2, again), Err(CoreError::AlreadyExists(_))));
+    let other = MetaRequest::AddNode { id: "n8".into(), addr: "127.0.0.1:7008".into(), vnodes: 150 };
+    assert_eq!(migration(&mut net, 2, other).unwrap().status(), "running");
 }

@@ -10,7 +10,7 @@
 //! then applies it in parallel. The client is answered once W replicas of each set hold it;
 //! the count it gets is the number that did by then. A replica that does not answer gets a
 //! hint, kept on this node and delivered when it answers again. A read asks R replicas
-//! (another for each that fails; the old owners while keys move), answers from their
+//! (another for each that fails; R of each set while keys move), answers from their
 //! reconciled versions, and repairs the stale ones in the background.
 
 use std::collections::BTreeMap;
@@ -495,23 +495,25 @@ impl<P: Peers> KvCoordinator<P> {
     ) -> CoreResult<Vec<Version>> {
         let tenant = self.tenant(tenant_id, until_ms).await?;
         let placement = self.peers.placement();
-        let layout = placement.version;
-        let replicas = placement.read_set(tenant_id, key, tenant.replication_factor as usize);
+        let targets = Targets::new(&placement, &tenant, key, consistency);
+        let (replicas, layout) = (&targets.nodes, targets.layout);
         if replicas.is_empty() {
             return Err(not_joined());
         }
-        let need = consistency.needed(replicas.len());
-        // Ask R replicas (this node first when it is one) and another only for each that
-        // fails, as Cassandra does: a quorum read costs R calls, not RF.
-        let mut order = replicas.clone();
-        if let Some(me) = order.iter().position(|r| r == self.peers.me()) {
-            let mine = order.remove(me);
-            order.insert(0, mine);
-        }
+        // One replica set: ask R replicas (this node first when it is one) and another only
+        // for each that fails, as Cassandra does: a quorum read costs R calls, not RF. While
+        // keys move, ask every replica of the old set and the new one and take R from each:
+        // a coordinator one layout behind or ahead of the writer still overlaps its W.
+        let mut order: Vec<usize> = (0..replicas.len()).collect();
+        order.sort_by_key(|&i| replicas[i] != self.peers.me());
         let mut queue = order.into_iter();
+        let first = match targets.sets.as_slice() {
+            [(_, need)] => *need,
+            _ => replicas.len(),
+        };
         let (tx, mut rx) = mpsc::channel(replicas.len().max(1));
-        let ask = |node: String| {
-            let (p, tx) = (self.peers.clone(), tx.clone());
+        let ask = |i: usize| {
+            let (p, tx, node) = (self.peers.clone(), tx.clone(), replicas[i].clone());
             let req = KvRequest::Read { tenant: tenant_id.to_owned(), key: key.to_owned() };
             let left = self.left(until_ms);
             self.peers.spawn(Box::pin(async move {
@@ -519,21 +521,23 @@ impl<P: Peers> KvCoordinator<P> {
                     Ok(Ok(KvResponse::Versions(v))) => Some(v),
                     _ => None,
                 };
-                let _ = tx.send((node, out)).await;
+                let _ = tx.send((i, out)).await;
             }));
         };
         let mut in_flight = 0;
-        for node in queue.by_ref().take(need) {
-            ask(node);
+        for i in queue.by_ref().take(first) {
+            ask(i);
             in_flight += 1;
         }
+        let mut answered = vec![false; replicas.len()];
         let mut replies: Vec<(String, Vec<Version>)> = Vec::new();
         let mut failed = 0;
-        while replies.len() < need && in_flight > 0 {
+        while !targets.met(&answered) && in_flight > 0 {
             match rx.recv().await {
-                Some((node, Some(v))) => {
+                Some((i, Some(v))) => {
                     in_flight -= 1;
-                    replies.push((node, v));
+                    answered[i] = true;
+                    replies.push((replicas[i].clone(), v));
                 }
                 Some((_, None)) => {
                     in_flight -= 1;
@@ -547,11 +551,10 @@ impl<P: Peers> KvCoordinator<P> {
             }
         }
         drop(tx);
-        if replies.len() < need {
+        if !targets.met(&answered) {
             return Err(CoreError::Unavailable(format!(
-                "{} of {} replicas answered the read (needed {need} for {}; {failed} failed)",
-                replies.len(),
-                replicas.len(),
+                "{} answered the read (for {}; {failed} failed)",
+                targets.shortfall(&answered),
                 consistency.name()
             )));
         }
@@ -606,14 +609,16 @@ impl<P: Peers> KvCoordinator<P> {
                 mine.insert((tenant, key), versions);
             }
             for (peer, items) in per_peer {
-                let differ = match self.peers.send(&peer, KvRequest::Compare { items }, PEER_TIMEOUT_MS).await {
+                let compare = KvRequest::Compare { items };
+                let differ = match self.peers.send_at(&peer, compare, placement.version, PEER_TIMEOUT_MS).await {
                     Ok(Ok(KvResponse::Differ(d))) => d,
                     _ => continue,
                 };
                 for (tenant, key) in differ {
                     let Some(versions) = mine.get(&(tenant.clone(), key.clone())).cloned() else { continue };
                     let push = KvRequest::Apply { tenant: tenant.clone(), key: key.clone(), versions, idem: None };
-                    let Ok(Ok(KvResponse::Versions(merged))) = self.peers.send(&peer, push, PEER_TIMEOUT_MS).await
+                    let Ok(Ok(KvResponse::Versions(merged))) =
+                        self.peers.send_at(&peer, push, placement.version, PEER_TIMEOUT_MS).await
                     else {
                         continue;
                     };
@@ -644,9 +649,10 @@ impl<P: Peers> KvCoordinator<P> {
             return Ok(None);
         }
         let placement = self.peers.placement();
-        // Every coordinator must write to the new owners before their keys are copied, or a
-        // write that only reached the old owners could be missed. Coordinators follow the
-        // layout within a fraction of this grace.
+        // This node refuses requests placed by the old layout once it follows the new one
+        // (the layout fence), so every write it takes from here on also reaches the new
+        // owners. The grace only lets most coordinators catch up first, sparing them refusals;
+        // it is measured on two nodes' clocks, and safety does not rest on it.
         if placement.version < m.version || self.peers.now_ms() < m.started_ms.saturating_add(self.hand_over_grace_ms) {
             return Ok(None);
         }

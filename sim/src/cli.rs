@@ -53,6 +53,7 @@ pub fn main() -> ExitCode {
     let mut opts = Options::default();
     let mut range = None;
     let mut verbose = false;
+    let mut duration = None;
     let mut i = 0;
     while i < args.len() {
         let val = args.get(i + 1).map(String::as_str);
@@ -72,7 +73,7 @@ pub fn main() -> ExitCode {
                 match args[i].as_str() {
                     "--nodes" => opts.nodes = n.clamp(1, 9) as usize,
                     "--clients" => opts.clients = n.clamp(1, 64) as usize,
-                    _ => opts.duration_ms = n,
+                    _ => duration = Some(n),
                 }
                 i += 1;
             }
@@ -83,6 +84,8 @@ pub fn main() -> ExitCode {
         }
         i += 1;
     }
+    // A layout change needs time to commit and move keys under faults: give it longer.
+    opts.duration_ms = duration.unwrap_or(if opts.layout_changes { 8_000 } else { opts.duration_ms });
     let Some((from, to)) = range else { return usage() };
     let started = Instant::now();
     let (mut failed, mut ops) = (0u64, 0u64);

@@ -46,8 +46,6 @@ pub struct KeyState {
 #[derive(Debug, Default)]
 pub struct KvModel {
     keys: BTreeMap<String, KeyState>,
-    /// Whether the node that starts outside the cluster was added to it.
-    pub joined: bool,
 }
 
 /// One node's view of the others, over the simulated network.
@@ -422,7 +420,7 @@ pub async fn final_check(world: &Arc<World>) {
 }
 
 /// The newest layout any initial node has applied (the checker's view, not a client's).
-async fn newest_layout(world: &Arc<World>) -> Option<Layout> {
+pub async fn newest_layout(world: &Arc<World>) -> Option<Layout> {
     let mut best: Option<Layout> = None;
     for n in 0..world.opts.nodes {
         let Some(h) = world.meta_handle(n) else { continue };
@@ -469,16 +467,31 @@ pub async fn layout_changes(world: Arc<World>, until_ms: u64) {
     if !change_layout(&world, add, move |l| l.by_id(&j).is_some(), until_ms + 5_000).await {
         return;
     }
-    world.lock().kv.joined = true;
     world.event(format!("layout: {joiner} added"));
-    while world.elapsed_ms() < until_ms {
+    if world.chance(0.2) {
+        // Changed our mind: a forced removal while the add runs cancels it.
+        let cancel = MetaRequest::RemoveNode { id: joiner.clone(), force: true };
+        let j = joiner.clone();
+        if change_layout(&world, cancel, move |l| l.by_id(&j).is_some_and(|m| !m.storage), until_ms + 5_000).await {
+            world.event(format!("layout: {joiner} cancelled or removed"));
+        }
+        return;
+    }
+    // Past the faulty phase too if need be (clients have stopped then; the network still
+    // loses messages until the heal).
+    while world.elapsed_ms() < until_ms + 5_000 {
         if newest_layout(&world).await.is_some_and(|l| l.previous.is_none()) {
             world.event(format!("layout: keys moved to {joiner}"));
-            if world.chance(0.5) {
+            if world.chance(0.7) {
                 let victim = format!("n{}", world.rng_below(world.opts.nodes as u64));
-                let remove = MetaRequest::RemoveNode { id: victim.clone(), force: false };
+                // The metadata workload raises other tenants' factors up to 10, which makes a
+                // plain removal refused as in use: then force it (the node owes no hand-over).
+                let force = world.lock().meta.widest_asked() > 3 || world.chance(0.5);
+                let remove = MetaRequest::RemoveNode { id: victim.clone(), force };
                 let v = victim.clone();
-                if change_layout(&world, remove, move |l| l.by_id(&v).is_some_and(|m| !m.storage), until_ms).await {
+                if change_layout(&world, remove, move |l| l.by_id(&v).is_some_and(|m| !m.storage), until_ms + 8_000)
+                    .await
+                {
                     world.event(format!("layout: {victim} removed"));
                 }
             }

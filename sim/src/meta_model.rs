@@ -40,6 +40,14 @@ pub struct MetaModel {
     seen: BTreeMap<u64, ([u8; 16], String)>,
 }
 
+impl MetaModel {
+    /// The widest replication factor any request asked for (answered or not): a storage node
+    /// removal below it is refused unless forced.
+    pub fn widest_asked(&self) -> u32 {
+        self.sets.iter().map(|s| s.1).max().unwrap_or(1)
+    }
+}
+
 /// A node's outbox for its Raft messages: each travels alone over the simulated network
 /// (loss, duplication, delay hence reordering, partitions) to the peer's metadata driver.
 pub struct SimRaft {
@@ -185,23 +193,31 @@ pub async fn observer(world: Arc<World>, until_ms: u64) {
 /// After the heal: every node converges on one applied index and state, holding every
 /// acknowledged tenant with at least its last acknowledged factor.
 pub async fn final_check(world: &Arc<World>) {
-    // The node that joins later is a member only once it was added.
-    let nodes = if world.lock().kv.joined { world.opts.all_nodes() } else { world.opts.nodes };
+    // The node that joins later is a member only once it was added; a removed one leaves the
+    // Raft group once its keys are handed over, and hears no more from it.
+    let layout = crate::kv_model::newest_layout(world).await.unwrap_or_default();
+    let members: Vec<usize> = (0..world.opts.all_nodes())
+        .filter(|n| n < &world.opts.nodes || layout.by_id(&format!("n{n}")).is_some())
+        .filter(|n| layout.by_id(&format!("n{n}")).is_none_or(|m| m.storage))
+        .collect();
     let mut last = Vec::new();
     for _ in 0..60 {
         madsim::time::sleep(Duration::from_millis(100)).await;
         last.clear();
-        for n in 0..nodes {
+        for &n in &members {
             if let Some(s) = status(world, n).await {
                 record(world, &s);
                 last.push(s);
             }
         }
-        if last.len() == nodes && last.windows(2).all(|w| (w[0].applied, w[0].digest) == (w[1].applied, w[1].digest)) {
+        if last.len() == members.len()
+            && last.windows(2).all(|w| (w[0].applied, w[0].digest) == (w[1].applied, w[1].digest))
+        {
             break;
         }
     }
-    if last.len() < nodes || last.windows(2).any(|w| (w[0].applied, w[0].digest) != (w[1].applied, w[1].digest)) {
+    if last.len() < members.len() || last.windows(2).any(|w| (w[0].applied, w[0].digest) != (w[1].applied, w[1].digest))
+    {
         let shown: Vec<String> =
             last.iter().map(|s| format!("{} applied {} leader {:?}", s.node_id, s.applied, s.leader)).collect();
         return world.violation(format!("meta: nodes did not converge after the heal: {shown:?}"));
@@ -220,7 +236,7 @@ pub async fn final_check(world: &Arc<World>) {
             Some(end) => !mine.iter().any(|o| o.3.is_some() && o.2 > end),
         })
     };
-    for n in 0..nodes {
+    for &n in &members {
         let Some(h) = world.meta_handle(n) else { continue };
         for i in 0..TENANTS {
             let id = format!("m{i}");

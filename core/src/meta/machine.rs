@@ -123,6 +123,8 @@ pub struct MetaStatus {
     pub layout_version: u64,
     /// Digest of the applied state (equal on every node at the same `applied`).
     pub digest: [u8; 16],
+    /// The Raft group's voters as this node knows them, by node id (sorted).
+    pub voters: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,14 +152,22 @@ enum Waiter {
     Read { token: ClientToken, id: String, expires: u64, sent: Option<(u64, u64, u64)>, index: Option<u64> },
 }
 
+/// How many storage nodes the metadata group keeps as voters when it has them (the rest are
+/// learners): three tolerate one failure, and more would slow every commit.
+const TARGET_VOTERS: usize = 3;
+
+/// How far behind the leader's log a learner may be and still be promoted to voter.
+const PROMOTE_LAG: u64 = 100;
+
 /// How long a proposal or read handed to raft-rs waits before it is handed over again.
 const RESEND_MS: u64 = 1_000;
 
 /// Whether a waiter last `sent` so should go (again) to `leader` (term, leader id) at `now`.
-fn due(sent: Option<(u64, u64, u64)>, leader: (u64, u64), now: u64) -> bool {
+/// On the leader itself nothing is lost in between, so only a new term sends it again.
+fn due(sent: Option<(u64, u64, u64)>, leader: (u64, u64), now: u64, leading: bool) -> bool {
     match sent {
         None => true,
-        Some((term, id, at)) => (term, id) != leader || now >= at + RESEND_MS,
+        Some((term, id, at)) => (term, id) != leader || (!leading && now >= at + RESEND_MS),
     }
 }
 
@@ -279,21 +289,53 @@ impl MetaMachine {
         }
     }
 
-    /// On the leader: puts a storage node the layout has gained into the Raft group as a
-    /// learner (it receives the log and snapshots and does not vote, so adding a storage node
-    /// never changes the group's quorum). One change at a time, as raft-rs requires.
-    fn add_learners(&mut self) {
+    /// On the leader: keeps the Raft group in step with the layout, one configuration change
+    /// at a time (as raft-rs requires):
+    /// - a storage node the layout gained joins as a learner (it receives the log and
+    ///   snapshots, and does not vote);
+    /// - a learner is promoted to voter while fewer than [`TARGET_VOTERS`] storage nodes vote
+    ///   and promoting can reach that many, or to replace a voter that is leaving;
+    /// - a node off the ring whose hand-over is over (not in `previous`) leaves the group, after
+    ///   its replacement votes; the leader hands leadership over before it removes itself.
+    fn reconcile_group(&mut self) {
         if self.raw.raft.state != StateRole::Leader || self.raw.raft.has_pending_conf() {
             return;
         }
         let conf = self.raw.raft.prs().conf().to_conf_state();
+        let layout = &self.state.layout;
+        let storage = |id: u64| layout.members.iter().any(|m| m.raft_id == id && m.storage);
+        let handing_over =
+            |id: u64| layout.previous.as_ref().is_some_and(|p| p.iter().any(|(n, _)| raft_id_of(n) == id));
         let in_group = |id: u64| conf.voters.contains(&id) || conf.learners.contains(&id);
-        let missing = self.state.layout.members.iter().find(|m| m.storage && !in_group(m.raft_id)).map(|m| m.raft_id);
-        if let Some(node_id) = missing {
-            let cc = ConfChange { change_type: ConfChangeType::AddLearnerNode, node_id, ..Default::default() };
-            // Refused only while another change is pending; the next step tries again.
-            let _ = self.raw.propose_conf_change(Vec::new(), cc);
-        }
+        let change = |change_type, node_id| ConfChange { change_type, node_id, ..Default::default() };
+        let joining = layout.members.iter().find(|m| m.storage && !in_group(m.raft_id));
+        // Only a learner that is in touch and nearly caught up is worth a vote.
+        let last = self.raw.raft.raft_log.last_index();
+        let caught_up =
+            |id: u64| self.raw.raft.prs().get(id).is_some_and(|p| p.recent_active && p.matched + PROMOTE_LAG >= last);
+        let learners: Vec<u64> = conf.learners.iter().copied().filter(|l| storage(*l) && caught_up(*l)).collect();
+        let voting = conf.voters.iter().filter(|v| storage(**v)).count();
+        let leaving = conf.voters.iter().chain(&conf.learners).copied().find(|v| !storage(*v) && !handing_over(*v));
+        let cc = if let Some(m) = joining {
+            change(ConfChangeType::AddLearnerNode, m.raft_id)
+        } else if let Some(&l) = learners.first()
+            && voting < TARGET_VOTERS
+            && (voting + learners.len() >= TARGET_VOTERS || leaving.is_some_and(|v| conf.voters.contains(&v)))
+        {
+            change(ConfChangeType::AddNode, l)
+        } else if let Some(gone) = leaving {
+            if gone == self.raw.raft.id {
+                if let Some(&to) = conf.voters.iter().find(|v| storage(**v)) {
+                    self.raw.transfer_leader(to);
+                }
+                return;
+            }
+            change(ConfChangeType::RemoveNode, gone)
+        } else {
+            return;
+        };
+        // Refused only while another change is pending; a later step tries again.
+        let _ = self.raw.propose_conf_change(Vec::new(), cc);
     }
 
     /// raft-rs draws each election timeout from the thread RNG; replace each draw with one
@@ -335,6 +377,12 @@ impl MetaMachine {
             role,
             layout_version: self.state.layout.version,
             digest: self.state.digest(),
+            voters: {
+                let conf = self.raw.raft.prs().conf().to_conf_state();
+                let mut v: Vec<String> = conf.voters.iter().filter_map(|id| self.node_of(*id)).collect();
+                v.sort();
+                v
+            },
         }
     }
 
@@ -368,12 +416,13 @@ impl MetaMachine {
         }
         let leader = (self.raw.raft.term, self.raw.raft.leader_id);
         let now = Some((leader.0, leader.1, now_ms));
+        let leading = self.raw.raft.state == StateRole::Leader;
         let ready: Vec<[u8; 16]> = self
             .waiting
             .iter()
             .filter(|(_, w)| match w {
-                Waiter::Propose { sent, .. } => due(*sent, leader, now_ms),
-                Waiter::Read { sent, index, .. } => due(*sent, leader, now_ms) && index.is_none(),
+                Waiter::Propose { sent, .. } => due(*sent, leader, now_ms, leading),
+                Waiter::Read { sent, index, .. } => due(*sent, leader, now_ms, leading) && index.is_none(),
             })
             .map(|(c, _)| *c)
             .collect();
@@ -645,7 +694,7 @@ impl MetaMachine {
         mut out: Ready<CoreResult<MetaResponse>, Vec<u8>>,
     ) -> Result<Ready<CoreResult<MetaResponse>, Vec<u8>>, StoreError> {
         self.send_waiting(now);
-        self.add_learners();
+        self.reconcile_group();
         self.drain(&mut out)?;
         self.expire(now, &mut out);
         if self.next_tick == 0 {

@@ -4,7 +4,7 @@
 //! the old one. Until every node of the old ring has handed its keys to their new owners, the
 //! layout keeps the old ring beside the new one (`Layout::previous`) and [`Placement`] answers
 //! as DESIGN §4 asks: writes go to the union of the old and new replica sets (and need W in
-//! each), reads consult the old owners. Each old owner reports its progress through the
+//! each), reads need R of each. Each old owner reports its progress through the
 //! metadata group; when the last one reports done, the old ring goes and the change is
 //! complete. A [`Migration`] is the record of one such change, as `GetMigrationStatus` shows it.
 
@@ -52,6 +52,8 @@ pub struct Migration {
     pub version: u64,
     pub started_ms: u64,
     pub finished_ms: Option<u64>,
+    /// Ended before its keys moved: an added node removed by force while joining.
+    pub cancelled: bool,
     /// Per node of the old ring (they hold the keys that move).
     pub progress: BTreeMap<String, NodeProgress>,
 }
@@ -77,9 +79,13 @@ impl Migration {
         (self.keys_migrated().min(total) as f64 / total as f64 * 100.0) as f32
     }
 
-    /// `running` or `completed`, as `GetMigrationStatus` reports it.
+    /// `running`, `completed` or `cancelled`, as `GetMigrationStatus` reports it.
     pub fn status(&self) -> &'static str {
-        if self.finished_ms.is_some() { "completed" } else { "running" }
+        match (self.finished_ms, self.cancelled) {
+            (None, _) => "running",
+            (Some(_), false) => "completed",
+            (Some(_), true) => "cancelled",
+        }
     }
 
     pub(super) fn encode(&self, e: Encoder) -> Encoder {
@@ -94,6 +100,7 @@ impl Migration {
             .u64(self.version)
             .u64(self.started_ms)
             .u64(self.finished_ms.map_or(0, |f| f.saturating_add(1)))
+            .u8(self.cancelled as u8)
             .u64(self.progress.len() as u64);
         for (node, p) in &self.progress {
             e = e.str(node).u64(p.moved).u64(p.total).u8(p.done as u8);
@@ -112,6 +119,7 @@ impl Migration {
         let version = d.u64()?;
         let started_ms = d.u64()?;
         let finished_ms = d.u64()?.checked_sub(1);
+        let cancelled = d.u8()? != 0;
         let n = d.u64()?;
         let mut progress = BTreeMap::new();
         for _ in 0..n {
@@ -119,7 +127,7 @@ impl Migration {
             let p = NodeProgress { moved: d.u64()?, total: d.u64()?, done: d.u8()? != 0 };
             progress.insert(name, p);
         }
-        Ok(Migration { id, kind, node, version, started_ms, finished_ms, progress })
+        Ok(Migration { id, kind, node, version, started_ms, finished_ms, cancelled, progress })
     }
 }
 
@@ -166,7 +174,9 @@ impl Placement {
         out
     }
 
-    /// The replica set a read asks: the old owners until the new ones have the range.
+    /// The owners before the change (the only ones when none is under way): they hold every
+    /// key of the range, so a write's coordinator asks them first. A read during a change asks
+    /// R of each of [`Placement::write_sets`].
     pub fn read_set(&self, tenant: &str, key: &str, rf: usize) -> Vec<String> {
         let ring = self.previous.as_ref().unwrap_or(&self.current);
         ring.replicas(tenant, key, rf).into_iter().map(str::to_owned).collect()

@@ -348,6 +348,24 @@ impl MetaState {
                 )
             }
             Command::RemoveNode { id, force, migration, at_ms } => {
+                if let Some(running) = self.running().filter(|m| m.kind == MigrationKind::AddNode && m.node == *id)
+                    && *force
+                {
+                    // Cancels the add (its node never came up, say): every write since went to
+                    // the old replica sets too, with W in them, so the old ring still holds
+                    // everything and goes back into service.
+                    let mut m = running.clone();
+                    m.finished_ms = Some(*at_ms);
+                    m.cancelled = true;
+                    if let Some(node) = self.layout.members.iter_mut().find(|n| n.id == *id) {
+                        node.storage = false;
+                    }
+                    self.layout.previous = None;
+                    self.layout.version += 1;
+                    self.put_layout(batch);
+                    self.put_migration(m.clone(), batch);
+                    return Ok(Applied::Migration(m));
+                }
                 if !self.layout.by_id(id).is_some_and(|m| m.storage) {
                     return Err(CoreError::NotFound(format!("node {id:?} is not a storage node of this cluster")));
                 }
@@ -456,6 +474,7 @@ impl MetaState {
             version: self.layout.version,
             started_ms: at_ms,
             finished_ms: None,
+            cancelled: false,
             progress,
         };
         self.put_layout(batch);

@@ -287,15 +287,25 @@ impl CoordinatorService for Coordinator {
         check_node_id(&r.node_id)?;
         let req = MetaRequest::RemoveNode { id: r.node_id.clone(), force: r.force };
         let m = self.kv.change_layout(req, until).await.map_err(to_status)?;
+        let message = if m.cancelled {
+            format!(
+                "the add of node {} ({}) is cancelled: the ring is as it was before it, as of layout version {}",
+                m.node,
+                m.id,
+                m.version + 1
+            )
+        } else {
+            format!(
+                "node {} is off the ring as of layout version {}; it keeps serving its keys until they are handed \
+                 over; follow the move with GetMigrationStatus",
+                m.node, m.version
+            )
+        };
         Ok(Response::new(wire::RemoveStorageNodeResponse {
             success: true,
             node_id: m.node.clone(),
             migration_id: m.id.clone(),
-            message: format!(
-                "node {} is off the ring as of layout version {}; it keeps serving its keys until they are handed \
-                 over; follow the move with GetMigrationStatus",
-                m.node, m.version
-            ),
+            message,
             estimated_completion: 0,
             error_message: String::new(),
         }))
