@@ -176,4 +176,18 @@ async fn a_node_joins_and_another_leaves_while_clients_write() {
     }
     let again = c1.remove_storage_node(kv::RemoveStorageNodeRequest { node_id: "n2".into(), force: false });
     assert_eq!(again.await.unwrap_err().code(), Code::NotFound);
+
+    // n2 left the metadata group and n4 took its vote: with n2 gone and n1 killed too, n3 and
+    // n4 still commit a metadata change.
+    daemons.remove(0).kill9();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = kv::CreateTenantRequest { tenant_id: "after-swap".into(), replication_factor: 2 };
+        match c4.create_tenant(t).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::AlreadyExists => break,
+            Err(e) => assert!(Instant::now() < deadline, "n3 and n4 do not make a quorum: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
