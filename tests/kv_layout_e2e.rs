@@ -8,6 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use tessera_proto::metastore_status::v1::meta_store_status_service_client::MetaStoreStatusServiceClient;
+use tessera_proto::metastore_status::v1::{GetRequestStatusesRequest, MetaStoreType, RequestProcessingStatus};
 use tessera_proto::proto as kv;
 use tessera_proto::proto::coordinator_service_client::CoordinatorServiceClient;
 use tonic::Code;
@@ -137,6 +139,30 @@ async fn a_node_joins_and_another_leaves_while_clients_write() {
     let p = done.progress.unwrap();
     assert_eq!(p.percentage, 100.0);
     assert!(p.total_keys >= 150 && p.keys_migrated >= 150, "{p:?}");
+
+    // Every node mirrors the change into its status registry, for recovering clients.
+    let mut q = MetaStoreStatusServiceClient::new(daemons[2].channel().await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let req = GetRequestStatusesRequest {
+            request_ids: vec![added.migration_id.clone()],
+            meta_store_type: Some(MetaStoreType::Migration as i32),
+        };
+        let done = match q.get_request_statuses(req).await {
+            Ok(r) => {
+                r.into_inner().statuses.first().map(|s| s.status) == Some(RequestProcessingStatus::Completed as i32)
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::NotFound, "{e}");
+                false
+            }
+        };
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n3's status registry does not show {} completed", added.migration_id);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let listed = nodes(&mut c4).await;
     assert_eq!(listed.len(), 4, "{listed:?}");

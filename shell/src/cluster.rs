@@ -378,6 +378,50 @@ pub async fn follow_layout(cluster: Arc<Cluster>) {
     }
 }
 
+/// How often the layout changes are mirrored into this node's status registry.
+const MIRROR_EVERY: Duration = Duration::from_secs(1);
+
+/// Mirrors every layout change into this node's status registry (type MIGRATION, the
+/// migration id as request id), forever (a background task): `PROCESSING` while it runs,
+/// `COMPLETED` when its keys have moved, `FAILED` when it was cancelled. Every node does
+/// this, so a recovering client finds the change through whichever node it asks.
+pub async fn mirror_migrations(cluster: Arc<Cluster>, status: crate::services::status::StatusHandle) {
+    use tessera_core::status::{Status, StatusRequest, StoreKind};
+    // What each migration was last mirrored as (all of them again after a restart: recording
+    // an unchanged entry is a no-op).
+    let mut mirrored: BTreeMap<String, Status> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(MIRROR_EVERY).await;
+        let Ok(Ok(MetaResponse::Migrations(all))) = cluster.meta.call(MetaRequest::Migrations).await else { continue };
+        for m in all {
+            let (now, error) = match (m.finished_ms, m.cancelled) {
+                (None, _) => (Status::Processing, None),
+                (Some(_), false) => (Status::Completed, None),
+                (Some(_), true) => (Status::Failed, Some(format!("cancelled: {} was removed while joining", m.node))),
+            };
+            if mirrored.get(&m.id) == Some(&now) {
+                continue;
+            }
+            let (kind, id) = (StoreKind::Migration, m.id.clone());
+            let record = StatusRequest::Record { kind, id: id.clone(), status: now, error: error.clone() };
+            let done = match status.call(record).await {
+                Ok(Ok(_)) => true,
+                // Recorded before as PROCESSING: move it on.
+                Ok(Err(CoreError::AlreadyExists(_))) => {
+                    let update = StatusRequest::Update { kind, id: id.clone(), status: now, error };
+                    matches!(status.call(update).await, Ok(Ok(_)))
+                }
+                _ => false,
+            };
+            if done {
+                mirrored.insert(id, now);
+            } else {
+                tracing::debug!(migration = %m.id, "status registry did not take the migration; will retry");
+            }
+        }
+    }
+}
+
 /// How often this node checks whether it owes keys to a layout change.
 const HAND_OVER_EVERY: Duration = Duration::from_secs(1);
 

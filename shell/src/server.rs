@@ -235,6 +235,7 @@ pub async fn run(
         .build_v1()
         .context("building the reflection service")?;
     let status_handle_for_uploads = status_handle.clone();
+    let mirror = tokio::spawn(crate::cluster::mirror_migrations(cluster.clone(), status_handle.clone()));
     let status = StatusService::new(status_handle);
     let statehouse = StatehouseService::new(txn_handle);
     let uploads = UploadService::new(upload_handle, status_handle_for_uploads).with_prestage(store.clone());
@@ -312,7 +313,7 @@ pub async fn run(
         .context("gRPC server")?;
 
     // The background tasks hold the cluster (and its driver handles): stop them first.
-    for task in [handoff, anti_entropy, follow, hand_over] {
+    for task in [handoff, anti_entropy, follow, hand_over, mirror] {
         task.abort();
         let _ = task.await;
     }

@@ -111,6 +111,8 @@ pub enum MetaRequest {
     },
     /// The migration under way, as applied here.
     Running,
+    /// Every migration kept (the running one and the latest finished ones), as applied here.
+    Migrations,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,7 @@ pub enum MetaResponse {
     Layout(Layout),
     Status(MetaStatus),
     Migration(Option<Migration>),
+    Migrations(Vec<Migration>),
 }
 
 /// What waits on the group: a proposal for its entry, a read for its read index. `sent`
@@ -681,6 +684,7 @@ impl MetaMachine {
             }
             MetaRequest::Migration { id } => MetaResponse::Migration(self.state.migrations.get(&id).cloned()),
             MetaRequest::Running => MetaResponse::Migration(self.state.running().cloned()),
+            MetaRequest::Migrations => MetaResponse::Migrations(self.state.migrations.values().cloned().collect()),
             MetaRequest::Layout => MetaResponse::Layout(self.state.layout.clone()),
             MetaRequest::Status => MetaResponse::Status(self.status()),
         };
