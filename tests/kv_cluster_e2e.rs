@@ -173,10 +173,18 @@ async fn peer_service_refuses_bad_input_and_keeps_serving() {
     let e = p.call_batch(batch(vec![vec![]; 257], vec![1; 257])).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("at most 256"), "{}", e.message());
-    let e = p.raft(peer::RaftMessages { from: "x".into(), messages: vec![garbage] }).await.unwrap_err();
+    let raft = |messages: Vec<Vec<u8>>, from_addr: &str| peer::RaftMessages {
+        from: "x".into(),
+        messages,
+        from_addr: from_addr.into(),
+    };
+    let e = p.raft(raft(vec![garbage.clone()], "")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("Raft message"), "{}", e.message());
-    let e = p.raft(peer::RaftMessages { from: "x".into(), messages: vec![vec![]; 257] }).await.unwrap_err();
+    let e = p.raft(raft(vec![vec![]; 257], "")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = p.raft(raft(vec![garbage], "no-port")).await.unwrap_err();
+    assert!(e.message().contains("from_addr"), "{}", e.message());
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     // A keyed request placed by a layout older than the node's own is refused (the node is at
     // version 1; a coordinator that lags a layout change would send an older one).

@@ -24,8 +24,8 @@ struct Net {
     now: u64,
     rng: Rng,
     loss: f64,
-    /// Messages in flight: (deliver at, to, bytes).
-    wire: Vec<(u64, usize, Vec<u8>)>,
+    /// Messages in flight: (deliver at, from, to, bytes).
+    wire: Vec<(u64, String, usize, Vec<u8>)>,
     down: Vec<bool>,
     replies: BTreeMap<u64, CoreResult<MetaResponse>>,
     next_token: u64,
@@ -34,11 +34,16 @@ struct Net {
 }
 
 fn config(id: &str, compact_after: u64) -> MetaConfig {
-    let initial = (0..3).map(|i| (format!("n{i}"), format!("127.0.0.1:{}", 7000 + i), 150)).collect();
+    // A node past the initial three joins the group, as `--initial-cluster-state existing`,
+    // knowing no other member: it learns of the leader from the leader's own messages.
+    let join = !["n0", "n1", "n2"].contains(&id);
+    let initial = match join {
+        false => (0..3).map(|i| (format!("n{i}"), format!("127.0.0.1:{}", 7000 + i), 150)).collect(),
+        true => vec![(id.to_owned(), "127.0.0.1:7100".to_owned(), 150)],
+    };
     let mut c = MetaConfig::new(id.to_owned(), initial);
     c.compact_after = compact_after;
-    // A node past the initial three joins the group, as `--initial-cluster-state existing`.
-    c.join = !["n0", "n1", "n2"].contains(&id);
+    c.join = join;
     c
 }
 
@@ -89,7 +94,7 @@ impl Net {
             let at = self.now + 1 + self.rng.below(30);
             // A member the layout names but that was never started gets nothing.
             let Some(to) = self.nodes.iter().position(|n| n.id == to) else { continue };
-            self.wire.push((at, to, msg));
+            self.wire.push((at, self.nodes[from].id.clone(), to, msg));
         }
         for (token, r) in ready.replies {
             self.replies.insert(token, r);
@@ -111,11 +116,11 @@ impl Net {
         let end = self.now + ms;
         while self.now < end {
             self.now += 1;
-            let due: Vec<(u64, usize, Vec<u8>)>;
-            (due, self.wire) = std::mem::take(&mut self.wire).into_iter().partition(|(at, _, _)| *at <= self.now);
-            for (_, to, msg) in due {
+            let due: Vec<(u64, String, usize, Vec<u8>)>;
+            (due, self.wire) = std::mem::take(&mut self.wire).into_iter().partition(|(at, _, _, _)| *at <= self.now);
+            for (_, from, to, msg) in due {
                 if !self.down[to] {
-                    self.call(to, MetaRequest::Raft(msg));
+                    self.call(to, MetaRequest::Raft { from: from.clone(), msg });
                 }
             }
             if self.now.is_multiple_of(TICK) {

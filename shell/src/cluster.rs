@@ -143,6 +143,11 @@ impl Cluster {
         self.view()
     }
 
+    /// Learns where a peer that sent Raft messages listens (see [`RaftTransport::learn`]).
+    pub fn learn_raft_peer(&self, id: &str, addr: &str) {
+        self.raft.learn(id, addr);
+    }
+
     /// The link to `node` at its address in the layout, made on first use (or again when
     /// the address changed).
     fn link(&self, node: &str) -> Result<Link, Unreachable> {

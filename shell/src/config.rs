@@ -39,7 +39,8 @@ pub struct Flags {
     #[arg(long, env = "TESSERA_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// `new` starts a cluster from --initial-cluster; `existing` joins a running one (add
-    /// this node with AddStorageNode; it then receives the metadata) [default: new]
+    /// this node with AddStorageNode; it then receives the metadata; --initial-cluster need
+    /// only name this node) [default: new]
     #[arg(long, env = "TESSERA_INITIAL_CLUSTER_STATE", value_parser = ["new", "existing"])]
     pub initial_cluster_state: Option<String>,
 }
@@ -172,11 +173,6 @@ impl Config {
                 )));
             }
         };
-        if join && members.len() < 2 {
-            return Err(ConfigError::Invalid(
-                "--initial-cluster-state existing: --initial-cluster must name at least one running member".into(),
-            ));
-        }
         Ok(Self {
             listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

@@ -23,6 +23,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct RaftTransport {
     me: String,
+    /// Where this node listens, sent with its messages.
+    me_addr: String,
     /// Where each member is: `--initial-cluster` at first, then the replicated layout.
     addresses: Mutex<BTreeMap<String, String>>,
     /// One queue per peer (and the address its sender task dials), made on first use.
@@ -42,15 +44,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl RaftTransport {
     /// A transport to `peers` (`(id, host:port)`; this node is skipped). Call it on the
     /// server's runtime.
-    pub fn new(me: &str, peers: &[(String, String)]) -> RaftTransport {
+    pub fn new(me: &str, me_addr: &str, peers: &[(String, String)]) -> RaftTransport {
         let t = RaftTransport {
             me: me.to_owned(),
+            me_addr: me_addr.to_owned(),
             addresses: Mutex::default(),
             queues: Mutex::default(),
             rt: tokio::runtime::Handle::current(),
         };
         t.set_addresses(peers.iter().cloned());
         t
+    }
+
+    /// Learns where `id` listens, from its own message, unless its address is known already
+    /// (the layout's word stands).
+    pub fn learn(&self, id: &str, addr: &str) {
+        if id != self.me && !addr.is_empty() {
+            lock(&self.addresses).entry(id.to_owned()).or_insert_with(|| addr.to_owned());
+        }
     }
 
     /// Adds or updates members' addresses (a layout change); a changed address gets a new
@@ -80,8 +91,8 @@ impl RaftTransport {
             }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (me, peer) = (self.me.clone(), to.to_owned());
-        self.rt.spawn(async move { sender(me, peer, PeerServiceClient::new(ch.connect_lazy()), rx).await });
+        let (me, me_addr, peer) = (self.me.clone(), self.me_addr.clone(), to.to_owned());
+        self.rt.spawn(async move { sender(me, me_addr, peer, PeerServiceClient::new(ch.connect_lazy()), rx).await });
         queues.insert(to.to_owned(), (addr, tx.clone()));
         Some(tx)
     }
@@ -97,7 +108,13 @@ impl Outbox<Vec<u8>> for RaftTransport {
     }
 }
 
-async fn sender(me: String, to: String, mut client: PeerServiceClient<Channel>, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn sender(
+    me: String,
+    me_addr: String,
+    to: String,
+    mut client: PeerServiceClient<Channel>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
     while let Some(first) = rx.recv().await {
         let mut messages = vec![first];
         while messages.len() < BATCH {
@@ -106,7 +123,7 @@ async fn sender(me: String, to: String, mut client: PeerServiceClient<Channel>, 
                 Err(_) => break,
             }
         }
-        let call = client.raft(peer::RaftMessages { from: me.clone(), messages });
+        let call = client.raft(peer::RaftMessages { from: me.clone(), messages, from_addr: me_addr.clone() });
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => {}
             Ok(Err(s)) => tracing::debug!(peer = %to, error = %s.message(), "raft messages not delivered"),

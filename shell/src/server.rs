@@ -211,7 +211,13 @@ pub async fn run(
         .map(|m| (m.id.clone(), m.addr.clone()))
         .chain(layout.members.iter().map(|m| (m.id.clone(), m.addr.clone())))
         .collect();
-    let transport = Arc::new(crate::raft_transport::RaftTransport::new(&config.node_id, &peers));
+    // Where this node says it listens: its address in the layout, else in --initial-cluster.
+    let me_addr = layout
+        .by_id(&config.node_id)
+        .map(|m| m.addr.clone())
+        .or_else(|| config.members.iter().find(|m| m.id == config.node_id).map(|m| m.addr.clone()))
+        .unwrap_or_else(|| config.listen.to_string());
+    let transport = Arc::new(crate::raft_transport::RaftTransport::new(&config.node_id, &me_addr, &peers));
     let (meta_handle, t) =
         spawn_driver_with("meta", machine, init, store.clone(), &metrics, failed_tx, Some(transport.clone()))?;
     drivers.push(t);

@@ -69,7 +69,7 @@ impl Outbox<Vec<u8>> for SimRaft {
                     return;
                 }
                 if let Some(h) = world.meta_handle(to) {
-                    let _ = h.call(MetaRequest::Raft(msg)).await;
+                    let _ = h.call(MetaRequest::Raft { from: format!("n{from}"), msg }).await;
                 }
             });
         }

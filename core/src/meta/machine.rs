@@ -68,8 +68,11 @@ impl MetaConfig {
 
 #[derive(Debug, Clone)]
 pub enum MetaRequest {
-    /// A Raft message from a peer (an encoded `eraftpb.Message`).
-    Raft(Vec<u8>),
+    /// A Raft message (an encoded `eraftpb.Message`) from the peer with node id `from`.
+    Raft {
+        from: String,
+        msg: Vec<u8>,
+    },
     CreateTenant {
         id: String,
         replication_factor: u32,
@@ -616,11 +619,20 @@ impl MetaMachine {
     ) -> CoreResult<()> {
         let expires = now + self.config.request_timeout_ms;
         let reply = match input {
-            MetaRequest::Raft(bytes) => {
-                let m = Message::parse_from_bytes(&bytes)
+            MetaRequest::Raft { from, msg } => {
+                let m = Message::parse_from_bytes(&msg)
                     .map_err(|e| CoreError::InvalidArgument(format!("not a Raft message: {e}")))?;
                 if self.node_of(m.from).is_none() {
-                    return Err(CoreError::InvalidArgument(format!("Raft message from unknown peer {}", m.from)));
+                    // A peer neither the layout nor `--initial-cluster` names: typically the
+                    // leader reaching a node that joins. Its Raft number derives from its id,
+                    // so the id it gives can be checked, and answers can then reach it.
+                    if validate_id("node id", &from).is_err() || raft_id_of(&from) != m.from {
+                        return Err(CoreError::InvalidArgument(format!(
+                            "Raft message from unknown peer {} (claims to be {from:?})",
+                            m.from
+                        )));
+                    }
+                    self.known.insert(m.from, from);
                 }
                 // raft-rs refuses messages it cannot use (stale, from a removed peer); the
                 // sender retries what matters.

@@ -93,9 +93,17 @@ impl PeerService for Peer {
                 r.messages.len()
             )));
         }
+        if !r.from_addr.is_empty() {
+            let port = r.from_addr.rsplit_once(':').and_then(|(h, p)| p.parse::<u16>().ok().filter(|_| !h.is_empty()));
+            if port.is_none() || r.from_addr.len() > 255 {
+                return Err(Status::invalid_argument(format!("from_addr {:?}: expected host:port", r.from_addr)));
+            }
+            self.cluster.learn_raft_peer(&r.from, &r.from_addr);
+        }
         // In order: raft-rs copes with reordering, but there is no reason to cause it.
         for m in r.messages {
-            if let Err(e) = self.meta.call(MetaRequest::Raft(m)).await.map_err(driver_status)? {
+            let req = MetaRequest::Raft { from: r.from.clone(), msg: m };
+            if let Err(e) = self.meta.call(req).await.map_err(driver_status)? {
                 return Err(Status::invalid_argument(format!("Raft message from {:?}: {e}", r.from)));
             }
         }
