@@ -123,9 +123,15 @@ struct Targets {
 impl Targets {
     fn new(placement: &Placement, tenant: &TenantRecord, key: &str, consistency: Consistency) -> Targets {
         let rf = tenant.replication_factor as usize;
-        let nodes = placement.write_nodes(&tenant.id, key, rf);
-        let sets = placement
-            .write_sets(&tenant.id, key, rf)
+        // One placement lookup (a SHA-256 and a ring walk per ring) serves both.
+        let sets = placement.write_sets(&tenant.id, key, rf);
+        let mut nodes: Vec<String> = Vec::new();
+        for n in sets.iter().flatten() {
+            if !nodes.contains(n) {
+                nodes.push(n.clone());
+            }
+        }
+        let sets = sets
             .into_iter()
             .map(|set| {
                 let at: Vec<usize> = set.iter().filter_map(|n| nodes.iter().position(|m| m == n)).collect();
@@ -134,6 +140,11 @@ impl Targets {
             })
             .collect();
         Targets { layout: placement.version, nodes, sets }
+    }
+
+    /// Whether node `i` is in the first set: the old owners while keys move.
+    fn old_owner(&self, i: usize) -> bool {
+        self.sets.first().is_some_and(|(at, _)| at.contains(&i))
     }
 
     fn met(&self, acked: &[bool]) -> bool {
@@ -314,9 +325,8 @@ impl<P: Peers> KvCoordinator<P> {
         // The first replica that answers coordinates, this node first when it is one (it
         // saves a hop, as in Dynamo). While keys move, the old owners go first: they hold
         // the versions a new owner may not have been handed yet.
-        let old = placement.read_set(tenant_id, key, tenant.replication_factor as usize);
         let mut order: Vec<usize> = (0..replicas.len()).collect();
-        order.sort_by_key(|&i| (!old.contains(&replicas[i]), replicas[i] != self.peers.me()));
+        order.sort_by_key(|&i| (!targets.old_owner(i), replicas[i] != self.peers.me()));
         let mut coordinated = None;
         let mut unreachable = Vec::new();
         let mut skipped = Vec::new();
