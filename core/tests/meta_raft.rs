@@ -356,6 +356,7 @@ fn a_layout_change_keeps_the_old_ring_until_every_old_owner_hands_over() {
     let l = layout(&mut net, 2);
     assert_eq!((l.version, l.ring_nodes().len()), (5, 3));
     assert!(l.by_id("n1").is_some_and(|m| !m.storage), "a removed voter stays listed, off the ring");
+    assert_eq!(l.data_nodes(), ["n0", "n2", "n3"], "no hints go to a node removed for good");
     assert!(matches!(migration(&mut net, 0, remove("n2", false)), Err(CoreError::FailedPrecondition(_))));
     // A restarted member loads the migrations and the layout it had applied.
     net.crash(1);

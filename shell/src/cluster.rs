@@ -263,7 +263,7 @@ impl Peers for Cluster {
     }
 
     fn members(&self) -> Vec<String> {
-        self.view().layout.members.iter().map(|m| m.id.clone()).collect()
+        self.view().layout.data_nodes()
     }
 
     fn placement(&self) -> Arc<Placement> {

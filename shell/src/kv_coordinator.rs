@@ -38,7 +38,9 @@ pub type PeerResult = Result<CoreResult<KvResponse>, Unreachable>;
 /// What the coordinator needs from its environment.
 pub trait Peers: Send + Sync + 'static {
     fn me(&self) -> &str;
-    /// Every member's id, this node's included.
+    /// Every node that holds keys (`Layout::data_nodes`), this one included if it does:
+    /// where hints go. Hints for a node removed for good wait out their expiry instead of
+    /// costing every round a timeout.
     fn members(&self) -> Vec<String>;
     /// Where keys live under the layout this node serves by now.
     fn placement(&self) -> Arc<Placement>;

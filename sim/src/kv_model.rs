@@ -142,7 +142,7 @@ impl Peers for SimPeers {
     }
 
     fn members(&self) -> Vec<String> {
-        self.view().0.members.iter().map(|m| m.id.clone()).collect()
+        self.view().0.data_nodes()
     }
 
     fn placement(&self) -> Arc<Placement> {

@@ -73,6 +73,13 @@ impl Layout {
         self.members.iter().filter(|m| m.storage).map(|m| (m.id.clone(), m.vnodes)).collect()
     }
 
+    /// The nodes that hold keys: those on the ring and, while a change is under way, those
+    /// still handing theirs over. A node removed for good is not among them.
+    pub fn data_nodes(&self) -> Vec<String> {
+        let draining = |id: &str| self.previous.as_ref().is_some_and(|p| p.iter().any(|(n, _)| n == id));
+        self.members.iter().filter(|m| m.storage || draining(&m.id)).map(|m| m.id.clone()).collect()
+    }
+
     pub fn by_raft_id(&self, raft_id: u64) -> Option<&Member> {
         self.members.iter().find(|m| m.raft_id == raft_id)
     }
