@@ -6,7 +6,7 @@
 //! reports it, is a stats call answered now.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tessera_core::CoreError;
@@ -17,10 +17,10 @@ use tessera_core::meta::{Layout, MetaMachine, MetaRequest, MetaResponse, Placeme
 use tessera_proto::tessera::peer::v1 as peer;
 use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
-use crate::driver::HandleFor;
-use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable, check_layout};
+use crate::driver::{DriverError, HandleFor};
+use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable, View, ViewCell, check_layout};
 use crate::raft_transport::RaftTransport;
 
 pub type KvHandle = HandleFor<KvMachine>;
@@ -40,12 +40,6 @@ pub struct Member {
     pub addr: String,
 }
 
-/// One layout version, as this node serves by it.
-pub struct View {
-    pub layout: Layout,
-    pub placement: Arc<Placement>,
-}
-
 /// A connection to one peer's replica, with the queue its batcher drains.
 #[derive(Clone)]
 struct Link {
@@ -56,7 +50,7 @@ struct Link {
 
 pub struct Cluster {
     pub me: String,
-    view: RwLock<Arc<View>>,
+    view: ViewCell,
     data_dir: std::path::PathBuf,
     local: KvHandle,
     meta: MetaHandle,
@@ -85,6 +79,11 @@ pub fn parse_members(s: &str) -> Result<Vec<Member>, String> {
     Ok(out)
 }
 
+/// How this node dials a peer at `addr` (host:port), for its replica calls and Raft messages.
+pub fn peer_endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -100,10 +99,9 @@ impl Cluster {
         data_dir: std::path::PathBuf,
         raft: Arc<RaftTransport>,
     ) -> Arc<Cluster> {
-        let view = View { layout: layout.clone(), placement: Arc::new(Placement::new(layout)) };
         Arc::new(Cluster {
             me,
-            view: RwLock::new(Arc::new(view)),
+            view: ViewCell::new(layout.clone()),
             data_dir,
             local,
             meta,
@@ -114,24 +112,21 @@ impl Cluster {
 
     /// The layout version this node serves by now.
     pub fn view(&self) -> Arc<View> {
-        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.view.get()
     }
 
     /// Serves by `layout` from now on, if it is newer than the one in use.
     pub fn follow(&self, layout: Layout) {
-        let mut current = self.view.write().unwrap_or_else(|e| e.into_inner());
-        if layout.version <= current.layout.version {
-            return;
-        }
+        let Some((from, view)) = self.view.follow(layout) else { return };
+        let layout = &view.layout;
         tracing::info!(
-            from = current.layout.version,
+            from,
             to = layout.version,
             members = layout.members.len(),
             moving = layout.previous.is_some(),
             "layout changed"
         );
         self.raft.set_addresses(layout.members.iter().map(|m| (m.id.clone(), m.addr.clone())));
-        *current = Arc::new(View { placement: Arc::new(Placement::new(&layout)), layout });
     }
 
     /// Follows the layout this node's metadata machine has applied, now, and returns the
@@ -141,6 +136,20 @@ impl Cluster {
             self.follow(layout);
         }
         self.view()
+    }
+
+    /// This node's replica serving a request placed by layout version `layout`: refused (as
+    /// the replica's answer) if this node serves by a newer layout, see [`check_layout`].
+    pub async fn serve_local(&self, req: KvRequest, layout: u64) -> Result<CoreResult<KvResponse>, DriverError> {
+        if let Err(e) = check_layout(&req, layout, self.view().layout.version) {
+            return Ok(Err(e));
+        }
+        self.local.call(req).await
+    }
+
+    /// Where this node's data lives (its volume's usage is part of its stats).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     /// Learns where a peer that sent Raft messages listens (see [`RaftTransport::learn`]).
@@ -159,11 +168,7 @@ impl Cluster {
         if let Some(l) = links.get(node).filter(|l| l.addr == addr) {
             return Ok(l.clone());
         }
-        let ch = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| Unreachable(format!("{node} at {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let ch = peer_endpoint(&addr).map_err(|e| Unreachable(format!("{node} at {addr:?}: {e}")))?.connect_lazy();
         let client = PeerServiceClient::new(ch);
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(self.me.clone(), client.clone(), rx));
@@ -200,11 +205,8 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<(Result<KvResponse, CoreError>, f32), Unreachable> {
         if node == self.me {
-            if let Err(e) = check_layout(&req, layout, self.view().layout.version) {
-                return Ok((Err(e), 0.0));
-            }
             let disk = if matches!(req, KvRequest::Stats) { Self::disk_usage_percent(&self.data_dir) } else { None };
-            let out = self.local.call(req).await.map_err(|e| Unreachable(e.to_string()))?;
+            let out = self.serve_local(req, layout).await.map_err(|e| Unreachable(e.to_string()))?;
             return Ok((out, disk.unwrap_or(0.0)));
         }
         let limit = timeout.min(PEER_TIMEOUT);

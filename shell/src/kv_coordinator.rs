@@ -16,12 +16,12 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use sha2::{Digest, Sha256};
 use tessera_core::kv::quorum::{Consistency, resolve_read};
 use tessera_core::kv::{Causal, IdemKey, IdemRecord, KvRequest, KvResponse, TenantRecord, VClock, Version};
-use tessera_core::meta::{MetaRequest, MetaResponse, Migration, Placement};
+use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Migration, Placement};
 use tessera_core::rng::Rng;
 use tessera_core::{CoreError, CoreResult};
 use tokio::sync::mpsc;
@@ -59,6 +59,37 @@ pub trait Peers: Send + Sync + 'static {
     fn spawn(&self, fut: BoxFuture<()>);
     /// Asks this node's metadata machine; no answer within `timeout_ms` is UNAVAILABLE.
     fn meta(self: &Arc<Self>, req: MetaRequest, timeout_ms: u64) -> BoxFuture<CoreResult<MetaResponse>>;
+}
+
+/// One layout version, as a node serves by it: the layout and where keys live under it.
+pub struct View {
+    pub layout: Layout,
+    pub placement: Arc<Placement>,
+}
+
+/// The view a node serves by, replaced whole when it follows a newer layout.
+pub struct ViewCell(RwLock<Arc<View>>);
+
+impl ViewCell {
+    pub fn new(layout: Layout) -> ViewCell {
+        ViewCell(RwLock::new(Arc::new(View { placement: Arc::new(Placement::new(&layout)), layout })))
+    }
+
+    pub fn get(&self) -> Arc<View> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serves by `layout` from now on if it is newer than the one in use; returns the
+    /// version it replaced and the new view.
+    pub fn follow(&self, layout: Layout) -> Option<(u64, Arc<View>)> {
+        let mut current = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let from = current.layout.version;
+        if layout.version <= from {
+            return None;
+        }
+        *current = Arc::new(View { placement: Arc::new(Placement::new(&layout)), layout });
+        Some((from, current.clone()))
+    }
 }
 
 /// A replica's guard against coordinators that lag behind a layout change: a request that
@@ -127,12 +158,7 @@ impl Targets {
         let rf = tenant.replication_factor as usize;
         // One placement lookup (a SHA-256 and a ring walk per ring) serves both.
         let sets = placement.write_sets(&tenant.id, key, rf);
-        let mut nodes: Vec<String> = Vec::new();
-        for n in sets.iter().flatten() {
-            if !nodes.contains(n) {
-                nodes.push(n.clone());
-            }
-        }
+        let nodes = Placement::union(&sets);
         let sets = sets
             .into_iter()
             .map(|set| {
@@ -602,12 +628,10 @@ impl<P: Peers> KvCoordinator<P> {
         let mut after = None;
         let mut repaired = 0;
         loop {
-            let scan = KvRequest::Scan { after: after.clone(), limit: 256 };
-            let entries = match self.peers.send(&me, scan, PEER_TIMEOUT_MS).await {
-                Ok(Ok(KvResponse::Entries(e))) if !e.is_empty() => e,
+            let entries = match self.scan_page(&mut after).await {
+                Ok(e) if !e.is_empty() => e,
                 _ => return repaired,
             };
-            after = entries.last().map(|(t, k, _)| (t.clone(), k.clone()));
             let mut per_peer: BTreeMap<String, Vec<(String, String, Vec<u8>)>> = BTreeMap::new();
             let mut mine: BTreeMap<(String, String), Vec<Version>> = BTreeMap::new();
             for (tenant, key, versions) in entries {
@@ -681,40 +705,15 @@ impl<P: Peers> KvCoordinator<P> {
         };
         let (mut after, mut examined, mut reported) = (None, 0u64, 0u64);
         loop {
-            let scan = KvRequest::Scan { after: after.clone(), limit: 256 };
-            let entries = match self.peers.send(&me, scan, PEER_TIMEOUT_MS).await {
-                Ok(Ok(KvResponse::Entries(e))) => e,
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(_)) | Err(_) => {
-                    return Err(CoreError::Unavailable("this node's replica did not answer a scan".into()));
-                }
-            };
-            let Some(last) = entries.last().map(|(t, k, _)| (t.clone(), k.clone())) else { break };
-            after = Some(last);
+            let entries = self.scan_page(&mut after).await?;
+            if entries.is_empty() {
+                break;
+            }
             for (tenant, key, versions) in entries {
-                // Tenants are never deleted, so a failed lookup is the metadata group being
-                // unreachable: stop, rather than count a key that did not move.
-                let rf = match self.tenant(&tenant, until()).await {
-                    Ok(t) => t.replication_factor as usize,
-                    Err(e) => {
-                        let _ = self.meta(report(examined, false), until()).await;
-                        return Err(e);
-                    }
-                };
-                for target in placement.handoff_targets(&me, &tenant, &key, rf) {
-                    let req = KvRequest::Apply {
-                        tenant: tenant.clone(),
-                        key: key.clone(),
-                        versions: versions.clone(),
-                        idem: None,
-                    };
-                    let refused = match self.peers.send_at(&target, req, placement.version, PEER_TIMEOUT_MS).await {
-                        Ok(Ok(_)) => continue,
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => e.0,
-                    };
+                if let Err(e) = self.hand_over_key(&placement, &me, tenant, key, versions).await {
+                    // Whatever moved so far is on record for people watching.
                     let _ = self.meta(report(examined, false), until()).await;
-                    return Err(CoreError::Unavailable(format!("new owner {target}: {refused}")));
+                    return Err(e);
                 }
                 examined += 1;
             }
@@ -727,6 +726,49 @@ impl<P: Peers> KvCoordinator<P> {
         }
         self.meta(report(examined, true), until()).await?;
         Ok(Some(examined))
+    }
+
+    /// Sends one key this node holds to the owners it gains under `placement`.
+    async fn hand_over_key(
+        &self,
+        placement: &Placement,
+        me: &str,
+        tenant: String,
+        key: String,
+        versions: Vec<Version>,
+    ) -> CoreResult<()> {
+        // Tenants are never deleted, so a failed lookup is the metadata group being
+        // unreachable: stop, rather than count a key that did not move.
+        let rf = self.tenant(&tenant, self.peers.now_ms() + PEER_TIMEOUT_MS).await?.replication_factor as usize;
+        for target in placement.handoff_targets(me, &tenant, &key, rf) {
+            let req =
+                KvRequest::Apply { tenant: tenant.clone(), key: key.clone(), versions: versions.clone(), idem: None };
+            let refused = match self.peers.send_at(&target, req, placement.version, PEER_TIMEOUT_MS).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.0,
+            };
+            return Err(CoreError::Unavailable(format!("new owner {target}: {refused}")));
+        }
+        Ok(())
+    }
+
+    /// The next page of keys this node holds, after `after` (which it moves on); empty at the
+    /// end.
+    async fn scan_page(&self, after: &mut Option<(String, String)>) -> CoreResult<Vec<(String, String, Vec<Version>)>> {
+        let me = self.peers.me().to_owned();
+        let scan = KvRequest::Scan { after: after.clone(), limit: 256 };
+        let entries = match self.peers.send(&me, scan, PEER_TIMEOUT_MS).await {
+            Ok(Ok(KvResponse::Entries(e))) => e,
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(_)) | Err(_) => {
+                return Err(CoreError::Unavailable("this node's replica did not answer a scan".into()));
+            }
+        };
+        if let Some((t, k, _)) = entries.last() {
+            *after = Some((t.clone(), k.clone()));
+        }
+        Ok(entries)
     }
 
     /// Offers the hints this node holds to every other member, once.

@@ -83,8 +83,8 @@ impl RaftTransport {
         {
             return Some(q.clone());
         }
-        let ch = match Channel::from_shared(format!("http://{addr}")) {
-            Ok(ch) => ch.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
+        let ch = match crate::cluster::peer_endpoint(&addr) {
+            Ok(ch) => ch,
             Err(e) => {
                 tracing::warn!(peer = %to, %addr, error = %e, "bad peer address");
                 return None;

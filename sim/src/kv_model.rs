@@ -15,7 +15,7 @@
 //!   through read repair and hinted handoff).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::kv::quorum::Consistency;
@@ -23,7 +23,7 @@ use tessera_core::kv::ring::DEFAULT_VNODES;
 use tessera_core::kv::{KvRequest, KvResponse, Version};
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult};
-use tessera_shell::kv_coordinator::{BoxFuture, PeerResult, Peers, Unreachable, check_layout};
+use tessera_shell::kv_coordinator::{BoxFuture, PeerResult, Peers, Unreachable, ViewCell, check_layout};
 
 use crate::model::clip;
 use crate::net::REQUEST_TIMEOUT;
@@ -55,7 +55,7 @@ pub struct SimPeers {
     name: String,
     skew_ms: i64,
     /// The layout this node serves by: its members and placement, following the applied one.
-    view: Mutex<(Layout, Arc<Placement>)>,
+    view: ViewCell,
 }
 
 /// How long after a layout change starts old owners begin handing keys over (nodes follow
@@ -66,17 +66,12 @@ impl SimPeers {
     /// A node's peers as of `layout`, the one its metadata machine opened with (as tesserad
     /// starts from its stored layout); a node that has not joined yet has none.
     pub fn new(world: Arc<World>, index: usize, skew_ms: i64, layout: Layout) -> SimPeers {
-        let placement = Arc::new(Placement::new(&layout));
-        SimPeers { world, index, name: format!("n{index}"), skew_ms, view: Mutex::new((layout, placement)) }
-    }
-
-    fn view(&self) -> std::sync::MutexGuard<'_, (Layout, Arc<Placement>)> {
-        self.view.lock().unwrap_or_else(|e| e.into_inner())
+        SimPeers { world, index, name: format!("n{index}"), skew_ms, view: ViewCell::new(layout) }
     }
 
     /// The layout version this node serves by.
     pub fn layout_version(&self) -> u64 {
-        self.view().0.version
+        self.view.get().layout.version
     }
 }
 
@@ -86,11 +81,7 @@ pub async fn follow_layout(peers: Arc<SimPeers>) {
         madsim::time::sleep(Duration::from_millis(100)).await;
         let Some(h) = peers.world.meta_handle(peers.index) else { continue };
         if let Ok(Ok(MetaResponse::Layout(layout))) = h.call(MetaRequest::Layout).await {
-            let mut view = peers.view();
-            if layout.version > view.0.version {
-                let placement = Arc::new(Placement::new(&layout));
-                *view = (layout, placement);
-            }
+            peers.view.follow(layout);
         }
     }
 }
@@ -142,11 +133,11 @@ impl Peers for SimPeers {
     }
 
     fn members(&self) -> Vec<String> {
-        self.view().0.data_nodes()
+        self.view.get().layout.data_nodes()
     }
 
     fn placement(&self) -> Arc<Placement> {
-        self.view().1.clone()
+        self.view.get().placement.clone()
     }
 
     fn now_ms(&self) -> u64 {
@@ -359,15 +350,8 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
 pub async fn final_check(world: &Arc<World>) {
     let keys: Vec<(String, u64)> = world.lock().kv.keys.iter().map(|(k, s)| (k.clone(), s.last_acked)).collect();
     // A layout change still under way finishes once its old owners have handed over.
-    let mut layout = newest_layout(world).await;
-    for _ in 0..150 {
-        if layout.as_ref().is_some_and(|l| l.previous.is_none()) {
-            break;
-        }
-        madsim::time::sleep(Duration::from_millis(100)).await;
-        layout = newest_layout(world).await;
-    }
-    let Some(layout) = layout.filter(|l| l.previous.is_none()) else {
+    let settled = |l: &Layout| l.previous.is_none();
+    let Some(layout) = await_layout(world, settled, world.elapsed_ms() + 15_000).await else {
         return world.violation("kv: the layout change did not finish within 15 s of the heal".into());
     };
     world.event(format!("kv final layout v{}: ring {:?}", layout.version, layout.ring_nodes()));
@@ -434,8 +418,21 @@ pub async fn newest_layout(world: &Arc<World>) -> Option<Layout> {
     best
 }
 
+/// The newest layout once it satisfies `pred`, asking every 100 ms until `until_ms`.
+async fn await_layout(world: &Arc<World>, pred: impl Fn(&Layout) -> bool, until_ms: u64) -> Option<Layout> {
+    loop {
+        if let Some(l) = newest_layout(world).await.filter(|l| pred(l)) {
+            return Some(l);
+        }
+        if world.elapsed_ms() >= until_ms {
+            return None;
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Asks a random initial node to make a layout change until one attempt has taken effect
-/// (`done` says so of the newest layout) or the faulty phase is over.
+/// (`done` says so of the newest layout) or `until_ms` has passed.
 async fn change_layout(world: &Arc<World>, req: MetaRequest, done: impl Fn(&Layout) -> bool, until_ms: u64) -> bool {
     while world.elapsed_ms() < until_ms {
         let node = world.rng_below(world.opts.nodes as u64) as usize;
@@ -479,24 +476,19 @@ pub async fn layout_changes(world: Arc<World>, until_ms: u64) {
     }
     // Past the faulty phase too if need be (clients have stopped then; the network still
     // loses messages until the heal).
-    while world.elapsed_ms() < until_ms + 5_000 {
-        if newest_layout(&world).await.is_some_and(|l| l.previous.is_none()) {
-            world.event(format!("layout: keys moved to {joiner}"));
-            if world.chance(0.7) {
-                let victim = format!("n{}", world.rng_below(world.opts.nodes as u64));
-                // The metadata workload raises other tenants' factors up to 10, which makes a
-                // plain removal refused as in use: then force it (the node owes no hand-over).
-                let force = world.lock().meta.widest_asked() > 3 || world.chance(0.5);
-                let remove = MetaRequest::RemoveNode { id: victim.clone(), force };
-                let v = victim.clone();
-                if change_layout(&world, remove, move |l| l.by_id(&v).is_some_and(|m| !m.storage), until_ms + 8_000)
-                    .await
-                {
-                    world.event(format!("layout: {victim} removed"));
-                }
-            }
-            return;
+    if await_layout(&world, |l| l.previous.is_none(), until_ms + 5_000).await.is_none() {
+        return;
+    }
+    world.event(format!("layout: keys moved to {joiner}"));
+    if world.chance(0.7) {
+        let victim = format!("n{}", world.rng_below(world.opts.nodes as u64));
+        // The metadata workload raises other tenants' factors up to 10, which makes a plain
+        // removal refused as in use: then force it (the node owes no hand-over).
+        let force = world.lock().meta.widest_asked() > 3 || world.chance(0.5);
+        let remove = MetaRequest::RemoveNode { id: victim.clone(), force };
+        let v = victim.clone();
+        if change_layout(&world, remove, move |l| l.by_id(&v).is_some_and(|m| !m.storage), until_ms + 8_000).await {
+            world.event(format!("layout: {victim} removed"));
         }
-        madsim::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -196,8 +196,9 @@ pub struct MetaMachine {
     next_tick: u64,
     /// (term, role) when the election timeout was last drawn.
     drawn_for: (u64, StateRole),
-    /// Raft number to node id for the nodes `--initial-cluster` named: how a joining node
-    /// answers the leader before the layout has reached it.
+    /// Raft number to node id for nodes the layout does not name: those `--initial-cluster`
+    /// named and those whose messages arrived. How a joining node answers the leader before
+    /// the layout has reached it.
     known: BTreeMap<u64, String>,
 }
 
@@ -218,16 +219,13 @@ impl MetaMachine {
                 };
                 (log, state, applied)
             }
-            _ if config.join => {
-                let log = RaftLog::bootstrap(Vec::new(), &mut init);
-                let state = MetaState::default();
-                state.persist_all(&MetaState::default(), &mut init);
-                init.put(KEYSPACE, keys::APPLIED.to_vec(), 0u64.to_be_bytes().to_vec());
-                (log, state, 0)
-            }
             _ => {
-                let layout = Layout::initial(&config.initial);
-                if layout.by_id(&config.node_id).is_none() {
+                // A node joining an existing group starts with no layout and no voters.
+                let layout = match config.join {
+                    true => Layout::default(),
+                    false => Layout::initial(&config.initial),
+                };
+                if !config.join && layout.by_id(&config.node_id).is_none() {
                     return Err(config_error(format!("node {:?} is not in the initial cluster", config.node_id)));
                 }
                 let voters = layout.members.iter().map(|m| m.raft_id).collect();
@@ -310,8 +308,7 @@ impl MetaMachine {
         let conf = self.raw.raft.prs().conf().to_conf_state();
         let layout = &self.state.layout;
         let storage = |id: u64| layout.members.iter().any(|m| m.raft_id == id && m.storage);
-        let handing_over =
-            |id: u64| layout.previous.as_ref().is_some_and(|p| p.iter().any(|(n, _)| raft_id_of(n) == id));
+        let handing_over = |id: u64| layout.by_raft_id(id).is_some_and(|m| layout.handing_over(&m.id));
         let in_group = |id: u64| conf.voters.contains(&id) || conf.learners.contains(&id);
         let change = |change_type, node_id| ConfChange { change_type, node_id, ..Default::default() };
         let joining = layout.members.iter().find(|m| m.storage && !in_group(m.raft_id));
@@ -665,7 +662,7 @@ impl MetaMachine {
             }
             MetaRequest::AddNode { id, addr, vnodes } => {
                 validate_id("node_id", &id)?;
-                validate_addr(&addr)?;
+                crate::ids::validate_addr("address", &addr)?;
                 if vnodes == 0 || vnodes > MAX_VNODES {
                     return Err(CoreError::InvalidArgument(format!(
                         "virtual_nodes: {vnodes}, expected 1..={MAX_VNODES}"
@@ -769,15 +766,6 @@ impl Machine for MetaMachine {
 
     fn deadline(&self) -> Option<u64> {
         Some(self.next_tick)
-    }
-}
-
-/// `host:port` with a port a socket can use.
-fn validate_addr(addr: &str) -> CoreResult<()> {
-    let port = addr.rsplit_once(':').filter(|(h, _)| !h.is_empty()).and_then(|(_, p)| p.parse::<u16>().ok());
-    match port {
-        Some(p) if p > 0 && addr.len() <= 255 => Ok(()),
-        _ => Err(CoreError::InvalidArgument(format!("address {addr:?}: expected host:port"))),
     }
 }
 

@@ -165,10 +165,15 @@ impl Placement {
 
     /// Every node a write goes to (the union of [`Placement::write_sets`]), in a fixed order.
     pub fn write_nodes(&self, tenant: &str, key: &str, rf: usize) -> Vec<String> {
+        Self::union(&self.write_sets(tenant, key, rf))
+    }
+
+    /// The nodes of `sets`, each once, in order of first appearance.
+    pub fn union(sets: &[Vec<String>]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for n in self.write_sets(tenant, key, rf).into_iter().flatten() {
-            if !out.contains(&n) {
-                out.push(n);
+        for n in sets.iter().flatten() {
+            if !out.contains(n) {
+                out.push(n.clone());
             }
         }
         out

@@ -73,11 +73,21 @@ impl Layout {
         self.members.iter().filter(|m| m.storage).map(|m| (m.id.clone(), m.vnodes)).collect()
     }
 
-    /// The nodes that hold keys: those on the ring and, while a change is under way, those
+    /// Whether `id` is on the ring a change under way started from (it owes a hand-over, or
+    /// had one exempted).
+    pub fn handing_over(&self, id: &str) -> bool {
+        self.previous.as_ref().is_some_and(|p| p.iter().any(|(n, _)| n == id))
+    }
+
+    /// The members that hold keys: those on the ring and, while a change is under way, those
     /// still handing theirs over. A node removed for good is not among them.
+    pub fn data_members(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.storage || self.handing_over(&m.id))
+    }
+
+    /// The ids of [`Layout::data_members`].
     pub fn data_nodes(&self) -> Vec<String> {
-        let draining = |id: &str| self.previous.as_ref().is_some_and(|p| p.iter().any(|(n, _)| n == id));
-        self.members.iter().filter(|m| m.storage || draining(&m.id)).map(|m| m.id.clone()).collect()
+        self.data_members().map(|m| m.id.clone()).collect()
     }
 
     pub fn by_raft_id(&self, raft_id: u64) -> Option<&Member> {
@@ -362,16 +372,11 @@ impl MetaState {
                     // the old replica sets too, with W in them, so the old ring still holds
                     // everything and goes back into service.
                     let mut m = running.clone();
-                    m.finished_ms = Some(*at_ms);
                     m.cancelled = true;
                     if let Some(node) = self.layout.members.iter_mut().find(|n| n.id == *id) {
                         node.storage = false;
                     }
-                    self.layout.previous = None;
-                    self.layout.version += 1;
-                    self.put_layout(batch);
-                    self.put_migration(m.clone(), batch);
-                    return Ok(Applied::Migration(m));
+                    return Ok(self.finish(m, *at_ms, batch));
                 }
                 if !self.layout.by_id(id).is_some_and(|m| m.storage) {
                     return Err(CoreError::NotFound(format!("node {id:?} is not a storage node of this cluster")));
@@ -422,18 +427,24 @@ impl MetaState {
                 // progress never goes back.
                 *p = NodeProgress { moved: p.moved.max(*moved), total: p.total.max(*total), done: p.done || *done };
                 if m.progress.values().all(|p| p.done) {
-                    m.finished_ms = Some(*at_ms);
-                    self.layout.previous = None;
-                    // The old ring is gone: a new placement, so a new version. A removed node
-                    // stays listed (off the ring), so its id is not reused and the Raft group
-                    // still reaches it if it votes there.
-                    self.layout.version += 1;
-                    self.put_layout(batch);
+                    return Ok(self.finish(m, *at_ms, batch));
                 }
                 self.put_migration(m.clone(), batch);
                 Ok(Applied::Migration(m))
             }
         }
+    }
+
+    /// Ends migration `m` at `at_ms` (done, or cancelled): the old ring is dropped, a new
+    /// placement and so a new version. A removed node stays listed (off the ring), so its id
+    /// is not reused and the Raft group still reaches it until it leaves.
+    fn finish(&mut self, mut m: Migration, at_ms: u64, batch: &mut WriteBatch) -> Applied {
+        m.finished_ms = Some(at_ms);
+        self.layout.previous = None;
+        self.layout.version += 1;
+        self.put_layout(batch);
+        self.put_migration(m.clone(), batch);
+        Applied::Migration(m)
     }
 
     /// The migration under way, if any (at most one runs at a time).

@@ -353,8 +353,7 @@ impl CoordinatorService for Coordinator {
         let view = self.cluster.refresh().await;
         let layout = &view.layout;
         // A removed node is listed while it still hands keys over (draining), not after.
-        let draining = |id: &str| layout.previous.as_ref().is_some_and(|p| p.iter().any(|(n, _)| n == id));
-        let listed: Vec<_> = layout.members.iter().filter(|m| m.storage || draining(&m.id)).collect();
+        let listed: Vec<_> = layout.data_members().collect();
         // Every node at once: one that is down costs its timeout once, not once per node.
         let asks: Vec<_> = listed
             .iter()

@@ -1,39 +1,33 @@
 //! `tessera.peer.v1.PeerService`: other nodes' calls to this node's key-value replica, and
 //! the metadata group's Raft messages.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use tessera_core::ids::validate_addr;
 use tessera_core::kv::{KvRequest, wire};
 use tessera_core::meta::MetaRequest;
 use tessera_proto::tessera::peer::v1 as peer;
 use tessera_proto::tessera::peer::v1::peer_service_server::PeerService;
 use tonic::{Request, Response, Status};
 
-use super::errors::driver_status;
-use crate::cluster::{Cluster, KvHandle, MetaHandle};
-use crate::kv_coordinator::check_layout;
+use super::errors::{driver_status, to_status};
+use crate::cluster::{Cluster, MetaHandle};
 
 #[derive(Clone)]
 pub struct Peer {
-    local: KvHandle,
     meta: MetaHandle,
-    data_dir: PathBuf,
-    /// The layout this node serves by, which fences requests placed by an older one.
+    /// This node's replica, behind the layout fence.
     cluster: Arc<Cluster>,
 }
 
 impl Peer {
-    pub fn new(local: KvHandle, meta: MetaHandle, data_dir: PathBuf, cluster: Arc<Cluster>) -> Self {
-        Self { local, meta, data_dir, cluster }
+    pub fn new(meta: MetaHandle, cluster: Arc<Cluster>) -> Self {
+        Self { meta, cluster }
     }
 
-    /// The replica's answer to one request placed by layout version `layout`.
-    async fn serve(local: KvHandle, req: KvRequest, layout: u64, mine: u64) -> Result<Vec<u8>, Status> {
-        if let Err(e) = check_layout(&req, layout, mine) {
-            return Ok(wire::encode_reply(&Err(e)));
-        }
-        let out = local.call(req).await.map_err(driver_status)?;
+    /// The replica's encoded answer to one request placed by layout version `layout`.
+    async fn serve(cluster: Arc<Cluster>, req: KvRequest, layout: u64) -> Result<Vec<u8>, Status> {
+        let out = cluster.serve_local(req, layout).await.map_err(driver_status)?;
         Ok(wire::encode_reply(&out))
     }
 }
@@ -45,11 +39,10 @@ impl PeerService for Peer {
         let kv = wire::decode_request(&r.body)
             .map_err(|e| Status::invalid_argument(format!("peer request from {:?}: {e}", r.from)))?;
         let stats = matches!(kv, KvRequest::Stats);
-        let mine = self.cluster.view().layout.version;
-        let body = Self::serve(self.local.clone(), kv, r.layout, mine).await?;
+        let body = Self::serve(self.cluster.clone(), kv, r.layout).await?;
         let mut reply = peer::PeerReply { body, disk_usage_percent: 0.0 };
         if stats {
-            reply.disk_usage_percent = crate::cluster::Cluster::disk_usage_percent(&self.data_dir).unwrap_or(0.0);
+            reply.disk_usage_percent = Cluster::disk_usage_percent(self.cluster.data_dir()).unwrap_or(0.0);
         }
         Ok(Response::new(reply))
     }
@@ -71,12 +64,11 @@ impl PeerService for Peer {
         }
         // Every request goes to the driver at once, so they share its group commit; the
         // answers are collected in order.
-        let mine = self.cluster.view().layout.version;
         let mut pending = Vec::with_capacity(r.bodies.len());
         for (body, layout) in r.bodies.into_iter().zip(r.layouts) {
             let kv = wire::decode_request(&body)
                 .map_err(|e| Status::invalid_argument(format!("peer request from {:?}: {e}", r.from)))?;
-            pending.push(tokio::spawn(Self::serve(self.local.clone(), kv, layout, mine)));
+            pending.push(tokio::spawn(Self::serve(self.cluster.clone(), kv, layout)));
         }
         let mut bodies = Vec::with_capacity(pending.len());
         for p in pending {
@@ -94,10 +86,7 @@ impl PeerService for Peer {
             )));
         }
         if !r.from_addr.is_empty() {
-            let port = r.from_addr.rsplit_once(':').and_then(|(h, p)| p.parse::<u16>().ok().filter(|_| !h.is_empty()));
-            if port.is_none() || r.from_addr.len() > 255 {
-                return Err(Status::invalid_argument(format!("from_addr {:?}: expected host:port", r.from_addr)));
-            }
+            validate_addr("from_addr", &r.from_addr).map_err(to_status)?;
             self.cluster.learn_raft_peer(&r.from, &r.from_addr);
         }
         // In order: raft-rs copes with reordering, but there is no reason to cause it.
