@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tessera_core::CoreError;
 use tessera_core::CoreResult;
+use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::wire;
 use tessera_core::kv::{KvMachine, KvRequest, KvResponse};
 use tessera_core::meta::{Layout, MetaMachine, MetaRequest, MetaResponse, Placement};
@@ -282,6 +283,28 @@ impl Peers for Cluster {
         Box::pin(async move { Cluster::call(&this, &node, req, layout, Duration::from_millis(timeout_ms)).await })
     }
 
+    fn tree(
+        self: &Arc<Self>,
+        node: &str,
+        query: TreeQuery,
+        layout: u64,
+        timeout_ms: u64,
+    ) -> BoxFuture<CoreResult<TreeAnswer>> {
+        let (this, node) = (self.clone(), node.to_owned());
+        Box::pin(async move {
+            let mut client = this.link(&node).map_err(|e| CoreError::Unavailable(e.0))?.client;
+            let msg = peer::PeerRequest { from: this.me.clone(), body: query.encode(), layout };
+            let limit = Duration::from_millis(timeout_ms).min(PEER_TIMEOUT);
+            match tokio::time::timeout(limit, client.tree(msg)).await {
+                Err(_) => Err(CoreError::Unavailable(format!("{node} did not answer within {} ms", limit.as_millis()))),
+                Ok(Err(s)) => Err(CoreError::Unavailable(format!("{node}: {}", s.message()))),
+                Ok(Ok(r)) => {
+                    TreeAnswer::decode(&r.into_inner().body).map_err(|e| CoreError::Unavailable(format!("{node}: {e}")))
+                }
+            }
+        })
+    }
+
     fn spawn(&self, fut: BoxFuture<()>) {
         tokio::spawn(fut);
     }
@@ -369,9 +392,14 @@ const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(10);
 pub async fn anti_entropy(coordinator: Arc<KvCoordinator<Cluster>>) {
     loop {
         tokio::time::sleep(ANTI_ENTROPY_EVERY).await;
-        let n = coordinator.anti_entropy_pass().await;
-        if n > 0 {
-            tracing::info!(keys = n, "anti-entropy repaired keys");
+        let r = coordinator.anti_entropy_pass().await;
+        if r.repaired > 0 {
+            tracing::info!(
+                keys = r.repaired,
+                segments = r.segments_differing,
+                compared = r.keys_compared,
+                "anti-entropy repaired keys"
+            );
         }
     }
 }

@@ -13,12 +13,17 @@
 //! (another for each that fails; R of each set while keys move), answers from their
 //! reconciled versions, and repairs the stale ones in the background.
 
+mod anti_entropy;
+
+pub use anti_entropy::AntiEntropyReport;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 
 use sha2::{Digest, Sha256};
+use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::quorum::{Consistency, resolve_read};
 use tessera_core::kv::{Causal, IdemKey, IdemRecord, KvRequest, KvResponse, TenantRecord, VClock, Version};
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Migration, Placement};
@@ -55,6 +60,16 @@ pub trait Peers: Send + Sync + 'static {
         let layout = self.placement().version;
         self.send_at(node, req, layout, timeout_ms)
     }
+    /// Asks `node`'s coordinator about the Merkle tree it builds over the keys it shares
+    /// with this node, by layout version `layout` (anti-entropy); no answer within
+    /// `timeout_ms` is UNAVAILABLE.
+    fn tree(
+        self: &Arc<Self>,
+        node: &str,
+        query: TreeQuery,
+        layout: u64,
+        timeout_ms: u64,
+    ) -> BoxFuture<CoreResult<TreeAnswer>>;
     /// Runs `fut` in the background (work that outlives the client's answer).
     fn spawn(&self, fut: BoxFuture<()>);
     /// Asks this node's metadata machine; no answer within `timeout_ms` is UNAVAILABLE.
@@ -93,14 +108,11 @@ impl ViewCell {
 }
 
 /// A replica's guard against coordinators that lag behind a layout change: a request that
-/// reads or writes a key (`Coordinate`, `Apply`, `Read`, `Compare`) decided under an older
+/// reads or writes a key (`Coordinate`, `Apply`, `Read`) decided under an older
 /// layout than the replica's own is refused, since it may leave out the key's new owners
 /// after this replica has handed its keys to them. The coordinator retries once it follows.
 pub fn check_layout(req: &KvRequest, sender: u64, mine: u64) -> CoreResult<()> {
-    let keyed = matches!(
-        req,
-        KvRequest::Coordinate { .. } | KvRequest::Apply { .. } | KvRequest::Read { .. } | KvRequest::Compare { .. }
-    );
+    let keyed = matches!(req, KvRequest::Coordinate { .. } | KvRequest::Apply { .. } | KvRequest::Read { .. });
     if keyed && sender < mine {
         return Err(CoreError::Unavailable(format!(
             "the coordinator placed this request by layout version {sender}, but the replica already serves by \
@@ -198,6 +210,8 @@ pub struct KvCoordinator<P: Peers> {
     tenants: Mutex<BTreeMap<String, (TenantRecord, u64)>>,
     rng: Mutex<Rng>,
     hand_over_grace_ms: u64,
+    /// Trees built to answer peers' anti-entropy questions, by peer.
+    trees: Mutex<BTreeMap<String, anti_entropy::KeptTree>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -211,6 +225,7 @@ impl<P: Peers> KvCoordinator<P> {
             tenants: Mutex::new(BTreeMap::new()),
             rng: Mutex::new(Rng::new(seed)),
             hand_over_grace_ms: HAND_OVER_GRACE_MS,
+            trees: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -615,56 +630,6 @@ impl<P: Peers> KvCoordinator<P> {
             }
         }));
         Ok(outcome.versions)
-    }
-
-    /// One anti-entropy pass: walks every key this node holds, asks each of the key's other
-    /// replicas which of them differ (by a 16-byte digest of the versions, no values), and
-    /// for each that does, pushes this node's versions there and pulls the merged set back.
-    /// Both then hold the same reconciled versions. Keys only a peer holds are found by that
-    /// peer's own pass. Returns how many keys were repaired.
-    pub async fn anti_entropy_pass(&self) -> usize {
-        let me = self.peers.me().to_owned();
-        let placement = self.peers.placement();
-        let mut after = None;
-        let mut repaired = 0;
-        loop {
-            let entries = match self.scan_page(&mut after).await {
-                Ok(e) if !e.is_empty() => e,
-                _ => return repaired,
-            };
-            let mut per_peer: BTreeMap<String, Vec<(String, String, Vec<u8>)>> = BTreeMap::new();
-            let mut mine: BTreeMap<(String, String), Vec<Version>> = BTreeMap::new();
-            for (tenant, key, versions) in entries {
-                let until = self.peers.now_ms() + PEER_TIMEOUT_MS;
-                let Ok(t) = self.tenant(&tenant, until).await else { continue };
-                let d = tessera_core::kv::vclock::digest(&versions);
-                let replicas = placement.write_nodes(&tenant, &key, t.replication_factor as usize);
-                for r in replicas.into_iter().filter(|r| *r != me) {
-                    per_peer.entry(r).or_default().push((tenant.clone(), key.clone(), d.clone()));
-                }
-                mine.insert((tenant, key), versions);
-            }
-            for (peer, items) in per_peer {
-                let compare = KvRequest::Compare { items };
-                let differ = match self.peers.send_at(&peer, compare, placement.version, PEER_TIMEOUT_MS).await {
-                    Ok(Ok(KvResponse::Differ(d))) => d,
-                    _ => continue,
-                };
-                for (tenant, key) in differ {
-                    let Some(versions) = mine.get(&(tenant.clone(), key.clone())).cloned() else { continue };
-                    let push = KvRequest::Apply { tenant: tenant.clone(), key: key.clone(), versions, idem: None };
-                    let Ok(Ok(KvResponse::Versions(merged))) =
-                        self.peers.send_at(&peer, push, placement.version, PEER_TIMEOUT_MS).await
-                    else {
-                        continue;
-                    };
-                    let pull = KvRequest::Apply { tenant, key, versions: merged, idem: None };
-                    if let Ok(Ok(_)) = self.peers.send(&me, pull, PEER_TIMEOUT_MS).await {
-                        repaired += 1;
-                    }
-                }
-            }
-        }
     }
 
     /// One hand-over pass: when a layout change under way says this node owes keys to new

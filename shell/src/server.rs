@@ -247,7 +247,7 @@ pub async fn run(
     let uploads = UploadService::new(upload_handle, status_handle_for_uploads).with_prestage(store.clone());
     let metacat = Metacat::new(catalog_handle);
     let coordinator = Coordinator::new(cluster.clone(), rng.next_u64());
-    let peer = Peer::new(meta_handle, cluster.clone());
+    let peer = Peer::new(meta_handle, cluster.clone(), coordinator.coordinator());
     let handoff = tokio::spawn(crate::cluster::hand_off(coordinator.coordinator()));
     let anti_entropy = tokio::spawn(crate::cluster::anti_entropy(coordinator.coordinator()));
     let follow = tokio::spawn(crate::cluster::follow_layout(cluster.clone()));

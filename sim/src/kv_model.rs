@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::quorum::Consistency;
 use tessera_core::kv::ring::DEFAULT_VNODES;
 use tessera_core::kv::{KvRequest, KvResponse, Version};
@@ -164,6 +165,36 @@ impl Peers for SimPeers {
         })
     }
 
+    fn tree(
+        self: &Arc<Self>,
+        node: &str,
+        query: TreeQuery,
+        layout: u64,
+        timeout_ms: u64,
+    ) -> BoxFuture<CoreResult<TreeAnswer>> {
+        let (world, from) = (self.world.clone(), self.name.clone());
+        let (me, to) = (self.index, node.trim_start_matches('n').parse::<usize>().unwrap_or(usize::MAX));
+        Box::pin(async move {
+            let lost = |w: &World| w.nodes_cut(me, to) || (!w.lock().healed && w.chance(w.plan.loss));
+            // On the peer's node, as tesserad's peer service runs it: a crash there ends it.
+            let attempt = async {
+                delay(&world).await;
+                if to >= world.opts.all_nodes() || lost(&world) {
+                    return None;
+                }
+                let (coord, id) = world.coordinator(to)?;
+                let handle = madsim::runtime::Handle::current().get_node(id)?;
+                let out = handle.spawn(async move { coord.answer_tree(&from, layout, query).await }).await.ok()?;
+                delay(&world).await;
+                if lost(&world) { None } else { Some(out) }
+            };
+            match madsim::time::timeout(Duration::from_millis(timeout_ms), attempt).await {
+                Ok(Some(out)) => out,
+                _ => Err(CoreError::Unavailable(format!("n{to} gave no answer"))),
+            }
+        })
+    }
+
     fn spawn(&self, fut: BoxFuture<()>) {
         madsim::task::spawn(fut);
     }
@@ -194,7 +225,14 @@ pub async fn hand_off(coord: Coordinator) {
             let _ = coord.hand_over_pass().await;
         }
         if round.is_multiple_of(4) {
-            coord.anti_entropy_pass().await;
+            let r = coord.anti_entropy_pass().await;
+            if r.repaired > 0 {
+                let me = coord.peers().me().to_owned();
+                coord.peers().world.event(format!(
+                    "{me} anti-entropy: {} peers, {} ranges and {} segments differ, {} keys compared, {} repaired",
+                    r.peers, r.ranges_differing, r.segments_differing, r.keys_compared, r.repaired
+                ));
+            }
         }
     }
 }

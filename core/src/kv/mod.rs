@@ -2,6 +2,7 @@
 //! machine and the quorum rules the coordinator follows.
 
 mod keys;
+pub mod merkle;
 pub mod quorum;
 pub mod replica;
 pub mod ring;

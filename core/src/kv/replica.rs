@@ -126,10 +126,11 @@ pub enum KvRequest {
         after: Option<(String, String)>,
         limit: usize,
     },
-    /// Anti-entropy: which of these (tenant, key, digest of versions) differ here (a key
-    /// this node lacks differs too).
-    Compare {
-        items: Vec<(String, String, Vec<u8>)>,
+    /// Anti-entropy: like `Scan`, with a 16-byte digest of each key's versions in place of
+    /// the versions (no values leave the replica).
+    Digests {
+        after: Option<(String, String)>,
+        limit: usize,
     },
 }
 
@@ -152,7 +153,7 @@ pub enum KvResponse {
         hints: u64,
     },
     Entries(Vec<(String, String, Vec<Version>)>),
-    Differ(Vec<(String, String)>),
+    Digests(Vec<(String, String, Vec<u8>)>),
 }
 
 #[derive(Debug, Clone)]
@@ -372,34 +373,37 @@ impl KvMachine {
                 Ok((KvResponse::Done, batch))
             }
             KvRequest::Scan { after, limit } => {
-                let after_key = after.map(|(t, k)| keys::value(&t, &k));
-                let rows = store.prefix(KEYSPACE, keys::VALUE_PREFIX, after_key.as_deref(), limit.clamp(1, 1000))?;
-                let mut out = Vec::with_capacity(rows.len());
-                for (k, v) in rows {
-                    let (tenant, key) = keys::split_value(&k)
-                        .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad value key".into() })?;
-                    out.push((tenant, key, decode_versions(KEYSPACE, &v)?));
-                }
+                let out = Self::scan(store, after, limit, |versions| versions)?;
                 Ok((KvResponse::Entries(out), batch))
             }
-            KvRequest::Compare { items } => {
-                if items.len() > 1000 {
-                    return Err(CoreError::InvalidArgument(format!("{} keys to compare, at most 1000", items.len())));
-                }
-                let mut differ = Vec::new();
-                for (tenant, key, d) in items {
-                    let mine = Self::versions(store, &tenant, &key)?.unwrap_or_default();
-                    if digest(&mine) != d {
-                        differ.push((tenant, key));
-                    }
-                }
-                Ok((KvResponse::Differ(differ), batch))
+            KvRequest::Digests { after, limit } => {
+                let out = Self::scan(store, after, limit, |versions| digest(&versions))?;
+                Ok((KvResponse::Digests(out), batch))
             }
             KvRequest::Stats => Ok((
                 KvResponse::Stats { keys: count(store, keys::KEY_COUNT)?, hints: count(store, keys::HINT_COUNT)? },
                 batch,
             )),
         }
+    }
+
+    /// Up to `limit` (at most 1000) keys after `after` in (tenant, key) order, each with
+    /// `what` of its versions.
+    fn scan<T>(
+        store: &dyn StoreRead,
+        after: Option<(String, String)>,
+        limit: usize,
+        what: impl Fn(Vec<Version>) -> T,
+    ) -> Result<Vec<(String, String, T)>, StoreError> {
+        let after_key = after.map(|(t, k)| keys::value(&t, &k));
+        let rows = store.prefix(KEYSPACE, keys::VALUE_PREFIX, after_key.as_deref(), limit.clamp(1, 1000))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let (tenant, key) = keys::split_value(&k)
+                .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad value key".into() })?;
+            out.push((tenant, key, what(decode_versions(KEYSPACE, &v)?)));
+        }
+        Ok(out)
     }
 
     /// Removes expired idempotency records and hints too old to deliver.
@@ -491,7 +495,7 @@ impl Machine for KvMachine {
                 | KvRequest::Hints { .. }
                 | KvRequest::Stats
                 | KvRequest::Scan { .. }
-                | KvRequest::Compare { .. }
+                | KvRequest::Digests { .. }
         );
         let mut ready = Ready::answer(token, self.handle(now, input, store))?;
         // Reads promise nothing new about durable state. A coordination is not volatile even

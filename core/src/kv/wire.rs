@@ -54,6 +54,22 @@ fn opt_bytes(e: Encoder, v: &Option<Vec<u8>>) -> Encoder {
     }
 }
 
+fn scan(e: Encoder, after: &Option<(String, String)>, limit: usize) -> Encoder {
+    let e = match after {
+        Some((t, k)) => e.u8(1).str(t).str(k),
+        None => e.u8(0),
+    };
+    e.u64(limit as u64)
+}
+
+fn read_scan(d: &mut Decoder<'_>) -> Result<(Option<(String, String)>, usize), StoreError> {
+    let after = match d.u8()? {
+        0 => None,
+        _ => Some((d.string()?, d.string()?)),
+    };
+    Ok((after, d.u64()?.min(1000) as usize))
+}
+
 pub fn encode_request(r: &KvRequest) -> Vec<u8> {
     let e = Encoder::new();
     match r {
@@ -72,20 +88,8 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
         KvRequest::Hints { target, limit } => e.u8(7).str(target).u64(*limit as u64),
         KvRequest::HintsDelivered { target, upto } => e.u8(8).str(target).u64(*upto),
         KvRequest::Stats => e.u8(9),
-        KvRequest::Scan { after, limit } => {
-            let e = match after {
-                Some((t, k)) => e.u8(10).u8(1).str(t).str(k),
-                None => e.u8(10).u8(0),
-            };
-            e.u64(*limit as u64)
-        }
-        KvRequest::Compare { items } => {
-            let mut e = e.u8(11).u64(items.len() as u64);
-            for (t, k, d) in items {
-                e = e.str(t).str(k).bytes(d);
-            }
-            e
-        }
+        KvRequest::Scan { after, limit } => scan(e.u8(10), after, *limit),
+        KvRequest::Digests { after, limit } => scan(e.u8(11), after, *limit),
     }
     .finish()
 }
@@ -121,19 +125,12 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
         8 => KvRequest::HintsDelivered { target: d.string()?, upto: d.u64()? },
         9 => KvRequest::Stats,
         10 => {
-            let after = match d.u8()? {
-                0 => None,
-                _ => Some((d.string()?, d.string()?)),
-            };
-            KvRequest::Scan { after, limit: d.u64()?.min(1000) as usize }
+            let (after, limit) = read_scan(&mut d)?;
+            KvRequest::Scan { after, limit }
         }
         11 => {
-            let n = d.u64()?;
-            let mut items = Vec::with_capacity(n.min(1000) as usize);
-            for _ in 0..n {
-                items.push((d.string()?, d.string()?, d.bytes()?.to_vec()));
-            }
-            KvRequest::Compare { items }
+            let (after, limit) = read_scan(&mut d)?;
+            KvRequest::Digests { after, limit }
         }
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown request tag {t}") }),
     };
@@ -178,10 +175,10 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
             }
             e
         }
-        Ok(KvResponse::Differ(ds)) => {
+        Ok(KvResponse::Digests(ds)) => {
             let mut e = e.u8(9).u64(ds.len() as u64);
-            for (t, k) in ds {
-                e = e.str(t).str(k);
+            for (t, k, d) in ds {
+                e = e.str(t).str(k).bytes(d);
             }
             e
         }
@@ -238,9 +235,9 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
             let n = d.u64()?;
             let mut ds = Vec::with_capacity(n.min(1000) as usize);
             for _ in 0..n {
-                ds.push((d.string()?, d.string()?));
+                ds.push((d.string()?, d.string()?, d.bytes()?.to_vec()));
             }
-            Ok(KvResponse::Differ(ds))
+            Ok(KvResponse::Digests(ds))
         }
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown reply tag {t}") }),
     };
@@ -272,7 +269,7 @@ mod tests {
             KvRequest::Hint { target: "n2".into(), tenant: "t".into(), key: "k".into(), versions: vec![v.clone()] },
             KvRequest::Stats,
             KvRequest::Scan { after: Some(("t".into(), "k".into())), limit: 5 },
-            KvRequest::Compare { items: vec![("t".into(), "k".into(), vec![1, 2])] },
+            KvRequest::Digests { after: None, limit: 7 },
         ];
         for r in reqs {
             assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
@@ -285,6 +282,7 @@ mod tests {
                 idem: Some(rec),
             }),
             Ok(KvResponse::Hints(vec![Hint { seq: 4, tenant: "t".into(), key: "k".into(), versions: vec![v] }])),
+            Ok(KvResponse::Digests(vec![("t".into(), "k".into(), vec![3; 16])])),
             Err(CoreError::AlreadyExists("tenant exists".into())),
         ];
         for r in replies {

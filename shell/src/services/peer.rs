@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tessera_core::ids::validate_addr;
+use tessera_core::kv::merkle::TreeQuery;
 use tessera_core::kv::{KvRequest, wire};
 use tessera_core::meta::MetaRequest;
 use tessera_proto::tessera::peer::v1 as peer;
@@ -12,17 +13,20 @@ use tonic::{Request, Response, Status};
 
 use super::errors::{driver_status, to_status};
 use crate::cluster::{Cluster, MetaHandle};
+use crate::kv_coordinator::KvCoordinator;
 
 #[derive(Clone)]
 pub struct Peer {
     meta: MetaHandle,
     /// This node's replica, behind the layout fence.
     cluster: Arc<Cluster>,
+    /// This node's coordinator, which answers anti-entropy questions.
+    coordinator: Arc<KvCoordinator<Cluster>>,
 }
 
 impl Peer {
-    pub fn new(meta: MetaHandle, cluster: Arc<Cluster>) -> Self {
-        Self { meta, cluster }
+    pub fn new(meta: MetaHandle, cluster: Arc<Cluster>, coordinator: Arc<KvCoordinator<Cluster>>) -> Self {
+        Self { meta, cluster, coordinator }
     }
 
     /// The replica's encoded answer to one request placed by layout version `layout`.
@@ -75,6 +79,14 @@ impl PeerService for Peer {
             bodies.push(p.await.map_err(|e| Status::internal(format!("peer request task: {e}")))??);
         }
         Ok(Response::new(peer::PeerBatchReply { bodies }))
+    }
+
+    async fn tree(&self, req: Request<peer::PeerRequest>) -> Result<Response<peer::PeerReply>, Status> {
+        let r = req.into_inner();
+        let query = TreeQuery::decode(&r.body)
+            .map_err(|e| Status::invalid_argument(format!("anti-entropy question from {:?}: {e}", r.from)))?;
+        let answer = self.coordinator.answer_tree(&r.from, r.layout, query).await.map_err(to_status)?;
+        Ok(Response::new(peer::PeerReply { body: answer.encode(), disk_usage_percent: 0.0 }))
     }
 
     async fn raft(&self, req: Request<peer::RaftMessages>) -> Result<Response<peer::RaftAck>, Status> {

@@ -1,0 +1,281 @@
+//! Anti-entropy over Merkle trees: what hints and read repair missed, a pass finds and
+//! repairs. Each pass this node builds, from one scan of its keys, a tree per peer over the
+//! keys the two should both hold (core `kv::merkle`), asks the peer for the hashes of the
+//! tree it builds over the same keys, and goes down only where they differ: range roots,
+//! then inner nodes, then segments. Only for the segments that differ do the two exchange
+//! key digests, and only the keys whose digests differ are repaired. Replicas in sync cost
+//! one scan each and sixteen hashes on the wire.
+//!
+//! Which keys two nodes share is a function of the layout, so both sides must build by the
+//! same layout version; a peer that serves by another refuses, and the next pass tries again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tessera_core::kv::merkle::{self, LEAF_LEVEL, MAX_TREE_KEYS, MerkleTree, TreeAnswer, TreeBuilder, TreeQuery};
+use tessera_core::kv::ring::key_position;
+use tessera_core::kv::{KvRequest, KvResponse};
+use tessera_core::meta::Placement;
+use tessera_core::{CoreError, CoreResult};
+
+use super::{KvCoordinator, PEER_TIMEOUT_MS, Peers, lock};
+
+/// What one pass found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AntiEntropyReport {
+    /// Peers whose trees were compared with this node's.
+    pub peers: usize,
+    /// Ranges whose roots differed, summed over peers.
+    pub ranges_differing: usize,
+    /// Segments (leaves) whose hashes differed, summed over peers.
+    pub segments_differing: usize,
+    /// Keys whose digests were exchanged (those of the differing segments).
+    pub keys_compared: usize,
+    /// Keys brought to the same versions on both sides.
+    pub repaired: usize,
+}
+
+/// A key this node holds: (tenant, key, digest of its versions).
+type Digested = (String, String, Vec<u8>);
+
+/// A key's digest on this node and on the peer (`None`: not held there).
+type DigestPair = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A tree built to answer a peer: the layout version it was built by, when, and the tree.
+pub(super) type KeptTree = (u64, u64, Arc<MerkleTree>);
+
+/// How long a tree built for a peer's first question answers its deeper ones (a pass asks
+/// them within a few round trips; a later pass starts with a fresh tree).
+const TREE_KEEP_MS: u64 = 30_000;
+/// Most peers whose trees are kept at once.
+const TREES_KEPT: usize = 64;
+
+fn bad_answer(peer: &str, what: &str) -> CoreError {
+    CoreError::Unavailable(format!("{peer} answered an anti-entropy question with {what}"))
+}
+
+impl<P: Peers> KvCoordinator<P> {
+    /// One anti-entropy pass with every other node that holds keys. Returns what it found.
+    pub async fn anti_entropy_pass(&self) -> AntiEntropyReport {
+        let me = self.peers.me().to_owned();
+        let placement = self.peers.placement();
+        let peers: Vec<String> = self.peers.members().into_iter().filter(|m| *m != me).collect();
+        let mut report = AntiEntropyReport::default();
+        let trees = match self.build_trees(&placement, &peers).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "anti-entropy pass stopped while building its trees");
+                return report;
+            }
+        };
+        for (peer, tree) in &trees {
+            match self.compare_with(&placement, peer, tree, &mut report).await {
+                Ok(()) => report.peers += 1,
+                Err(e) => tracing::debug!(%peer, error = %e, "anti-entropy skipped a peer this pass"),
+            }
+        }
+        report
+    }
+
+    /// Answers `from`'s question about the tree over the keys this node shares with it.
+    /// `layout` is the version `from` built its own tree by; this node must serve by the same
+    /// one, or the two trees would cover different keys.
+    pub async fn answer_tree(&self, from: &str, layout: u64, query: TreeQuery) -> CoreResult<TreeAnswer> {
+        let placement = self.peers.placement();
+        if placement.version != layout {
+            return Err(CoreError::Unavailable(format!(
+                "{from} compares trees by layout version {layout}, this node serves by version {}; a later pass \
+                 will compare",
+                placement.version
+            )));
+        }
+        match query {
+            TreeQuery::Hashes { level, indices } => {
+                let tree = self.tree_for(&placement, from, level == 1).await?;
+                tree.hashes(level, &indices).map(TreeAnswer::Hashes).ok_or_else(|| {
+                    CoreError::InvalidArgument(format!(
+                        "level {level} or one of its {} nodes is out of range",
+                        indices.len()
+                    ))
+                })
+            }
+            TreeQuery::Keys { segments } => {
+                let wanted: BTreeSet<u32> = segments.iter().copied().collect();
+                let mut found = self.keys_in(&placement, from, &wanted).await?;
+                let (mut covered, mut items) = (0u32, Vec::new());
+                for s in &segments {
+                    let keys = found.remove(s).unwrap_or_default();
+                    if covered > 0 && items.len() + keys.len() > MAX_TREE_KEYS {
+                        break;
+                    }
+                    items.extend(keys);
+                    covered += 1;
+                }
+                Ok(TreeAnswer::Keys { covered, items })
+            }
+        }
+    }
+
+    /// The tree over the keys shared with `peer`: built afresh when `fresh` (a pass's first
+    /// question) or when none is kept for this layout, else the one kept since.
+    async fn tree_for(&self, placement: &Placement, peer: &str, fresh: bool) -> CoreResult<Arc<MerkleTree>> {
+        let now = self.peers.now_ms();
+        if !fresh
+            && let Some((_, _, t)) = lock(&self.trees)
+                .get(peer)
+                .filter(|(v, at, _)| *v == placement.version && now.saturating_sub(*at) < TREE_KEEP_MS)
+        {
+            return Ok(t.clone());
+        }
+        let mut built = self.build_trees(placement, &[peer.to_owned()]).await?;
+        let tree = Arc::new(built.remove(peer).unwrap_or_else(|| TreeBuilder::new().finish()));
+        let mut kept = lock(&self.trees);
+        if kept.len() >= TREES_KEPT && !kept.contains_key(peer) {
+            kept.clear();
+        }
+        kept.insert(peer.to_owned(), (placement.version, now, tree.clone()));
+        Ok(tree)
+    }
+
+    /// Compares this node's tree for `peer` with the peer's, top down, and repairs the keys
+    /// of the segments that differ.
+    async fn compare_with(
+        &self,
+        placement: &Placement,
+        peer: &str,
+        tree: &MerkleTree,
+        report: &mut AntiEntropyReport,
+    ) -> CoreResult<()> {
+        let mut differing: Vec<u32> = (0..merkle::RANGES as u32).collect();
+        for level in 1..=LEAF_LEVEL {
+            if level > 1 {
+                differing = merkle::children(&differing);
+            }
+            let query = TreeQuery::Hashes { level, indices: differing.clone() };
+            let theirs = match self.peers.tree(peer, query, placement.version, PEER_TIMEOUT_MS).await? {
+                TreeAnswer::Hashes(h) if h.len() == differing.len() => h,
+                _ => return Err(bad_answer(peer, "the wrong hashes")),
+            };
+            differing = tree.differing(level, &differing, &theirs);
+            if level == 1 {
+                report.ranges_differing += differing.len();
+            }
+            if differing.is_empty() {
+                return Ok(());
+            }
+        }
+        report.segments_differing += differing.len();
+        let mine = self.keys_in(placement, peer, &differing.iter().copied().collect()).await?;
+        let mut rest = differing;
+        while !rest.is_empty() {
+            let query = TreeQuery::Keys { segments: rest.clone() };
+            let (covered, items) = match self.peers.tree(peer, query, placement.version, PEER_TIMEOUT_MS).await? {
+                TreeAnswer::Keys { covered, items } if covered > 0 => (covered as usize, items),
+                _ => return Err(bad_answer(peer, "no keys")),
+            };
+            let done: Vec<u32> = rest.drain(..covered.min(rest.len())).collect();
+            // Per key: (this node's digest, the peer's); a key one side lacks differs.
+            let mut keys: BTreeMap<(String, String), DigestPair> = BTreeMap::new();
+            for (t, k, d) in done.iter().filter_map(|s| mine.get(s)).flatten() {
+                keys.entry((t.clone(), k.clone())).or_default().0 = Some(d.clone());
+            }
+            for (t, k, d) in items {
+                keys.entry((t, k)).or_default().1 = Some(d);
+            }
+            report.keys_compared += keys.len();
+            for ((tenant, key), _) in keys.into_iter().filter(|(_, (a, b))| a != b) {
+                if self.repair_key(placement.version, peer, tenant, key).await? {
+                    report.repaired += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings one key to the same versions here and on `peer`: pushes this node's versions
+    /// there and applies the merged set the peer answers with here. Whether anything was
+    /// held on either side.
+    async fn repair_key(&self, layout: u64, peer: &str, tenant: String, key: String) -> CoreResult<bool> {
+        let me = self.peers.me().to_owned();
+        let versions = |r: super::PeerResult, whose: &str| match r {
+            Ok(Ok(KvResponse::Versions(v))) => Ok(v),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(_)) | Err(_) => Err(CoreError::Unavailable(format!("{whose} gave no versions of {key:?}"))),
+        };
+        let read = KvRequest::Read { tenant: tenant.clone(), key: key.clone() };
+        let mine = versions(self.peers.send_at(&me, read, layout, PEER_TIMEOUT_MS).await, "this node")?;
+        let push = KvRequest::Apply { tenant: tenant.clone(), key: key.clone(), versions: mine, idem: None };
+        let merged = versions(self.peers.send_at(peer, push, layout, PEER_TIMEOUT_MS).await, peer)?;
+        if merged.is_empty() {
+            return Ok(false);
+        }
+        let pull = KvRequest::Apply { tenant, key: key.clone(), versions: merged, idem: None };
+        versions(self.peers.send_at(&me, pull, layout, PEER_TIMEOUT_MS).await, "this node")?;
+        Ok(true)
+    }
+
+    /// One tree per peer in `peers` over the keys this node and that peer should both hold
+    /// under `placement`, from one scan.
+    async fn build_trees(&self, placement: &Placement, peers: &[String]) -> CoreResult<BTreeMap<String, MerkleTree>> {
+        let mut builders: BTreeMap<String, TreeBuilder> =
+            peers.iter().map(|p| (p.clone(), TreeBuilder::new())).collect();
+        self.for_each_shared(placement, |(t, k, d), position, replicas| {
+            for r in replicas {
+                if let Some(b) = builders.get_mut(r) {
+                    b.add(position, t, k, d);
+                }
+            }
+        })
+        .await?;
+        Ok(builders.into_iter().map(|(p, b)| (p, b.finish())).collect())
+    }
+
+    /// This node's keys that `peer` should hold too, in `segments`, by segment.
+    async fn keys_in(
+        &self,
+        placement: &Placement,
+        peer: &str,
+        segments: &BTreeSet<u32>,
+    ) -> CoreResult<BTreeMap<u32, Vec<Digested>>> {
+        let mut out: BTreeMap<u32, Vec<Digested>> = BTreeMap::new();
+        self.for_each_shared(placement, |item, position, replicas| {
+            let s = merkle::segment_of(position) as u32;
+            if segments.contains(&s) && replicas.iter().any(|r| r == peer) {
+                out.entry(s).or_default().push(item.clone());
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Calls `each` with every key this node holds and is a replica of under `placement`
+    /// (in storage order, with its ring position and replicas). A tenant that cannot be
+    /// looked up stops the walk: tenants are never deleted, so the metadata group is away.
+    async fn for_each_shared(
+        &self,
+        placement: &Placement,
+        mut each: impl FnMut(&Digested, u64, &[String]) + Send,
+    ) -> CoreResult<()> {
+        let me = self.peers.me().to_owned();
+        let mut after = None;
+        loop {
+            let scan = KvRequest::Digests { after: after.take(), limit: 1000 };
+            let page = match self.peers.send(&me, scan, PEER_TIMEOUT_MS).await {
+                Ok(Ok(KvResponse::Digests(d))) => d,
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(_)) | Err(_) => {
+                    return Err(CoreError::Unavailable("this node's replica did not answer a scan".into()));
+                }
+            };
+            let Some((t, k, _)) = page.last() else { return Ok(()) };
+            after = Some((t.clone(), k.clone()));
+            for item in &page {
+                let rf = self.tenant(&item.0, self.peers.now_ms() + PEER_TIMEOUT_MS).await?.replication_factor;
+                let replicas = placement.write_nodes(&item.0, &item.1, rf as usize);
+                if replicas.contains(&me) {
+                    each(item, key_position(&item.0, &item.1), &replicas);
+                }
+            }
+        }
+    }
+}

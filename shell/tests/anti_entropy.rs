@@ -1,0 +1,205 @@
+//! Anti-entropy over Merkle trees, in one process: three production coordinators and replica
+//! drivers over in-memory stores, wired together by calls (every tree question and answer
+//! goes through its wire encoding). Replicas in sync exchange no key digests; a few keys out
+//! of place cost only their segments' digests and are repaired both ways.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
+use tessera_core::kv::quorum::Consistency;
+use tessera_core::kv::{KvConfig, KvMachine, KvRequest, KvResponse, TenantRecord, Version};
+use tessera_core::mem_store::MemStore;
+use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
+use tessera_core::{CoreError, CoreResult, WriteBatch};
+use tessera_shell::driver::{Driver, DriverConfig, HandleFor, NoopObserver};
+use tessera_shell::kv_coordinator::{AntiEntropyReport, BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable};
+use tessera_shell::server::SystemClock;
+
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+/// The three nodes, as each coordinator reaches the others.
+#[derive(Default)]
+struct Net {
+    replicas: BTreeMap<String, HandleFor<KvMachine>>,
+    coordinators: Mutex<BTreeMap<String, Arc<KvCoordinator<LocalPeers>>>>,
+    placement: Option<Arc<Placement>>,
+    /// Tenants and their replication factors (the metadata group, here fixed).
+    tenants: BTreeMap<String, u32>,
+}
+
+struct LocalPeers {
+    me: String,
+    net: Arc<Net>,
+}
+
+impl Peers for LocalPeers {
+    fn me(&self) -> &str {
+        &self.me
+    }
+    fn members(&self) -> Vec<String> {
+        NODES.iter().map(|n| n.to_string()).collect()
+    }
+    fn placement(&self) -> Arc<Placement> {
+        self.net.placement.clone().expect("placement set before use")
+    }
+    fn now_ms(&self) -> u64 {
+        use tessera_shell::driver::Clock;
+        SystemClock.now_ms()
+    }
+    fn send_at(self: &Arc<Self>, node: &str, req: KvRequest, _layout: u64, _timeout_ms: u64) -> BoxFuture<PeerResult> {
+        let replica = self.net.replicas.get(node).cloned();
+        Box::pin(async move {
+            let replica = replica.ok_or_else(|| Unreachable("no such node".into()))?;
+            replica.call(req).await.map_err(|e| Unreachable(e.to_string()))
+        })
+    }
+    fn tree(
+        self: &Arc<Self>,
+        node: &str,
+        query: TreeQuery,
+        layout: u64,
+        _timeout_ms: u64,
+    ) -> BoxFuture<CoreResult<TreeAnswer>> {
+        let coordinator = self.net.coordinators.lock().unwrap().get(node).cloned();
+        let me = self.me.clone();
+        Box::pin(async move {
+            let c = coordinator.ok_or_else(|| CoreError::Unavailable("no such node".into()))?;
+            let query = TreeQuery::decode(&query.encode()).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+            let answer = c.answer_tree(&me, layout, query).await?;
+            TreeAnswer::decode(&answer.encode()).map_err(|e| CoreError::Unavailable(e.to_string()))
+        })
+    }
+    fn spawn(&self, fut: BoxFuture<()>) {
+        tokio::spawn(fut);
+    }
+    fn meta(self: &Arc<Self>, req: MetaRequest, _timeout_ms: u64) -> BoxFuture<CoreResult<MetaResponse>> {
+        let out = match req {
+            MetaRequest::Tenant { id, .. } => {
+                Ok(MetaResponse::Tenant(self.net.tenants.get(&id).map(|rf| TenantRecord {
+                    id: id.clone(),
+                    replication_factor: *rf,
+                    created_ms: 1,
+                    updated_ms: 1,
+                })))
+            }
+            other => Err(CoreError::Unavailable(format!("no metadata group here for {other:?}"))),
+        };
+        Box::pin(std::future::ready(out))
+    }
+}
+
+fn start() -> Arc<Net> {
+    let mut net = Net::default();
+    let members: Vec<(String, String, u32)> =
+        NODES.iter().map(|n| (n.to_string(), format!("{n}.local:7000"), 32)).collect();
+    net.placement = Some(Arc::new(Placement::new(&Layout::initial(&members))));
+    net.tenants = [("t3".to_owned(), 3), ("t1".to_owned(), 1)].into();
+    for n in NODES {
+        let machine = KvMachine::new(KvConfig { node_id: n.into(), idempotency_ttl_ms: 60_000 });
+        let (driver, handle) = Driver::new(
+            machine,
+            WriteBatch::default(),
+            MemStore::new(),
+            Arc::new(SystemClock),
+            Arc::new(NoopObserver),
+            DriverConfig::default(),
+        )
+        .unwrap();
+        tokio::spawn(driver.run());
+        net.replicas.insert(n.into(), handle);
+    }
+    let net = Arc::new(net);
+    for n in NODES {
+        let peers = Arc::new(LocalPeers { me: n.into(), net: net.clone() });
+        net.coordinators.lock().unwrap().insert(n.into(), Arc::new(KvCoordinator::new(peers, 7)));
+    }
+    net
+}
+
+fn coordinator(net: &Net, node: &str) -> Arc<KvCoordinator<LocalPeers>> {
+    net.coordinators.lock().unwrap()[node].clone()
+}
+
+async fn replica(net: &Net, node: &str, req: KvRequest) -> KvResponse {
+    net.replicas[node].call(req).await.unwrap().unwrap()
+}
+
+/// What a node's replica holds for a key (clocks only).
+async fn held(net: &Net, node: &str, tenant: &str, key: &str) -> Vec<Version> {
+    let KvResponse::Versions(v) = replica(net, node, KvRequest::Read { tenant: tenant.into(), key: key.into() }).await
+    else {
+        panic!("read answered with something else")
+    };
+    v
+}
+
+/// Writes a new version of `key` (tenant t3) on `node`'s replica alone, as a write whose
+/// other copies were lost.
+async fn write_on_one(net: &Net, node: &str, key: &str) {
+    let req = KvRequest::Coordinate { tenant: "t3".into(), key: key.into(), value: Some(b"new".to_vec()), idem: None };
+    let KvResponse::Coordinated { versions, .. } = replica(net, node, req).await else { panic!("not coordinated") };
+    replica(net, node, KvRequest::Apply { tenant: "t3".into(), key: key.into(), versions, idem: None }).await;
+}
+
+fn in_sync(r: &AntiEntropyReport) -> bool {
+    r.peers == 2 && r.ranges_differing == 0 && r.keys_compared == 0 && r.repaired == 0
+}
+
+#[tokio::test]
+async fn merkle_anti_entropy_finds_and_repairs_only_what_differs() {
+    let net = start();
+    let n1 = coordinator(&net, "n1");
+    let far = n1.peers().now_ms() + 60_000;
+    for i in 0..1500 {
+        n1.write("t3", &format!("k{i}"), Some(b"v".to_vec()), Consistency::All, String::new(), far).await.unwrap();
+    }
+    // One replica per key: its keys are shared with nobody, so they never make trees differ.
+    for i in 0..300 {
+        n1.write("t1", &format!("solo{i}"), Some(b"v".to_vec()), Consistency::All, String::new(), far).await.unwrap();
+    }
+    for n in NODES {
+        let r = coordinator(&net, n).anti_entropy_pass().await;
+        assert!(in_sync(&r), "{n} found differences in replicas in sync: {r:?}");
+    }
+
+    // Out of place: three keys only n1 has the newest version of, and one key only n2 has.
+    for k in ["k3", "k700", "k1499"] {
+        write_on_one(&net, "n1", k).await;
+    }
+    write_on_one(&net, "n2", "only-n2").await;
+
+    let r = n1.anti_entropy_pass().await;
+    // With n2: the three keys and the one n1 lacks; with n3: the three keys.
+    assert_eq!(r.repaired, 7, "{r:?}");
+    assert_eq!(r.segments_differing, 7, "{r:?}");
+    // Only the differing segments' keys were exchanged (8 when written), not 1500 per peer.
+    assert!(r.keys_compared < 20, "{r:?}");
+    // n1's tree for n3 was built before it pulled the key from n2: the next pass takes it on.
+    let r = n1.anti_entropy_pass().await;
+    assert_eq!(r.repaired, 1, "{r:?}");
+
+    for k in ["k3", "k700", "k1499", "only-n2", "k0"] {
+        let all: Vec<Vec<Version>> = held_everywhere(&net, "t3", k).await;
+        assert!(all.iter().all(|v| *v == all[0] && !v.is_empty()), "{k}: {all:?}");
+    }
+    for n in NODES {
+        let r = coordinator(&net, n).anti_entropy_pass().await;
+        assert!(in_sync(&r), "{n} after the repair: {r:?}");
+    }
+
+    // A peer serving by another layout version refuses to compare.
+    let refused = coordinator(&net, "n2").answer_tree("n1", 99, TreeQuery::Hashes { level: 1, indices: vec![0] }).await;
+    assert!(matches!(refused, Err(CoreError::Unavailable(_))), "{refused:?}");
+    // Nodes out of range are a clear error.
+    let bad = coordinator(&net, "n2").answer_tree("n1", 1, TreeQuery::Hashes { level: 1, indices: vec![16] }).await;
+    assert!(matches!(bad, Err(CoreError::InvalidArgument(_)) | Err(CoreError::Unavailable(_))), "{bad:?}");
+}
+
+async fn held_everywhere(net: &Net, tenant: &str, key: &str) -> Vec<Vec<Version>> {
+    let mut out = Vec::new();
+    for n in NODES {
+        out.push(held(net, n, tenant, key).await);
+    }
+    out
+}
