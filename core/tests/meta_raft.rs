@@ -318,14 +318,19 @@ fn a_layout_change_keeps_the_old_ring_until_every_old_owner_hands_over() {
     let other = MetaRequest::RemoveNode { id: "n0".into(), force: false };
     assert!(matches!(migration(&mut net, 0, other), Err(CoreError::FailedPrecondition(_))));
     // Progress adds up; the change completes when the last old owner is done.
-    let progress = |node: &str, moved, total, done| MetaRequest::Progress {
+    let progress = |node: &str, moved: u64, total, done| MetaRequest::Progress {
         migration: m.id.clone(),
         node: node.into(),
         moved,
         total,
         done,
+        after: Some(("t".into(), format!("k{moved:04}"))),
     };
     migration(&mut net, 0, progress("n0", 10, 40, false)).unwrap();
+    // A stale report (sent again, committed late) moves neither the count nor the cursor back.
+    let stale = migration(&mut net, 1, progress("n0", 5, 40, false)).unwrap();
+    let n0 = &stale.progress["n0"];
+    assert_eq!((n0.moved, n0.after.clone()), (10, Some(("t".into(), "k0010".into()))));
     migration(&mut net, 1, progress("n1", 30, 30, true)).unwrap();
     let half = migration(&mut net, 2, progress("n0", 40, 40, true)).unwrap();
     assert_eq!((half.keys_migrated(), half.total_keys(), half.status()), (70, 70, "running"));
@@ -349,7 +354,14 @@ fn a_layout_change_keeps_the_old_ring_until_every_old_owner_hands_over() {
         migration(
             &mut net,
             0,
-            MetaRequest::Progress { migration: m.id.clone(), node: node.into(), moved: 1, total: 1, done: true },
+            MetaRequest::Progress {
+                migration: m.id.clone(),
+                node: node.into(),
+                moved: 1,
+                total: 1,
+                done: true,
+                after: None,
+            },
         )
         .unwrap();
     }
@@ -438,8 +450,14 @@ fn a_joining_node_gets_the_metadata_as_a_learner_and_keeps_it_across_a_restart()
 /// Reports every old owner of `m` done.
 fn finish(net: &mut Net, m: &tessera_core::meta::Migration) {
     for node in m.progress.keys() {
-        let done =
-            MetaRequest::Progress { migration: m.id.clone(), node: node.clone(), moved: 0, total: 0, done: true };
+        let done = MetaRequest::Progress {
+            migration: m.id.clone(),
+            node: node.clone(),
+            moved: 0,
+            total: 0,
+            done: true,
+            after: None,
+        };
         migration(net, 0, done).unwrap();
     }
 }

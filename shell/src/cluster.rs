@@ -170,7 +170,8 @@ impl Cluster {
             return Ok(l.clone());
         }
         let ch = peer_endpoint(&addr).map_err(|e| Unreachable(format!("{node} at {addr:?}: {e}")))?.connect_lazy();
-        let client = PeerServiceClient::new(ch);
+        // Anti-entropy answers carry up to a few MiB of key digests (and one segment more).
+        let client = PeerServiceClient::new(ch).max_decoding_message_size(64 << 20);
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(self.me.clone(), client.clone(), rx));
         let link = Link { addr, client, queue: tx };
@@ -294,7 +295,8 @@ impl Peers for Cluster {
         Box::pin(async move {
             let mut client = this.link(&node).map_err(|e| CoreError::Unavailable(e.0))?.client;
             let msg = peer::PeerRequest { from: this.me.clone(), body: query.encode(), layout };
-            let limit = Duration::from_millis(timeout_ms).min(PEER_TIMEOUT);
+            // Not capped at PEER_TIMEOUT: the peer scans its keys to answer.
+            let limit = Duration::from_millis(timeout_ms);
             match tokio::time::timeout(limit, client.tree(msg)).await {
                 Err(_) => Err(CoreError::Unavailable(format!("{node} did not answer within {} ms", limit.as_millis()))),
                 Ok(Err(s)) => Err(CoreError::Unavailable(format!("{node}: {}", s.message()))),
@@ -461,8 +463,8 @@ pub async fn mirror_migrations(cluster: Arc<Cluster>, status: crate::services::s
 const HAND_OVER_EVERY: Duration = Duration::from_secs(1);
 
 /// Hands this node's keys to their new owners whenever a layout change under way says it
-/// owes them, forever (a background task). A pass that fails is tried again from the start;
-/// sending a key twice is harmless (replicas merge).
+/// owes them, forever (a background task). A pass that fails is tried again from the last
+/// key on record; sending a key twice is harmless (replicas merge).
 pub async fn hand_over(coordinator: Arc<KvCoordinator<Cluster>>) {
     loop {
         tokio::time::sleep(HAND_OVER_EVERY).await;

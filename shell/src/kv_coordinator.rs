@@ -635,9 +635,10 @@ impl<P: Peers> KvCoordinator<P> {
     /// One hand-over pass: when a layout change under way says this node owes keys to new
     /// owners, sends each key it holds to the owners it gains ([`Placement::handoff_targets`]),
     /// reports progress to the metadata group as it goes, and reports itself done at the end,
-    /// which completes the change once every old owner has. A pass that fails stops (to be
-    /// run again from the start). Returns how many keys were examined when this pass
-    /// finished the node's share, `None` when nothing was owed.
+    /// which completes the change once every old owner has. A pass that fails stops; the next
+    /// one (also after a crash) resumes after the last key on record. Returns how many keys
+    /// were examined in all when this pass finished the node's share, `None` when nothing
+    /// was owed.
     pub async fn hand_over_pass(&self) -> CoreResult<Option<u64>> {
         let me = self.peers.me().to_owned();
         let until = || self.peers.now_ms() + PEER_TIMEOUT_MS;
@@ -661,36 +662,43 @@ impl<P: Peers> KvCoordinator<P> {
             Ok(Ok(KvResponse::Stats { keys, .. })) => keys,
             _ => return Err(CoreError::Unavailable("this node's replica did not report its key count".into())),
         };
-        let report = |moved: u64, done: bool| MetaRequest::Progress {
+        let report = |moved: u64, done: bool, after: &Option<(String, String)>| MetaRequest::Progress {
             migration: m.id.clone(),
             node: me.clone(),
             moved,
             total: total.max(moved),
             done,
+            after: after.clone(),
         };
-        let (mut after, mut examined, mut reported) = (None, 0u64, 0u64);
+        // Resume where the last report left off: the keys up to it have moved (a key the node
+        // takes since was placed by the new layout, so it reached the new owners directly).
+        let from = m.progress.get(&me).cloned().unwrap_or_default();
+        let (mut after, mut moved) = (from.after, from.moved);
+        let (mut handed, mut reported) = (after.clone(), moved);
         loop {
             let entries = self.scan_page(&mut after).await?;
             if entries.is_empty() {
                 break;
             }
             for (tenant, key, versions) in entries {
+                let at = (tenant.clone(), key.clone());
                 if let Err(e) = self.hand_over_key(&placement, &me, tenant, key, versions).await {
-                    // Whatever moved so far is on record for people watching.
-                    let _ = self.meta(report(examined, false), until()).await;
+                    // What moved so far is on record, for people watching and to resume from.
+                    let _ = self.meta(report(moved, false, &handed), until()).await;
                     return Err(e);
                 }
-                examined += 1;
+                handed = Some(at);
+                moved += 1;
             }
-            // Progress reports are for people watching; one that fails does not stop the move.
-            if examined - reported >= HAND_OVER_REPORT_EVERY
-                && self.meta(report(examined, false), until()).await.is_ok()
+            // A report that fails does not stop the move; the next one carries it.
+            if moved - reported >= HAND_OVER_REPORT_EVERY
+                && self.meta(report(moved, false, &handed), until()).await.is_ok()
             {
-                reported = examined;
+                reported = moved;
             }
         }
-        self.meta(report(examined, true), until()).await?;
-        Ok(Some(examined))
+        self.meta(report(moved, true, &handed), until()).await?;
+        Ok(Some(moved))
     }
 
     /// Sends one key this node holds to the owners it gains under `placement`.

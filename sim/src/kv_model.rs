@@ -188,6 +188,9 @@ impl Peers for SimPeers {
                 delay(&world).await;
                 if lost(&world) { None } else { Some(out) }
             };
+            // tesserad waits long for a peer scanning many keys; the simulator's nodes hold a
+            // few, and a lost message must not stall the node's background loop.
+            let timeout_ms = timeout_ms.min(tessera_shell::kv_coordinator::PEER_TIMEOUT_MS);
             match madsim::time::timeout(Duration::from_millis(timeout_ms), attempt).await {
                 Ok(Some(out)) => out,
                 _ => Err(CoreError::Unavailable(format!("n{to} gave no answer"))),

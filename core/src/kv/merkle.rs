@@ -136,8 +136,8 @@ pub enum TreeQuery {
     /// The hashes of nodes `indices` on `level`. Level 1 (the range roots) builds the tree
     /// afresh; deeper levels use the one built then.
     Hashes { level: u8, indices: Vec<u32> },
-    /// The keys (tenant, key, digest of versions) in these segments, in segment order, at
-    /// most [`MAX_TREE_KEYS`] of them, stopping at a segment boundary.
+    /// The keys (tenant, key, digest of versions) in these segments (ascending), whole
+    /// segments from the first until about [`MAX_TREE_KEY_BYTES`] (at least one segment).
     Keys { segments: Vec<u32> },
 }
 
@@ -152,9 +152,13 @@ pub enum TreeAnswer {
     },
 }
 
-/// Most keys one [`TreeQuery::Keys`] answer carries (one segment more when a single segment
-/// holds more).
-pub const MAX_TREE_KEYS: usize = 4096;
+/// Bytes of keys one [`TreeQuery::Keys`] answer carries at most, unless its first segment
+/// alone holds more.
+pub const MAX_TREE_KEY_BYTES: usize = 2 << 20;
+/// Bytes one key takes in a [`TreeAnswer::Keys`] (for [`MAX_TREE_KEY_BYTES`]).
+pub fn key_bytes(tenant: &str, key: &str, digest: &[u8]) -> usize {
+    12 + tenant.len() + key.len() + digest.len()
+}
 /// Most nodes or segments one query may name.
 pub const MAX_TREE_INDICES: usize = SEGMENTS;
 
@@ -233,9 +237,10 @@ impl TreeAnswer {
                 TreeAnswer::Hashes(hs)
             }
             2 => {
-                let covered = d.u64()? as u32;
+                let covered = u32::try_from(d.u64()?)
+                    .map_err(|_| StoreError::Corrupt { keyspace: WHAT, reason: "covered count out of range".into() })?;
                 let n = d.u64()?;
-                let mut items = Vec::with_capacity(n.min(MAX_TREE_KEYS as u64) as usize);
+                let mut items = Vec::with_capacity(n.min(4096) as usize);
                 for _ in 0..n {
                     items.push((d.string()?, d.string()?, d.bytes()?.to_vec()));
                 }

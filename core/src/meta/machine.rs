@@ -100,13 +100,15 @@ pub enum MetaRequest {
         id: String,
         force: bool,
     },
-    /// An old owner's progress in handing its keys over.
+    /// An old owner's progress in handing its keys over, up to and including key `after`
+    /// (storage order), where it resumes if it stops.
     Progress {
         migration: String,
         node: String,
         moved: u64,
         total: u64,
         done: bool,
+        after: Option<(String, String)>,
     },
     /// A migration as applied here.
     Migration {
@@ -687,8 +689,16 @@ impl MetaMachine {
                 });
                 return Ok(());
             }
-            MetaRequest::Progress { migration, node, moved, total, done } => {
-                self.propose(token, expires, |_| Command::Progress { migration, node, moved, total, done, at_ms: now });
+            MetaRequest::Progress { migration, node, moved, total, done, after } => {
+                self.propose(token, expires, |_| Command::Progress {
+                    migration,
+                    node,
+                    moved,
+                    total,
+                    done,
+                    after,
+                    at_ms: now,
+                });
                 return Ok(());
             }
             MetaRequest::Migration { id } => MetaResponse::Migration(self.state.migrations.get(&id).cloned()),

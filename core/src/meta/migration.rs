@@ -33,13 +33,31 @@ impl MigrationKind {
 }
 
 /// One old owner's share of a migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeProgress {
     /// Keys handed to their new owners so far.
     pub moved: u64,
     /// Keys this node held when it began.
     pub total: u64,
     pub done: bool,
+    /// The last key (tenant, key) handed over, in storage order: a hand-over that stops
+    /// (a crash, an unreachable new owner) resumes after it.
+    pub after: Option<(String, String)>,
+}
+
+/// Encodes an optional (tenant, key) cursor.
+pub(super) fn encode_cursor(e: Encoder, c: &Option<(String, String)>) -> Encoder {
+    match c {
+        Some((t, k)) => e.u8(1).str(t).str(k),
+        None => e.u8(0),
+    }
+}
+
+pub(super) fn decode_cursor(d: &mut Decoder<'_>) -> Result<Option<(String, String)>, StoreError> {
+    Ok(match d.u8()? {
+        0 => None,
+        _ => Some((d.string()?, d.string()?)),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +121,7 @@ impl Migration {
             .u8(self.cancelled as u8)
             .u64(self.progress.len() as u64);
         for (node, p) in &self.progress {
-            e = e.str(node).u64(p.moved).u64(p.total).u8(p.done as u8);
+            e = encode_cursor(e.str(node).u64(p.moved).u64(p.total).u8(p.done as u8), &p.after);
         }
         e
     }
@@ -124,7 +142,8 @@ impl Migration {
         let mut progress = BTreeMap::new();
         for _ in 0..n {
             let name = d.string()?;
-            let p = NodeProgress { moved: d.u64()?, total: d.u64()?, done: d.u8()? != 0 };
+            let (moved, total, done) = (d.u64()?, d.u64()?, d.u8()? != 0);
+            let p = NodeProgress { moved, total, done, after: decode_cursor(d)? };
             progress.insert(name, p);
         }
         Ok(Migration { id, kind, node, version, started_ms, finished_ms, cancelled, progress })

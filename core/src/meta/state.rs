@@ -13,7 +13,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::store::{META as KEYSPACE, StoreError, StoreRead, WriteBatch, for_each_prefix};
 
 use super::keys;
-use super::migration::{Migration, MigrationKind, NodeProgress};
+use super::migration::{Migration, MigrationKind, NodeProgress, decode_cursor, encode_cursor};
 
 /// One node of the layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,13 +196,14 @@ pub enum Command {
         migration: String,
         at_ms: u64,
     },
-    /// An old owner's progress in handing keys over.
+    /// An old owner's progress in handing keys over, up to and including key `after`.
     Progress {
         migration: String,
         node: String,
         moved: u64,
         total: u64,
         done: bool,
+        after: Option<(String, String)>,
         at_ms: u64,
     },
 }
@@ -222,15 +223,10 @@ impl Command {
             Command::RemoveNode { id, force, migration, at_ms } => {
                 Encoder::new().u8(4).str(id).u8(*force as u8).str(migration).u64(*at_ms).finish()
             }
-            Command::Progress { migration, node, moved, total, done, at_ms } => Encoder::new()
-                .u8(5)
-                .str(migration)
-                .str(node)
-                .u64(*moved)
-                .u64(*total)
-                .u8(*done as u8)
-                .u64(*at_ms)
-                .finish(),
+            Command::Progress { migration, node, moved, total, done, after, at_ms } => {
+                let e = Encoder::new().u8(5).str(migration).str(node).u64(*moved).u64(*total).u8(*done as u8);
+                encode_cursor(e, after).u64(*at_ms).finish()
+            }
         }
     }
 
@@ -255,6 +251,7 @@ impl Command {
                 moved: d.u64()?,
                 total: d.u64()?,
                 done: d.u8()? != 0,
+                after: decode_cursor(&mut d)?,
                 at_ms: d.u64()?,
             },
             t => return Err(StoreError::Corrupt { keyspace: KEYSPACE, reason: format!("unknown command {t}") }),
@@ -410,7 +407,7 @@ impl MetaState {
                     batch,
                 )
             }
-            Command::Progress { migration, node, moved, total, done, at_ms } => {
+            Command::Progress { migration, node, moved, total, done, after, at_ms } => {
                 let Some(mut m) = self.migrations.get(migration).cloned() else {
                     return Err(CoreError::NotFound(format!("migration {migration:?} not found")));
                 };
@@ -425,7 +422,12 @@ impl MetaState {
                 };
                 // A report sent again after a leader change may commit after a newer one:
                 // progress never goes back.
-                *p = NodeProgress { moved: p.moved.max(*moved), total: p.total.max(*total), done: p.done || *done };
+                p.moved = p.moved.max(*moved);
+                p.total = p.total.max(*total);
+                p.done |= *done;
+                if after.is_some() && *after > p.after {
+                    p.after = after.clone();
+                }
                 if m.progress.values().all(|p| p.done) {
                     return Ok(self.finish(m, *at_ms, batch));
                 }

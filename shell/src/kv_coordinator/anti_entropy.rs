@@ -3,8 +3,9 @@
 //! keys the two should both hold (core `kv::merkle`), asks the peer for the hashes of the
 //! tree it builds over the same keys, and goes down only where they differ: range roots,
 //! then inner nodes, then segments. Only for the segments that differ do the two exchange
-//! key digests, and only the keys whose digests differ are repaired. Replicas in sync cost
-//! one scan each and sixteen hashes on the wire.
+//! key digests, and only the keys whose digests differ are repaired. Between replicas in
+//! sync, a pass costs each node one scan for its own trees and one per peer that asks, and
+//! sixteen hashes per peer on the wire.
 //!
 //! Which keys two nodes share is a function of the layout, so both sides must build by the
 //! same layout version; a peer that serves by another refuses, and the next pass tries again.
@@ -12,7 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use tessera_core::kv::merkle::{self, LEAF_LEVEL, MAX_TREE_KEYS, MerkleTree, TreeAnswer, TreeBuilder, TreeQuery};
+use tessera_core::kv::merkle::{
+    self, LEAF_LEVEL, MAX_TREE_KEY_BYTES, MerkleTree, TreeAnswer, TreeBuilder, TreeQuery, key_bytes,
+};
 use tessera_core::kv::ring::key_position;
 use tessera_core::kv::{KvRequest, KvResponse};
 use tessera_core::meta::Placement;
@@ -29,6 +32,8 @@ pub struct AntiEntropyReport {
     pub ranges_differing: usize,
     /// Segments (leaves) whose hashes differed, summed over peers.
     pub segments_differing: usize,
+    /// Pages of key digests asked for (each answer holds whole segments, up to a budget).
+    pub key_pages: usize,
     /// Keys whose digests were exchanged (those of the differing segments).
     pub keys_compared: usize,
     /// Keys brought to the same versions on both sides.
@@ -47,8 +52,11 @@ pub(super) type KeptTree = (u64, u64, Arc<MerkleTree>);
 /// How long a tree built for a peer's first question answers its deeper ones (a pass asks
 /// them within a few round trips; a later pass starts with a fresh tree).
 const TREE_KEEP_MS: u64 = 30_000;
-/// Most peers whose trees are kept at once.
+/// Most peers whose trees are kept at once (the oldest goes first).
 const TREES_KEPT: usize = 64;
+/// How long a tree question may take: the peer scans its keys to answer, which takes long on
+/// a big node, and nothing waits on anti-entropy.
+pub const TREE_TIMEOUT_MS: u64 = 60_000;
 
 fn bad_answer(peer: &str, what: &str) -> CoreError {
     CoreError::Unavailable(format!("{peer} answered an anti-entropy question with {what}"))
@@ -100,17 +108,7 @@ impl<P: Peers> KvCoordinator<P> {
                 })
             }
             TreeQuery::Keys { segments } => {
-                let wanted: BTreeSet<u32> = segments.iter().copied().collect();
-                let mut found = self.keys_in(&placement, from, &wanted).await?;
-                let (mut covered, mut items) = (0u32, Vec::new());
-                for s in &segments {
-                    let keys = found.remove(s).unwrap_or_default();
-                    if covered > 0 && items.len() + keys.len() > MAX_TREE_KEYS {
-                        break;
-                    }
-                    items.extend(keys);
-                    covered += 1;
-                }
+                let (covered, items) = self.keys_page(&placement, from, segments.into_iter().collect()).await?;
                 Ok(TreeAnswer::Keys { covered, items })
             }
         }
@@ -130,8 +128,11 @@ impl<P: Peers> KvCoordinator<P> {
         let mut built = self.build_trees(placement, &[peer.to_owned()]).await?;
         let tree = Arc::new(built.remove(peer).unwrap_or_else(|| TreeBuilder::new().finish()));
         let mut kept = lock(&self.trees);
-        if kept.len() >= TREES_KEPT && !kept.contains_key(peer) {
-            kept.clear();
+        if kept.len() >= TREES_KEPT
+            && !kept.contains_key(peer)
+            && let Some(oldest) = kept.iter().min_by_key(|(_, (_, at, _))| *at).map(|(p, _)| p.clone())
+        {
+            kept.remove(&oldest);
         }
         kept.insert(peer.to_owned(), (placement.version, now, tree.clone()));
         Ok(tree)
@@ -152,7 +153,7 @@ impl<P: Peers> KvCoordinator<P> {
                 differing = merkle::children(&differing);
             }
             let query = TreeQuery::Hashes { level, indices: differing.clone() };
-            let theirs = match self.peers.tree(peer, query, placement.version, PEER_TIMEOUT_MS).await? {
+            let theirs = match self.peers.tree(peer, query, placement.version, TREE_TIMEOUT_MS).await? {
                 TreeAnswer::Hashes(h) if h.len() == differing.len() => h,
                 _ => return Err(bad_answer(peer, "the wrong hashes")),
             };
@@ -165,27 +166,40 @@ impl<P: Peers> KvCoordinator<P> {
             }
         }
         report.segments_differing += differing.len();
-        let mine = self.keys_in(placement, peer, &differing.iter().copied().collect()).await?;
         let mut rest = differing;
         while !rest.is_empty() {
             let query = TreeQuery::Keys { segments: rest.clone() };
-            let (covered, items) = match self.peers.tree(peer, query, placement.version, PEER_TIMEOUT_MS).await? {
+            let (covered, items) = match self.peers.tree(peer, query, placement.version, TREE_TIMEOUT_MS).await? {
                 TreeAnswer::Keys { covered, items } if covered > 0 => (covered as usize, items),
                 _ => return Err(bad_answer(peer, "no keys")),
             };
-            let done: Vec<u32> = rest.drain(..covered.min(rest.len())).collect();
+            report.key_pages += 1;
+            let done: BTreeSet<u32> = rest.drain(..covered.min(rest.len())).collect();
+            let mine = self.keys_in(placement, peer, &done).await?;
             // Per key: (this node's digest, the peer's); a key one side lacks differs.
             let mut keys: BTreeMap<(String, String), DigestPair> = BTreeMap::new();
-            for (t, k, d) in done.iter().filter_map(|s| mine.get(s)).flatten() {
-                keys.entry((t.clone(), k.clone())).or_default().0 = Some(d.clone());
+            for (t, k, d) in mine.into_values().flatten() {
+                keys.entry((t, k)).or_default().0 = Some(d);
             }
             for (t, k, d) in items {
-                keys.entry((t, k)).or_default().1 = Some(d);
+                // Only keys of the segments asked about that both nodes should hold: a peer
+                // that answers with others is wrong, and this node takes none of them.
+                if done.contains(&(merkle::segment_of(key_position(&t, &k)) as u32))
+                    && self.shared(placement, peer, &t, &k).await?
+                {
+                    keys.entry((t, k)).or_default().1 = Some(d);
+                }
             }
             report.keys_compared += keys.len();
             for ((tenant, key), _) in keys.into_iter().filter(|(_, (a, b))| a != b) {
-                if self.repair_key(placement.version, peer, tenant, key).await? {
-                    report.repaired += 1;
+                match self.repair_key(placement.version, peer, tenant, key.clone()).await {
+                    Ok(true) => report.repaired += 1,
+                    Ok(false) => {}
+                    // The peer or this node's replica is away: the next pass tries again.
+                    Err(e @ CoreError::Unavailable(_)) => return Err(e),
+                    // One key that cannot be merged (say, too many siblings) must not keep
+                    // the others from being repaired.
+                    Err(e) => tracing::warn!(%peer, key = %key, error = %e, "anti-entropy could not repair a key"),
                 }
             }
         }
@@ -230,6 +244,57 @@ impl<P: Peers> KvCoordinator<P> {
         Ok(builders.into_iter().map(|(p, b)| (p, b.finish())).collect())
     }
 
+    /// This node's keys that `peer` should hold too, in the first of `segments` (ascending),
+    /// whole segments up to [`MAX_TREE_KEY_BYTES`] (at least one): how many segments they
+    /// cover, and the keys by segment. Memory stays within the budget and a segment.
+    async fn keys_page(
+        &self,
+        placement: &Placement,
+        peer: &str,
+        segments: BTreeSet<u32>,
+    ) -> CoreResult<(u32, Vec<Digested>)> {
+        let mut held: BTreeMap<u32, (usize, Vec<Digested>)> = BTreeMap::new();
+        let (mut bytes, mut cutoff) = (0usize, u32::MAX);
+        self.for_each_shared(placement, |item, position, replicas| {
+            let s = merkle::segment_of(position) as u32;
+            if s > cutoff || !segments.contains(&s) || !replicas.iter().any(|r| r == peer) {
+                return;
+            }
+            let size = key_bytes(&item.0, &item.1, &item.2);
+            let entry = held.entry(s).or_default();
+            entry.0 += size;
+            entry.1.push(item.clone());
+            bytes += size;
+            // Over budget: give up the highest segments held (the ones after it too).
+            while bytes > MAX_TREE_KEY_BYTES && held.len() > 1 {
+                let Some((last, (size, _))) = held.pop_last() else { break };
+                bytes -= size;
+                cutoff = last.saturating_sub(1);
+            }
+        })
+        .await?;
+        let covered = segments.iter().take_while(|s| **s <= cutoff).count();
+        let items = held.into_values().flat_map(|(_, keys)| keys).collect();
+        Ok((u32::try_from(covered).unwrap_or(u32::MAX), items))
+    }
+
+    /// Whether this node and `peer` should both hold `tenant`'s `key` under `placement`.
+    async fn shared(&self, placement: &Placement, peer: &str, tenant: &str, key: &str) -> CoreResult<bool> {
+        let Some(rf) = self.replication_factor(tenant).await? else { return Ok(false) };
+        let replicas = placement.write_nodes(tenant, key, rf);
+        Ok(replicas.iter().any(|r| r == peer) && replicas.iter().any(|r| r == self.peers.me()))
+    }
+
+    /// A tenant's replication factor; `None` for a tenant that does not exist (a key under
+    /// one belongs to no replica set and is left alone).
+    async fn replication_factor(&self, tenant: &str) -> CoreResult<Option<usize>> {
+        match self.tenant(tenant, self.peers.now_ms() + PEER_TIMEOUT_MS).await {
+            Ok(t) => Ok(Some(t.replication_factor as usize)),
+            Err(CoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// This node's keys that `peer` should hold too, in `segments`, by segment.
     async fn keys_in(
         &self,
@@ -250,7 +315,8 @@ impl<P: Peers> KvCoordinator<P> {
 
     /// Calls `each` with every key this node holds and is a replica of under `placement`
     /// (in storage order, with its ring position and replicas). A tenant that cannot be
-    /// looked up stops the walk: tenants are never deleted, so the metadata group is away.
+    /// looked up stops the walk (the metadata group is away); a key of a tenant that does not
+    /// exist is skipped.
     async fn for_each_shared(
         &self,
         placement: &Placement,
@@ -270,8 +336,8 @@ impl<P: Peers> KvCoordinator<P> {
             let Some((t, k, _)) = page.last() else { return Ok(()) };
             after = Some((t.clone(), k.clone()));
             for item in &page {
-                let rf = self.tenant(&item.0, self.peers.now_ms() + PEER_TIMEOUT_MS).await?.replication_factor;
-                let replicas = placement.write_nodes(&item.0, &item.1, rf as usize);
+                let Some(rf) = self.replication_factor(&item.0).await? else { continue };
+                let replicas = placement.write_nodes(&item.0, &item.1, rf);
                 if replicas.contains(&me) {
                     each(item, key_position(&item.0, &item.1), &replicas);
                 }
