@@ -305,3 +305,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_fence_floor_only_rises_and_survives_a_restart() {
+    let store = MemStore::new();
+    let config = KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 };
+    let mut m = KvMachine::new(config.clone());
+    assert_eq!(step(&mut m, &store, 1, KvRequest::Fence { version: 0 }), KvResponse::Fence(0));
+    assert_eq!(step(&mut m, &store, 2, KvRequest::Fence { version: 5 }), KvResponse::Fence(5));
+    assert_eq!(step(&mut m, &store, 3, KvRequest::Fence { version: 3 }), KvResponse::Fence(5));
+    let mut again = KvMachine::new(config);
+    assert_eq!(step(&mut again, &store, 4, KvRequest::Fence { version: 0 }), KvResponse::Fence(5));
+}

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::driver::{DriverError, HandleFor};
-use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable, View, ViewCell, check_layout};
+use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable, View, ViewCell};
 use crate::raft_transport::RaftTransport;
 
 pub type KvHandle = HandleFor<KvMachine>;
@@ -140,12 +140,15 @@ impl Cluster {
     }
 
     /// This node's replica serving a request placed by layout version `layout`: refused (as
-    /// the replica's answer) if this node serves by a newer layout, see [`check_layout`].
+    /// the replica's answer) if this node serves by a newer layout or handed keys over by
+    /// one (its stored fence floor), see [`crate::kv_coordinator::check_layout`].
     pub async fn serve_local(&self, req: KvRequest, layout: u64) -> Result<CoreResult<KvResponse>, DriverError> {
-        if let Err(e) = check_layout(&req, layout, self.view().layout.version) {
+        if let Err(e) = self.view.admit(&req, layout) {
             return Ok(Err(e));
         }
-        self.local.call(req).await
+        let out = self.local.call(req).await?;
+        self.view.observe(&out);
+        Ok(out)
     }
 
     /// Where this node's data lives (its volume's usage is part of its stats).

@@ -20,6 +20,7 @@ pub use anti_entropy::AntiEntropyReport;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -82,22 +83,48 @@ pub struct View {
     pub placement: Arc<Placement>,
 }
 
-/// The view a node serves by, replaced whole when it follows a newer layout.
-pub struct ViewCell(RwLock<Arc<View>>);
+/// The view a node serves by, replaced whole when it follows a newer layout, and the layout
+/// fence its replica keeps.
+pub struct ViewCell {
+    view: RwLock<Arc<View>>,
+    /// The stored fence floor (`KvRequest::Fence`) as last seen: the newest layout version
+    /// this node handed keys over by. It holds across a restart that brings the node back on
+    /// an older layout than the one it handed over by.
+    floor: AtomicU64,
+}
 
 impl ViewCell {
     pub fn new(layout: Layout) -> ViewCell {
-        ViewCell(RwLock::new(Arc::new(View { placement: Arc::new(Placement::new(&layout)), layout })))
+        let view = Arc::new(View { placement: Arc::new(Placement::new(&layout)), layout });
+        ViewCell { view: RwLock::new(view), floor: AtomicU64::new(0) }
     }
 
     pub fn get(&self) -> Arc<View> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The oldest layout version this node's replica serves requests placed by.
+    pub fn fence(&self) -> u64 {
+        self.get().layout.version.max(self.floor.load(Ordering::SeqCst))
+    }
+
+    /// The replica's guard for one request placed by layout version `sender` (see
+    /// [`check_layout`]).
+    pub fn admit(&self, req: &KvRequest, sender: u64) -> CoreResult<()> {
+        check_layout(req, sender, self.fence())
+    }
+
+    /// Takes note of the replica's answer: a fence floor it reports holds from now on.
+    pub fn observe(&self, reply: &CoreResult<KvResponse>) {
+        if let Ok(KvResponse::Fence(v)) = reply {
+            self.floor.fetch_max(*v, Ordering::SeqCst);
+        }
     }
 
     /// Serves by `layout` from now on if it is newer than the one in use; returns the
     /// version it replaced and the new view.
     pub fn follow(&self, layout: Layout) -> Option<(u64, Arc<View>)> {
-        let mut current = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.view.write().unwrap_or_else(|e| e.into_inner());
         let from = current.layout.version;
         if layout.version <= from {
             return None;
@@ -658,6 +685,12 @@ impl<P: Peers> KvCoordinator<P> {
         if placement.version < m.version || self.peers.now_ms() < m.started_ms.saturating_add(self.hand_over_grace_ms) {
             return Ok(None);
         }
+        // Durably first: a crash from here on must not bring this node back serving requests
+        // placed by the old layout, for keys it may have handed over already.
+        match self.peers.send(&me, KvRequest::Fence { version: m.version }, PEER_TIMEOUT_MS).await {
+            Ok(Ok(KvResponse::Fence(_))) => {}
+            _ => return Err(CoreError::Unavailable("this node's replica did not store the layout fence".into())),
+        }
         let total = match self.peers.send(&me, KvRequest::Stats, PEER_TIMEOUT_MS).await {
             Ok(Ok(KvResponse::Stats { keys, .. })) => keys,
             _ => return Err(CoreError::Unavailable("this node's replica did not report its key count".into())),
@@ -779,5 +812,28 @@ impl<P: Peers> KvCoordinator<P> {
             let done = KvRequest::HintsDelivered { target: target.to_owned(), upto: last };
             let _ = self.peers.send(&me, done, PEER_TIMEOUT_MS).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_fence_floor_refuses_older_requests_before_the_layout_catches_up() {
+        let members = vec![("n1".to_owned(), "h:1".to_owned(), 8)];
+        let cell = ViewCell::new(Layout::initial(&members));
+        let read = KvRequest::Read { tenant: "t".into(), key: "k".into() };
+        assert!(cell.admit(&read, 1).is_ok());
+        // The replica reports it handed keys over by version 3 (say, before a restart).
+        cell.observe(&Ok(KvResponse::Fence(3)));
+        assert_eq!(cell.fence(), 3);
+        assert!(matches!(cell.admit(&read, 2), Err(CoreError::Unavailable(_))));
+        assert!(cell.admit(&read, 3).is_ok());
+        // Requests about no key (stats, scans) are never refused.
+        assert!(cell.admit(&KvRequest::Stats, 0).is_ok());
+        // A lower report does not lower it.
+        cell.observe(&Ok(KvResponse::Fence(1)));
+        assert_eq!(cell.fence(), 3);
     }
 }

@@ -229,6 +229,12 @@ pub async fn run(
         config.data_dir.clone(),
         transport,
     );
+    // The fence floor this node stored before a restart holds before it serves anything.
+    cluster
+        .serve_local(tessera_core::kv::KvRequest::Fence { version: 0 }, 0)
+        .await
+        .context("reading the layout fence floor")?
+        .context("reading the layout fence floor")?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

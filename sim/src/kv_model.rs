@@ -24,7 +24,7 @@ use tessera_core::kv::ring::DEFAULT_VNODES;
 use tessera_core::kv::{KvRequest, KvResponse, Version};
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult};
-use tessera_shell::kv_coordinator::{BoxFuture, PeerResult, Peers, Unreachable, ViewCell, check_layout};
+use tessera_shell::kv_coordinator::{BoxFuture, PeerResult, Peers, Unreachable, ViewCell};
 
 use crate::model::clip;
 use crate::net::REQUEST_TIMEOUT;
@@ -70,9 +70,9 @@ impl SimPeers {
         SimPeers { world, index, name: format!("n{index}"), skew_ms, view: ViewCell::new(layout) }
     }
 
-    /// The layout version this node serves by.
-    pub fn layout_version(&self) -> u64 {
-        self.view.get().layout.version
+    /// The layout this node serves by and its replica's fence.
+    pub fn view(&self) -> &ViewCell {
+        &self.view
     }
 }
 
@@ -92,14 +92,17 @@ async fn delay(world: &World) {
     madsim::time::sleep(Duration::from_millis(ms)).await;
 }
 
-/// The replica's side of a call: refused if placed by a layout older than the node's own
-/// (as tesserad's peer service does), else served by its driver. `None`: the node is down.
+/// The replica's side of a call: refused if placed by a layout older than the node's own or
+/// its fence floor (as tesserad's peer service does), else served by its driver. `None`: the
+/// node is down.
 async fn serve(world: &World, to: usize, req: KvRequest, layout: u64) -> Option<CoreResult<KvResponse>> {
-    let mine = world.coordinator(to).map(|(c, _)| c.peers().layout_version())?;
-    if let Err(e) = check_layout(&req, layout, mine) {
+    let peers = world.coordinator(to).map(|(c, _)| c.peers().clone())?;
+    if let Err(e) = peers.view().admit(&req, layout) {
         return Some(Err(e));
     }
-    world.kv_handle(to)?.call(req).await.ok()
+    let out = world.kv_handle(to)?.call(req).await.ok()?;
+    peers.view().observe(&out);
+    Some(out)
 }
 
 /// One node-to-node call through the faulty network.

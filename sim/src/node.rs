@@ -172,7 +172,7 @@ impl SimNode {
                         .map_err(|e| e.to_string());
                     boot.spawn("txn", txn, txn_slot);
                     let kv = KvMachine::new(KvConfig { node_id: boot.name.clone(), idempotency_ttl_ms: 60_000 });
-                    boot.spawn("kv", Ok((kv, WriteBatch::default())), kv_slot);
+                    boot.spawn("kv", Ok((kv, WriteBatch::default())), kv_slot.clone());
                     // The node past the initial ones joins later, knowing where they are.
                     let join = index >= boot.world.opts.nodes;
                     let initial = (0..boot.world.opts.nodes + usize::from(join))
@@ -186,6 +186,13 @@ impl SimNode {
                     let outbox = Arc::new(crate::meta_model::SimRaft { world: boot.world.clone(), from: index });
                     boot.spawn_with("meta", meta, meta_slot, Some(outbox));
                     let peers = Arc::new(crate::kv_model::SimPeers::new(boot.world.clone(), index, skew_ms, layout));
+                    // The fence floor stored before a restart holds before the node serves.
+                    let kv = lock(&kv_slot).clone();
+                    if let Some(kv) = kv
+                        && let Ok(out) = kv.call(tessera_core::kv::KvRequest::Fence { version: 0 }).await
+                    {
+                        peers.view().observe(&out);
+                    }
                     madsim::task::spawn(crate::kv_model::follow_layout(peers.clone()));
                     let coord = tessera_shell::kv_coordinator::KvCoordinator::new(peers, rng.next_u64())
                         .with_hand_over_grace(crate::kv_model::HAND_OVER_GRACE_MS);

@@ -69,3 +69,6 @@ pub const HINT_SEQ: &[u8] = b"#hseq";
 /// The clock counters this node hands out stay below this stored ceiling; after a restart
 /// it starts from it, so no counter is handed out twice.
 pub const MINT_CEILING: &[u8] = b"#mint";
+/// The newest layout version this node handed keys over by: after a restart it refuses
+/// requests placed by an older one, even before it follows that layout again.
+pub const FENCE_FLOOR: &[u8] = b"#fence";

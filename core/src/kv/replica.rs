@@ -120,6 +120,11 @@ pub enum KvRequest {
         upto: u64,
     },
     Stats,
+    /// Raises the stored layout fence floor to `version` (durably, before the answer) and
+    /// answers the floor; `version` 0 only reads it.
+    Fence {
+        version: u64,
+    },
     /// Anti-entropy: up to `limit` keys this node holds, in key order after `after`
     /// (tenant, key), with their versions.
     Scan {
@@ -154,6 +159,8 @@ pub enum KvResponse {
     },
     Entries(Vec<(String, String, Vec<Version>)>),
     Digests(Vec<(String, String, Vec<u8>)>),
+    /// The layout fence floor stored on this node.
+    Fence(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -379,6 +386,13 @@ impl KvMachine {
             KvRequest::Digests { after, limit } => {
                 let out = Self::scan(store, after, limit, |versions| digest(&versions))?;
                 Ok((KvResponse::Digests(out), batch))
+            }
+            KvRequest::Fence { version } => {
+                let floor = count(store, keys::FENCE_FLOOR)?;
+                if version > floor {
+                    batch.put(KEYSPACE, keys::FENCE_FLOOR.to_vec(), version.to_be_bytes().to_vec());
+                }
+                Ok((KvResponse::Fence(floor.max(version)), batch))
             }
             KvRequest::Stats => Ok((
                 KvResponse::Stats { keys: count(store, keys::KEY_COUNT)?, hints: count(store, keys::HINT_COUNT)? },

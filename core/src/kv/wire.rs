@@ -90,6 +90,7 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
         KvRequest::Stats => e.u8(9),
         KvRequest::Scan { after, limit } => scan(e.u8(10), after, *limit),
         KvRequest::Digests { after, limit } => scan(e.u8(11), after, *limit),
+        KvRequest::Fence { version } => e.u8(12).u64(*version),
     }
     .finish()
 }
@@ -132,6 +133,7 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
             let (after, limit) = read_scan(&mut d)?;
             KvRequest::Digests { after, limit }
         }
+        12 => KvRequest::Fence { version: d.u64()? },
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown request tag {t}") }),
     };
     d.end()?;
@@ -175,6 +177,7 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
             }
             e
         }
+        Ok(KvResponse::Fence(v)) => e.u8(10).u64(*v),
         Ok(KvResponse::Digests(ds)) => {
             let mut e = e.u8(9).u64(ds.len() as u64);
             for (t, k, d) in ds {
@@ -239,6 +242,7 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
             }
             Ok(KvResponse::Digests(ds))
         }
+        10 => Ok(KvResponse::Fence(d.u64()?)),
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown reply tag {t}") }),
     };
     d.end()?;
@@ -270,6 +274,7 @@ mod tests {
             KvRequest::Stats,
             KvRequest::Scan { after: Some(("t".into(), "k".into())), limit: 5 },
             KvRequest::Digests { after: None, limit: 7 },
+            KvRequest::Fence { version: 4 },
         ];
         for r in reqs {
             assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
@@ -283,6 +288,7 @@ mod tests {
             }),
             Ok(KvResponse::Hints(vec![Hint { seq: 4, tenant: "t".into(), key: "k".into(), versions: vec![v] }])),
             Ok(KvResponse::Digests(vec![("t".into(), "k".into(), vec![3; 16])])),
+            Ok(KvResponse::Fence(9)),
             Err(CoreError::AlreadyExists("tenant exists".into())),
         ];
         for r in replies {
