@@ -18,7 +18,7 @@ use tessera_core::kv::merkle::{
 };
 use tessera_core::kv::ring::key_position;
 use tessera_core::kv::{KvRequest, KvResponse};
-use tessera_core::meta::Placement;
+use tessera_core::meta::{MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult};
 
 use super::{KvCoordinator, PEER_TIMEOUT_MS, Peers, lock};
@@ -45,6 +45,9 @@ type Digested = (String, String, Vec<u8>);
 
 /// A key's digest on this node and on the peer (`None`: not held there).
 type DigestPair = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Replication factors by tenant, as looked up during one walk.
+type Factors = BTreeMap<String, Option<usize>>;
 
 /// A tree built to answer a peer: the layout version it was built by, when, and the tree.
 pub(super) type KeptTree = (u64, u64, Arc<MerkleTree>);
@@ -177,7 +180,8 @@ impl<P: Peers> KvCoordinator<P> {
             let done: BTreeSet<u32> = rest.drain(..covered.min(rest.len())).collect();
             let mine = self.keys_in(placement, peer, &done).await?;
             // Per key: (this node's digest, the peer's); a key one side lacks differs.
-            let mut keys: BTreeMap<(String, String), DigestPair> = BTreeMap::new();
+            let (mut keys, mut factors): (BTreeMap<(String, String), DigestPair>, _) =
+                (BTreeMap::new(), Factors::new());
             for (t, k, d) in mine.into_values().flatten() {
                 keys.entry((t, k)).or_default().0 = Some(d);
             }
@@ -185,7 +189,7 @@ impl<P: Peers> KvCoordinator<P> {
                 // Only keys of the segments asked about that both nodes should hold: a peer
                 // that answers with others is wrong, and this node takes none of them.
                 if done.contains(&(merkle::segment_of(key_position(&t, &k)) as u32))
-                    && self.shared(placement, peer, &t, &k).await?
+                    && self.shared(&mut factors, placement, peer, &t, &k).await?
                 {
                     keys.entry((t, k)).or_default().1 = Some(d);
                 }
@@ -279,20 +283,34 @@ impl<P: Peers> KvCoordinator<P> {
     }
 
     /// Whether this node and `peer` should both hold `tenant`'s `key` under `placement`.
-    async fn shared(&self, placement: &Placement, peer: &str, tenant: &str, key: &str) -> CoreResult<bool> {
-        let Some(rf) = self.replication_factor(tenant).await? else { return Ok(false) };
+    async fn shared(
+        &self,
+        factors: &mut Factors,
+        placement: &Placement,
+        peer: &str,
+        tenant: &str,
+        key: &str,
+    ) -> CoreResult<bool> {
+        let Some(rf) = self.replication_factor(factors, tenant).await? else { return Ok(false) };
         let replicas = placement.write_nodes(tenant, key, rf);
         Ok(replicas.iter().any(|r| r == peer) && replicas.iter().any(|r| r == self.peers.me()))
     }
 
-    /// A tenant's replication factor; `None` for a tenant that does not exist (a key under
-    /// one belongs to no replica set and is left alone).
-    async fn replication_factor(&self, tenant: &str) -> CoreResult<Option<usize>> {
-        match self.tenant(tenant, self.peers.now_ms() + PEER_TIMEOUT_MS).await {
-            Ok(t) => Ok(Some(t.replication_factor as usize)),
-            Err(CoreError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
+    /// A tenant's replication factor as this node's metadata has it applied, looked up once
+    /// per walk; `None` for a tenant not known here (its keys are left alone). A local read,
+    /// not a current one: anti-entropy must work while this node's metadata lags the group
+    /// (say, just after a restart), and a stale factor only costs a few extra comparisons.
+    async fn replication_factor(&self, factors: &mut Factors, tenant: &str) -> CoreResult<Option<usize>> {
+        if let Some(rf) = factors.get(tenant) {
+            return Ok(*rf);
         }
+        let req = MetaRequest::Tenant { id: tenant.to_owned(), current: false };
+        let rf = match self.meta(req, self.peers.now_ms() + PEER_TIMEOUT_MS).await? {
+            MetaResponse::Tenant(t) => t.map(|t| t.replication_factor as usize),
+            other => return Err(super::unexpected(other)),
+        };
+        factors.insert(tenant.to_owned(), rf);
+        Ok(rf)
     }
 
     /// This node's keys that `peer` should hold too, in `segments`, by segment.
@@ -314,16 +332,15 @@ impl<P: Peers> KvCoordinator<P> {
     }
 
     /// Calls `each` with every key this node holds and is a replica of under `placement`
-    /// (in storage order, with its ring position and replicas). A tenant that cannot be
-    /// looked up stops the walk (the metadata group is away); a key of a tenant that does not
-    /// exist is skipped.
+    /// (in storage order, with its ring position and replicas). A key of a tenant not known
+    /// here is skipped; a metadata machine that does not answer stops the walk.
     async fn for_each_shared(
         &self,
         placement: &Placement,
         mut each: impl FnMut(&Digested, u64, &[String]) + Send,
     ) -> CoreResult<()> {
         let me = self.peers.me().to_owned();
-        let mut after = None;
+        let (mut after, mut factors) = (None, Factors::new());
         loop {
             let scan = KvRequest::Digests { after: after.take(), limit: 1000 };
             let page = match self.peers.send(&me, scan, PEER_TIMEOUT_MS).await {
@@ -336,7 +353,7 @@ impl<P: Peers> KvCoordinator<P> {
             let Some((t, k, _)) = page.last() else { return Ok(()) };
             after = Some((t.clone(), k.clone()));
             for item in &page {
-                let Some(rf) = self.replication_factor(&item.0).await? else { continue };
+                let Some(rf) = self.replication_factor(&mut factors, &item.0).await? else { continue };
                 let replicas = placement.write_nodes(&item.0, &item.1, rf);
                 if replicas.contains(&me) {
                     each(item, key_position(&item.0, &item.1), &replicas);
