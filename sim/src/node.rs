@@ -188,10 +188,18 @@ impl SimNode {
                     let peers = Arc::new(crate::kv_model::SimPeers::new(boot.world.clone(), index, skew_ms, layout));
                     // The fence floor stored before a restart holds before the node serves.
                     let kv = lock(&kv_slot).clone();
-                    if let Some(kv) = kv
-                        && let Ok(out) = kv.call(tessera_core::kv::KvRequest::Fence { version: 0 }).await
-                    {
-                        peers.view().observe(&out);
+                    let floor = match kv {
+                        Some(kv) => kv.call(tessera_core::kv::KvRequest::Fence { version: 0 }).await.ok(),
+                        None => None,
+                    };
+                    match floor {
+                        Some(out @ Ok(_)) => peers.view().observe(&out),
+                        // As tesserad: a node that cannot read its floor does not serve.
+                        _ => {
+                            boot.world.event(format!("{} could not read its layout fence floor", boot.name));
+                            boot.failed.store(true, Ordering::SeqCst);
+                            std::future::pending::<()>().await
+                        }
                     }
                     madsim::task::spawn(crate::kv_model::follow_layout(peers.clone()));
                     let coord = tessera_shell::kv_coordinator::KvCoordinator::new(peers, rng.next_u64())
