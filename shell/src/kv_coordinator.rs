@@ -709,7 +709,13 @@ impl<P: Peers> KvCoordinator<P> {
         let (mut after, mut moved) = (from.after, from.moved);
         let (mut handed, mut reported) = (after.clone(), moved);
         loop {
-            let entries = self.scan_page(&mut after).await?;
+            let scan = |after| KvRequest::Scan { after, limit: 256 };
+            let entries = self
+                .own_page(&mut after, scan, |r| match r {
+                    KvResponse::Entries(e) => Some(e),
+                    _ => None,
+                })
+                .await?;
             if entries.is_empty() {
                 break;
             }
@@ -759,22 +765,26 @@ impl<P: Peers> KvCoordinator<P> {
         Ok(())
     }
 
-    /// The next page of keys this node holds, after `after` (which it moves on); empty at the
-    /// end.
-    async fn scan_page(&self, after: &mut Option<(String, String)>) -> CoreResult<Vec<(String, String, Vec<Version>)>> {
+    /// The next page of keys this node holds, after `after` (which it moves on): asked for
+    /// with `ask` (a `Scan` or a `Digests` from `after`), taken from the answer by `take`;
+    /// empty at the end.
+    async fn own_page<T>(
+        &self,
+        after: &mut Option<(String, String)>,
+        ask: impl FnOnce(Option<(String, String)>) -> KvRequest,
+        take: impl FnOnce(KvResponse) -> Option<Vec<(String, String, T)>>,
+    ) -> CoreResult<Vec<(String, String, T)>> {
         let me = self.peers.me().to_owned();
-        let scan = KvRequest::Scan { after: after.clone(), limit: 256 };
-        let entries = match self.peers.send(&me, scan, PEER_TIMEOUT_MS).await {
-            Ok(Ok(KvResponse::Entries(e))) => e,
+        let page = match self.peers.send(&me, ask(after.clone()), PEER_TIMEOUT_MS).await {
+            Ok(Ok(r)) => take(r),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(_)) | Err(_) => {
-                return Err(CoreError::Unavailable("this node's replica did not answer a scan".into()));
-            }
+            Err(_) => None,
         };
-        if let Some((t, k, _)) = entries.last() {
+        let page = page.ok_or_else(|| CoreError::Unavailable("this node's replica did not answer a scan".into()))?;
+        if let Some((t, k, _)) = page.last() {
             *after = Some((t.clone(), k.clone()));
         }
-        Ok(entries)
+        Ok(page)
     }
 
     /// Offers the hints this node holds to every other member, once.

@@ -105,7 +105,30 @@ async fn serve(world: &World, to: usize, req: KvRequest, layout: u64) -> Option<
     Some(out)
 }
 
-/// One node-to-node call through the faulty network.
+/// A message from node `from` to node `to` and its answer, through the faulty network: each
+/// way delayed, and lost if the two are cut apart or (before the heal) by chance. `None` when
+/// no answer came within `timeout_ms`; `call` is the receiving side (`None`: it is down).
+async fn cross<T>(
+    world: &World,
+    from: usize,
+    to: usize,
+    timeout_ms: u64,
+    call: impl std::future::Future<Output = Option<T>>,
+) -> Option<T> {
+    let lost = |w: &World| w.nodes_cut(from, to) || (!w.lock().healed && w.chance(w.plan.loss));
+    let attempt = async {
+        delay(world).await;
+        if lost(world) {
+            return None;
+        }
+        let out = call.await?;
+        delay(world).await;
+        if lost(world) { None } else { Some(out) }
+    };
+    madsim::time::timeout(Duration::from_millis(timeout_ms), attempt).await.ok().flatten()
+}
+
+/// One node-to-node call to a replica through the faulty network.
 async fn deliver(
     world: Arc<World>,
     from: usize,
@@ -114,21 +137,9 @@ async fn deliver(
     layout: u64,
     timeout_ms: u64,
 ) -> PeerResult {
-    let lost = |w: &World| w.nodes_cut(from, to) || (!w.lock().healed && w.chance(w.plan.loss));
-    let timeout = Duration::from_millis(timeout_ms);
-    let attempt = async {
-        delay(&world).await;
-        if lost(&world) {
-            return None;
-        }
-        let out = serve(&world, to, req, layout).await?;
-        delay(&world).await;
-        if lost(&world) { None } else { Some(out) }
-    };
-    match madsim::time::timeout(timeout, attempt).await {
-        Ok(Some(out)) => Ok(out),
-        _ => Err(Unreachable(format!("n{to} gave no answer"))),
-    }
+    cross(&world, from, to, timeout_ms, serve(&world, to, req, layout))
+        .await
+        .ok_or_else(|| Unreachable(format!("n{to} gave no answer")))
 }
 
 impl Peers for SimPeers {
@@ -178,26 +189,21 @@ impl Peers for SimPeers {
         let (world, from) = (self.world.clone(), self.name.clone());
         let (me, to) = (self.index, node.trim_start_matches('n').parse::<usize>().unwrap_or(usize::MAX));
         Box::pin(async move {
-            let lost = |w: &World| w.nodes_cut(me, to) || (!w.lock().healed && w.chance(w.plan.loss));
+            if to >= world.opts.all_nodes() {
+                return Err(CoreError::Unavailable(format!("n{to}: not a member")));
+            }
             // On the peer's node, as tesserad's peer service runs it: a crash there ends it.
-            let attempt = async {
-                delay(&world).await;
-                if to >= world.opts.all_nodes() || lost(&world) {
-                    return None;
-                }
+            let answer = async {
                 let (coord, id) = world.coordinator(to)?;
                 let handle = madsim::runtime::Handle::current().get_node(id)?;
-                let out = handle.spawn(async move { coord.answer_tree(&from, layout, query).await }).await.ok()?;
-                delay(&world).await;
-                if lost(&world) { None } else { Some(out) }
+                handle.spawn(async move { coord.answer_tree(&from, layout, query).await }).await.ok()
             };
             // tesserad waits long for a peer scanning many keys; the simulator's nodes hold a
             // few, and a lost message must not stall the node's background loop.
             let timeout_ms = timeout_ms.min(tessera_shell::kv_coordinator::PEER_TIMEOUT_MS);
-            match madsim::time::timeout(Duration::from_millis(timeout_ms), attempt).await {
-                Ok(Some(out)) => out,
-                _ => Err(CoreError::Unavailable(format!("n{to} gave no answer"))),
-            }
+            cross(&world, me, to, timeout_ms, answer)
+                .await
+                .unwrap_or_else(|| Err(CoreError::Unavailable(format!("n{to} gave no answer"))))
         })
     }
 

@@ -342,16 +342,16 @@ impl<P: Peers> KvCoordinator<P> {
         let me = self.peers.me().to_owned();
         let (mut after, mut factors) = (None, Factors::new());
         loop {
-            let scan = KvRequest::Digests { after: after.take(), limit: 1000 };
-            let page = match self.peers.send(&me, scan, PEER_TIMEOUT_MS).await {
-                Ok(Ok(KvResponse::Digests(d))) => d,
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(_)) | Err(_) => {
-                    return Err(CoreError::Unavailable("this node's replica did not answer a scan".into()));
-                }
-            };
-            let Some((t, k, _)) = page.last() else { return Ok(()) };
-            after = Some((t.clone(), k.clone()));
+            let scan = |after| KvRequest::Digests { after, limit: 1000 };
+            let page = self
+                .own_page(&mut after, scan, |r| match r {
+                    KvResponse::Digests(d) => Some(d),
+                    _ => None,
+                })
+                .await?;
+            if page.is_empty() {
+                return Ok(());
+            }
             for item in &page {
                 let Some(rf) = self.replication_factor(&mut factors, &item.0).await? else { continue };
                 let replicas = placement.write_nodes(&item.0, &item.1, rf);
