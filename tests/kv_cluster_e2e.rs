@@ -194,6 +194,21 @@ async fn peer_service_refuses_bad_input_and_keeps_serving() {
         Err(CoreError::Unavailable(m)) => assert!(m.contains("layout version 0"), "{m}"),
         other => panic!("a stale layout was served: {other:?}"),
     }
+    // Anti-entropy tree questions: garbage and out-of-range nodes are INVALID_ARGUMENT, a
+    // question placed by another layout is UNAVAILABLE, a good one is answered.
+    use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
+    let tree = |body: Vec<u8>, layout: u64| peer::PeerRequest { from: "x".into(), body, layout };
+    let e = p.tree(tree(vec![0xff; 40], 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("anti-entropy question"), "{}", e.message());
+    let roots = TreeQuery::Hashes { level: 1, indices: (0..16).collect() };
+    let e = p.tree(tree(TreeQuery::Hashes { level: 1, indices: vec![16] }.encode(), 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = p.tree(tree(roots.encode(), 7)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("layout version 7"), "{}", e.message());
+    let r = p.tree(tree(roots.encode(), 1)).await.unwrap().into_inner();
+    assert!(matches!(TreeAnswer::decode(&r.body).unwrap(), TreeAnswer::Hashes(h) if h.len() == 16));
     // Still a working node: a tenant and a quorum write go through.
     let mut c = CoordinatorServiceClient::new(ch);
     let t = kv::CreateTenantRequest { tenant_id: "after".into(), replication_factor: 1 };
