@@ -522,6 +522,16 @@ impl MetaMachine {
                 let cc = ConfChange::parse_from_bytes(e.get_data())
                     .map_err(|err| config_error(format!("log entry {}: {err}", e.index)))?;
                 let conf = self.raw.apply_conf_change(&cc).map_err(config_error)?;
+                if self.raw.raft.state == StateRole::Leader && !conf.voters.contains(&self.raw.raft.id) {
+                    // Removed while leading: it won an election with its own removal, proposed
+                    // by an earlier leader, still uncommitted in its log. raft-rs leaves it
+                    // leader, and its next commit check finds no progress of its own and
+                    // panics. Step down, in the same term so the hard state of the Ready
+                    // being handled stays as it is; no longer a voter, it does not campaign,
+                    // and the voters elect one of theirs.
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term, raft::INVALID_ID);
+                }
                 self.raw.raft.mut_store().set_conf(conf, &mut out.writes);
                 conf_changed = true;
                 continue;
