@@ -78,6 +78,15 @@ pub trait Machine {
         None
     }
 
+    /// Answers `input` straight from the store, without a step, when it only reads what
+    /// earlier steps wrote and nothing of the machine's own state: the driver then serves it
+    /// on the caller's thread instead of queueing it behind writes and their fsync. `None`:
+    /// the input needs a step. Such an answer sees the same writes a step would (written,
+    /// maybe not yet durable), so it promises no more than a volatile step does.
+    fn read_only(_input: &Self::Input, _store: &dyn StoreRead) -> Option<Result<Self::Output, StoreError>> {
+        None
+    }
+
     /// Called when the last Ready's deadline has passed.
     fn tick(&mut self, _now: u64, _store: &dyn StoreRead) -> Result<Ready<Self::Output, Self::Message>, StoreError> {
         Ok(Ready::default())

@@ -68,26 +68,111 @@ pub enum DriverError {
 
 struct Call<I, O> {
     input: I,
-    reply: oneshot::Sender<O>,
+    reply: Reply<O>,
 }
+
+/// Where a reply goes: a lone caller, or one slot of a [`DriverHandle::call_many`].
+enum Reply<O> {
+    One(oneshot::Sender<O>),
+    Part(Arc<Gather<O>>, usize),
+}
+
+/// The replies of one `call_many`, sent to its caller once all are in.
+struct Gather<O> {
+    inner: std::sync::Mutex<Slots<O>>,
+}
+
+struct Slots<O> {
+    outs: Vec<Option<O>>,
+    left: usize,
+    tx: Option<oneshot::Sender<Vec<O>>>,
+}
+
+impl<O> Gather<O> {
+    fn new(n: usize, tx: oneshot::Sender<Vec<O>>) -> Self {
+        let outs = (0..n).map(|_| None).collect();
+        Self { inner: std::sync::Mutex::new(Slots { outs, left: n, tx: Some(tx) }) }
+    }
+
+    fn fill(&self, slot: usize, out: O) {
+        let mut g = lock(&self.inner);
+        if let Some(s) = g.outs.get_mut(slot)
+            && s.is_none()
+        {
+            *s = Some(out);
+            g.left -= 1;
+        }
+        if g.left == 0
+            && let Some(tx) = g.tx.take()
+        {
+            // The caller may have gone away; the writes stand.
+            let outs = g.outs.drain(..).flatten().collect();
+            let _ = tx.send(outs);
+        }
+    }
+}
+
+impl<O> Reply<O> {
+    fn send(self, out: O) {
+        match self {
+            // The caller may have gone away (deadline, disconnect); the write stands.
+            Reply::One(tx) => {
+                let _ = tx.send(out);
+            }
+            Reply::Part(g, slot) => g.fill(slot, out),
+        }
+    }
+}
+
+/// A machine's [`Machine::read_only`] over the driver's store.
+type Direct<I, O> = Arc<dyn Fn(&I) -> Option<Result<O, StoreError>> + Send + Sync>;
 
 /// Cloneable handle that services use to send requests to the driver.
 pub struct DriverHandle<I, O> {
     tx: mpsc::Sender<Call<I, O>>,
+    direct: Direct<I, O>,
 }
 
 impl<I, O> Clone for DriverHandle<I, O> {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone() }
+        Self { tx: self.tx.clone(), direct: self.direct.clone() }
     }
 }
 
 impl<I, O> DriverHandle<I, O> {
     /// Sends one request and waits for its reply, which arrives only after the writes it
-    /// caused are durable.
+    /// caused are durable. A request the machine answers from the store alone
+    /// ([`Machine::read_only`]) is answered here, without the trip to the driver's thread.
     pub async fn call(&self, input: I) -> Result<O, DriverError> {
+        if let Some(out) = (self.direct)(&input) {
+            return Ok(out?);
+        }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Call { input, reply }).await.map_err(|_| DriverError::Stopped)?;
+        self.tx.send(Call { input, reply: Reply::One(reply) }).await.map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Sends several requests at once and waits for all their replies, in order: one wake of
+    /// the driver and of the caller for the lot (a peer's batch), and they share a group
+    /// commit as requests queued together do.
+    pub async fn call_many(&self, inputs: Vec<I>) -> Result<Vec<O>, DriverError> {
+        let n = inputs.len();
+        let (tx, rx) = oneshot::channel();
+        let gather = Arc::new(Gather::new(n, tx));
+        let mut queued = Vec::with_capacity(n);
+        for (slot, input) in inputs.into_iter().enumerate() {
+            match (self.direct)(&input) {
+                Some(out) => gather.fill(slot, out?),
+                None => queued.push(Call { input, reply: Reply::Part(gather.clone(), slot) }),
+            }
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        for call in queued {
+            self.tx.send(call).await.map_err(|_| DriverError::Stopped)?;
+        }
+        drop(gather);
         rx.await.map_err(|_| DriverError::Stopped)
     }
 }
@@ -112,8 +197,9 @@ where
 impl<M, S> Driver<M, S>
 where
     M: Machine,
+    M: 'static,
     M::Message: 'static,
-    S: Store + Clone + Send + 'static,
+    S: Store + Clone + Send + Sync + 'static,
 {
     /// Makes the machine's start-up batch durable and returns the driver and its handle.
     pub fn new(
@@ -130,7 +216,10 @@ where
         }
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let deadline = machine.deadline();
-        Ok((Self { machine, store, clock, observer, config, rx, deadline, outbox: None }, DriverHandle { tx }))
+        let reader = store.clone();
+        let direct: Direct<M::Input, M::Output> = Arc::new(move |input| M::read_only(input, &reader));
+        let handle = DriverHandle { tx, direct };
+        Ok((Self { machine, store, clock, observer, config, rx, deadline, outbox: None }, handle))
     }
 
     /// Sends the machine's peer messages through `outbox`, each after the writes of its step
@@ -153,7 +242,7 @@ where
         // Callers waiting for a reply, by token. A machine may answer a request in a later
         // step or tick (a Raft proposal answers once committed), so tokens are unique for the
         // driver's life rather than positions in a group.
-        let waiting: std::sync::Mutex<HashMap<ClientToken, oneshot::Sender<M::Output>>> = Default::default();
+        let waiting: std::sync::Mutex<HashMap<ClientToken, Reply<M::Output>>> = Default::default();
         let mut next_token: ClientToken = 0;
         // Bounded: a stepper far ahead of the disk slows its callers down instead of growing.
         let (ptx, mut prx) = mpsc::channel::<Pending<M::Output, M::Message>>(64);
@@ -284,15 +373,14 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn release<O>(waiting: &std::sync::Mutex<HashMap<ClientToken, oneshot::Sender<O>>>, replies: Vec<(ClientToken, O)>) {
+fn release<O>(waiting: &std::sync::Mutex<HashMap<ClientToken, Reply<O>>>, replies: Vec<(ClientToken, O)>) {
     if replies.is_empty() {
         return;
     }
     let mut waiting = lock(waiting);
     for (token, out) in replies {
-        if let Some(tx) = waiting.remove(&token) {
-            // The caller may have gone away (deadline, disconnect); the write stands.
-            let _ = tx.send(out);
+        if let Some(reply) = waiting.remove(&token) {
+            reply.send(out);
         }
     }
 }
@@ -352,5 +440,51 @@ mod tests {
         assert!(store.durable_len(tessera_core::store::STATUS) > 50);
         let syncs = store.sync_count() - syncs_before;
         assert!(syncs < 50, "group commit should share syncs, got {syncs} for 50 writes");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn call_many_answers_in_order_after_one_sync_and_reads_directly() {
+        use tessera_core::kv::{KvConfig, KvMachine, KvRequest, KvResponse, VClock, Version};
+        let store = MemStore::new();
+        let machine = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 60_000 });
+        let (driver, handle) = Driver::new(
+            machine,
+            Default::default(),
+            store.clone(),
+            Arc::new(FixedClock),
+            Arc::new(NoopObserver),
+            DriverConfig::default(),
+        )
+        .unwrap();
+        let run = tokio::spawn(driver.run());
+        let version = |n: u64| Version {
+            clock: VClock([("n2".to_owned(), n)].into_iter().collect()),
+            ts_ms: 1,
+            value: Some(vec![n as u8]),
+        };
+        let apply = |key: &str, n: u64| KvRequest::Apply {
+            tenant: "t".into(),
+            key: key.into(),
+            versions: vec![version(n)],
+            idem: None,
+        };
+        let read = |key: &str| KvRequest::Read { tenant: "t".into(), key: key.into() };
+        assert!(handle.call_many(Vec::new()).await.unwrap().is_empty());
+        let syncs_before = store.sync_count();
+        let inputs = vec![apply("a", 1), read("missing"), apply("b", 2), apply("c", 3)];
+        let outs = handle.call_many(inputs).await.unwrap();
+        let got: Vec<_> = outs.into_iter().map(|o| o.unwrap()).collect();
+        assert!(matches!(&got[0], KvResponse::Versions(v) if v == &vec![version(1)]));
+        assert!(matches!(&got[1], KvResponse::Versions(v) if v.is_empty()));
+        assert!(matches!(&got[2], KvResponse::Versions(v) if v == &vec![version(2)]));
+        assert!(matches!(&got[3], KvResponse::Versions(v) if v == &vec![version(3)]));
+        assert_eq!(store.sync_count() - syncs_before, 1, "one batch, one group commit");
+        // Answered from the store by the caller: what the batch wrote, durable by now.
+        store.crash();
+        let outs = handle.call_many(vec![read("c"), read("a")]).await.unwrap();
+        assert!(matches!(&outs[0], Ok(KvResponse::Versions(v)) if v == &vec![version(3)]));
+        assert!(matches!(&outs[1], Ok(KvResponse::Versions(v)) if v == &vec![version(1)]));
+        drop(handle);
+        run.await.unwrap().unwrap();
     }
 }

@@ -639,6 +639,9 @@ impl<P: Peers> KvCoordinator<P> {
             )));
         }
         let outcome = resolve_read(&replies);
+        if outcome.stale.is_empty() {
+            return Ok(outcome.versions);
+        }
         // Read repair, off the client's path: bring every replica that answered up to the
         // reconciled set.
         let (p, tenant_id, key) = (self.peers.clone(), tenant_id.to_owned(), key.to_owned());

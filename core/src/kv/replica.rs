@@ -521,6 +521,15 @@ impl Machine for KvMachine {
         Ok(ready)
     }
 
+    fn read_only(input: &KvRequest, store: &dyn StoreRead) -> Option<Result<Self::Output, StoreError>> {
+        let KvRequest::Read { tenant, key } = input else { return None };
+        Some(match Self::versions(store, tenant, key) {
+            Ok(v) => Ok(Ok(KvResponse::Versions(v.unwrap_or_default()))),
+            Err(CoreError::Storage(e)) => Err(e),
+            Err(e) => Ok(Err(e)),
+        })
+    }
+
     fn tick(&mut self, now: u64, store: &dyn StoreRead) -> Result<Ready<Self::Output>, StoreError> {
         let writes = self.sweep(now, store)?;
         // A sweep that removed a full batch has more to do: come back at once, so records

@@ -66,19 +66,15 @@ impl PeerService for Peer {
                 r.bodies.len()
             )));
         }
-        // Every request goes to the driver at once, so they share its group commit; the
-        // answers are collected in order.
-        let mut pending = Vec::with_capacity(r.bodies.len());
+        let mut reqs = Vec::with_capacity(r.bodies.len());
         for (body, layout) in r.bodies.into_iter().zip(r.layouts) {
             let kv = wire::decode_request(&body)
                 .map_err(|e| Status::invalid_argument(format!("peer request from {:?}: {e}", r.from)))?;
-            pending.push(tokio::spawn(Self::serve(self.cluster.clone(), kv, layout)));
+            reqs.push((kv, layout));
         }
-        let mut bodies = Vec::with_capacity(pending.len());
-        for p in pending {
-            bodies.push(p.await.map_err(|e| Status::internal(format!("peer request task: {e}")))??);
-        }
-        Ok(Response::new(peer::PeerBatchReply { bodies }))
+        // The whole batch goes to the driver at once, so it shares one group commit.
+        let answers = self.cluster.serve_local_many(reqs).await.map_err(driver_status)?;
+        Ok(Response::new(peer::PeerBatchReply { bodies: answers.iter().map(wire::encode_reply).collect() }))
     }
 
     async fn tree(&self, req: Request<peer::PeerRequest>) -> Result<Response<peer::PeerReply>, Status> {
