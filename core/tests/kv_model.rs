@@ -146,7 +146,7 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
         tenant: "t".into(),
         key: "j".into(),
         value: Some(v.into()),
-        idem: Some(tessera_core::kv::IdemKey { key: "op-1".into(), request_hash: vec![h] }),
+        idem: Some(tessera_core::kv::IdemKey { key: "op-1".into(), request_hash: vec![h], fresh: false }),
     };
     let KvResponse::Coordinated { clock: first, duplicate: false, .. } = write(&mut n1, &s1, 20, idem("x", 1)) else {
         panic!()
@@ -162,7 +162,7 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
         tenant: "t".into(),
         key: "j2".into(),
         value: Some(v.into()),
-        idem: Some(tessera_core::kv::IdemKey { key: "op-2".into(), request_hash: vec![h] }),
+        idem: Some(tessera_core::kv::IdemKey { key: "op-2".into(), request_hash: vec![h], fresh: false }),
     };
     let KvResponse::Coordinated { clock: minted, .. } = step(&mut n1, &s1, 23, early("x", 1)) else { panic!() };
     let KvResponse::Coordinated { clock: replayed, duplicate: true, .. } = step(&mut n1, &s1, 24, early("x", 1)) else {
@@ -175,6 +175,39 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
     ));
     // Stats count distinct keys.
     assert_eq!(step(&mut n1, &s1, 23, KvRequest::Stats), KvResponse::Stats { keys: 2, hints: 0 });
+}
+
+#[test]
+fn a_fresh_key_is_not_looked_up_yet_its_record_serves_later_replays() {
+    let store = MemStore::new();
+    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let req = |fresh: bool, h: u8| KvRequest::Coordinate {
+        tenant: "t".into(),
+        key: "k".into(),
+        value: Some(b"v".to_vec()),
+        idem: Some(tessera_core::kv::IdemKey { key: "gen-1".into(), request_hash: vec![h], fresh }),
+    };
+    let KvResponse::Coordinated { clock: first, duplicate: false, idem: Some(rec), .. } =
+        write(&mut m, &store, 1, req(true, 1))
+    else {
+        panic!()
+    };
+    assert!(rec.fresh, "the record carries the key's freshness to its replicas");
+    // The client replays with the key it was given: no longer fresh, so it is looked up.
+    let KvResponse::Coordinated { clock: again, duplicate: true, idem: Some(stored), .. } =
+        step(&mut m, &store, 2, req(false, 1))
+    else {
+        panic!()
+    };
+    assert_eq!((first, stored.fresh), (again, false));
+    assert!(matches!(
+        m.step(3, 0, req(false, 2), &store).unwrap().replies[0].1,
+        Err(tessera_core::CoreError::FailedPrecondition(_))
+    ));
+    // A fresh apply writes its record without reading one first; applying it twice is harmless.
+    let apply = KvRequest::Apply { tenant: "t".into(), key: "k".into(), versions: vec![], idem: Some(rec) };
+    assert!(matches!(step(&mut m, &store, 4, apply), KvResponse::Versions(_)));
+    let KvResponse::Coordinated { duplicate: true, .. } = step(&mut m, &store, 5, req(false, 1)) else { panic!() };
 }
 
 #[test]
@@ -203,7 +236,7 @@ fn a_full_sweep_asks_for_the_next_at_once() {
             tenant: "t".into(),
             key: format!("k{i}"),
             value: Some(b"v".to_vec()),
-            idem: Some(tessera_core::kv::IdemKey { key: format!("i{i}"), request_hash: vec![1] }),
+            idem: Some(tessera_core::kv::IdemKey { key: format!("i{i}"), request_hash: vec![1], fresh: false }),
         };
         write(&mut m, &store, 1, req);
     }
@@ -268,6 +301,12 @@ fn scan_pages_keys_and_digests_page_them_without_values() {
         first.iter().chain(&rest).map(|(t, k, vs)| (t.clone(), k.clone(), digest(vs))).collect();
     assert_eq!(ds, expected);
     assert!(ds.iter().all(|(_, _, d)| d.len() == 16));
+    // Both scans are answered from the store alone, off the driver's thread, alike.
+    for req in [KvRequest::Scan { after: None, limit: 2 }, KvRequest::Digests { after: None, limit: 10 }] {
+        let direct = KvMachine::read_only(&req, &store).expect("served directly").unwrap().unwrap();
+        assert_eq!(direct, step(&mut m, &store, 5, req));
+    }
+    assert!(KvMachine::read_only(&KvRequest::Stats, &store).is_none());
 }
 
 proptest! {

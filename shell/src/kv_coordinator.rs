@@ -371,7 +371,8 @@ impl<P: Peers> KvCoordinator<P> {
                 client_key.len()
             )));
         }
-        let idempotency_key = if client_key.is_empty() { self.new_idem_key() } else { client_key };
+        let fresh = client_key.is_empty();
+        let idempotency_key = if fresh { self.new_idem_key() } else { client_key };
         let mut h = Sha256::new();
         for part in [tenant_id.as_bytes(), key.as_bytes()] {
             h.update((part.len() as u64).to_be_bytes());
@@ -384,7 +385,7 @@ impl<P: Peers> KvCoordinator<P> {
             }
             None => h.update([0]),
         }
-        let idem = IdemKey { key: idempotency_key.clone(), request_hash: h.finalize().to_vec() };
+        let idem = IdemKey { key: idempotency_key.clone(), request_hash: h.finalize().to_vec(), fresh };
         let placement = self.peers.placement();
         let targets = Targets::new(&placement, &tenant, key, consistency);
         let replicas = &targets.nodes;

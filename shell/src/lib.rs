@@ -26,6 +26,8 @@ pub mod lock;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod net_io;
+#[cfg(feature = "server")]
 pub mod raft_transport;
 #[cfg(feature = "server")]
 pub mod server;

@@ -320,7 +320,10 @@ pub async fn run(
         .add_service(KvServiceServer::new(coordinator))
         // Values are up to 1 MiB; a peer message carries a few versions of one key.
         .add_service(PeerServiceServer::new(peer).max_decoding_message_size(64 << 20))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
+        .serve_with_incoming_shutdown(
+            crate::net_io::Incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+            stop,
+        )
         .await
         .context("gRPC server")?;
 

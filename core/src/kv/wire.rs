@@ -31,18 +31,23 @@ fn read_versions(d: &mut Decoder<'_>) -> Result<Vec<Version>, StoreError> {
 fn idem_record(e: Encoder, r: &Option<IdemRecord>) -> Encoder {
     match r {
         None => e.u8(0),
-        Some(r) => r.clock.encode(e.u8(1).str(&r.key).bytes(&r.request_hash)).u64(r.expires_ms),
+        Some(r) => r.clock.encode(e.u8(fresh_tag(r.fresh)).str(&r.key).bytes(&r.request_hash)).u64(r.expires_ms),
     }
+}
+
+/// The tag before an idempotency key or record: 1, or 2 when it is fresh.
+fn fresh_tag(fresh: bool) -> u8 {
+    if fresh { 2 } else { 1 }
 }
 
 fn read_idem_record(d: &mut Decoder<'_>) -> Result<Option<IdemRecord>, StoreError> {
     Ok(match d.u8()? {
         0 => None,
-        _ => {
+        tag => {
             let key = d.string()?;
             let request_hash = d.bytes()?.to_vec();
             let clock = VClock::decode(d)?;
-            Some(IdemRecord { key, request_hash, clock, expires_ms: d.u64()? })
+            Some(IdemRecord { key, request_hash, clock, expires_ms: d.u64()?, fresh: tag == 2 })
         }
     })
 }
@@ -76,7 +81,7 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
         KvRequest::Coordinate { tenant, key, value, idem } => {
             let e = opt_bytes(e.u8(1).str(tenant).str(key), value);
             match idem {
-                Some(i) => e.u8(1).str(&i.key).bytes(&i.request_hash),
+                Some(i) => e.u8(fresh_tag(i.fresh)).str(&i.key).bytes(&i.request_hash),
                 None => e.u8(0),
             }
         }
@@ -107,7 +112,7 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
             };
             let idem = match d.u8()? {
                 0 => None,
-                _ => Some(IdemKey { key: d.string()?, request_hash: d.bytes()?.to_vec() }),
+                tag => Some(IdemKey { key: d.string()?, request_hash: d.bytes()?.to_vec(), fresh: tag == 2 }),
             };
             KvRequest::Coordinate { tenant, key, value, idem }
         }
@@ -256,13 +261,25 @@ mod tests {
     #[test]
     fn round_trips() {
         let v = Version { clock: VClock([("n1".to_owned(), 3)].into()), ts_ms: 9, value: Some(b"x".to_vec()) };
-        let rec = IdemRecord { key: "k".into(), request_hash: vec![1, 2], clock: v.clock.clone(), expires_ms: 5 };
+        let rec = IdemRecord {
+            key: "k".into(),
+            request_hash: vec![1, 2],
+            clock: v.clock.clone(),
+            expires_ms: 5,
+            fresh: true,
+        };
         let reqs = [
             KvRequest::Coordinate {
                 tenant: "t".into(),
                 key: "k".into(),
                 value: None,
-                idem: Some(IdemKey { key: "i".into(), request_hash: vec![7] }),
+                idem: Some(IdemKey { key: "i".into(), request_hash: vec![7], fresh: false }),
+            },
+            KvRequest::Coordinate {
+                tenant: "t".into(),
+                key: "k".into(),
+                value: Some(b"v".to_vec()),
+                idem: Some(IdemKey { key: "g".into(), request_hash: vec![8], fresh: true }),
             },
             KvRequest::Apply {
                 tenant: "t".into(),
