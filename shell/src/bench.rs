@@ -95,6 +95,27 @@ async fn one_commit(
 
 /// Runs `clients` concurrent loops of `op` (given a channel, the loop's number and the
 /// iteration) until `duration` has passed; `op` answers whether the operation succeeded.
+/// Latencies and errors of one load, before they are summed up as [`Figures`]: several runs
+/// of the same load (rounds) add up into one.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    pub lat_us: Vec<u64>,
+    pub errors: u64,
+    pub secs: f64,
+}
+
+impl Samples {
+    pub fn add(&mut self, other: Samples) {
+        self.lat_us.extend(other.lat_us);
+        self.errors += other.errors;
+        self.secs += other.secs;
+    }
+
+    pub fn figures(self, label: String) -> Figures {
+        Figures::from_samples(label, self.lat_us, self.errors, self.secs)
+    }
+}
+
 pub(crate) async fn drive<F, Fut>(
     label: String,
     chans: &[Channel],
@@ -102,6 +123,20 @@ pub(crate) async fn drive<F, Fut>(
     duration: Duration,
     op: F,
 ) -> anyhow::Result<Figures>
+where
+    F: Fn(Channel, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    Ok(drive_samples(chans, clients, duration, op).await?.figures(label))
+}
+
+/// Runs `op` from `clients` concurrent tasks over `chans` for `duration`.
+pub(crate) async fn drive_samples<F, Fut>(
+    chans: &[Channel],
+    clients: usize,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<Samples>
 where
     F: Fn(Channel, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -127,13 +162,13 @@ where
             (lat, errors)
         }));
     }
-    let (mut lat, mut errors) = (Vec::new(), 0);
+    let (mut lat_us, mut errors) = (Vec::new(), 0);
     for t in tasks {
         let (l, e) = t.await?;
-        lat.extend(l);
+        lat_us.extend(l);
         errors += e;
     }
-    Ok(Figures::from_samples(label, lat, errors, started.elapsed().as_secs_f64()))
+    Ok(Samples { lat_us, errors, secs: started.elapsed().as_secs_f64() })
 }
 
 /// Commits/s of 1-write transactions (begin, write, commit) with `clients` concurrent clients.

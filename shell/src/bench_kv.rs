@@ -1,6 +1,6 @@
 //! `tessera bench kv`: put and get throughput and latency of the key-value API, against
 //! tesserad and, in the same run, against etcd (its `etcdserverpb.KV` Put and linearizable
-//! Range), so the figure that matters is the ratio.
+//! Range), so the figure that matters is the ratio. The two take turns (see [`compare`]).
 //!
 //! The etcd client is a dozen lines over tonic's generic client: the two messages it needs
 //! are declared here with prost's derive, so no etcd proto enters the build.
@@ -11,7 +11,7 @@ use tessera_proto::proto as kv;
 use tessera_proto::proto::coordinator_service_client::CoordinatorServiceClient;
 use tonic::transport::Channel;
 
-use crate::bench::{Figures, channels, drive};
+use crate::bench::{Figures, Samples, channels, drive_samples};
 
 /// What to run: the same for both systems.
 #[derive(Debug, Clone)]
@@ -36,8 +36,15 @@ fn key_index(load: &KvLoad, t: usize, i: u64) -> u64 {
     (i.wrapping_mul(7919).wrapping_add(t as u64 * 104_729)) % load.keys.max(1)
 }
 
-/// Puts then gets against tesserad (creates the tenant `bench` with RF 3 if missing).
-pub async fn tessera(addr: &str, load: &KvLoad) -> anyhow::Result<(Figures, Figures)> {
+/// Which phase of the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Put,
+    Get,
+}
+
+/// tesserad's side: its connections, and the tenant `bench` (RF 3) created if missing.
+pub async fn tessera_side(addr: &str, load: &KvLoad) -> anyhow::Result<Vec<Channel>> {
     let chans = channels(addr, load.clients.clamp(1, 8)).await?;
     let mut c = CoordinatorServiceClient::new(chans[0].clone());
     let t = c.create_tenant(kv::CreateTenantRequest { tenant_id: "bench".into(), replication_factor: 3 }).await;
@@ -46,51 +53,42 @@ pub async fn tessera(addr: &str, load: &KvLoad) -> anyhow::Result<(Figures, Figu
     {
         anyhow::bail!("creating the bench tenant: {}", s.message());
     }
+    Ok(chans)
+}
+
+/// One run of `phase` against tesserad for `duration`.
+pub async fn tessera(chans: &[Channel], load: &KvLoad, phase: Phase, duration: Duration) -> anyhow::Result<Samples> {
     let l = load.clone();
-    let puts = drive(
-        format!("tessera put, {} clients", load.clients),
-        &chans,
-        load.clients,
-        load.duration,
-        move |ch, t, i| {
-            let l = l.clone();
-            async move {
-                let req = kv::WriteKeyValueRequest {
-                    tenant_id: "bench".into(),
-                    key: format!("key-{}", key_index(&l, t, i)),
-                    value: value(&l, i),
-                    consistency: l.consistency.clone(),
-                    idempotency_key: String::new(),
-                };
-                CoordinatorServiceClient::new(ch).write_key_value(req).await.is_ok()
-            }
-        },
-    )
-    .await?;
-    let l = load.clone();
-    let gets = drive(
-        format!("tessera get, {} clients", load.clients),
-        &chans,
-        load.clients,
-        load.duration,
-        move |ch, t, i| {
-            let l = l.clone();
-            async move {
-                let req = kv::ReadKeyValueRequest {
-                    tenant_id: "bench".into(),
-                    key: format!("key-{}", key_index(&l, t, i)),
-                    consistency: l.consistency.clone(),
-                };
-                // A key the put phase never reached is NOT_FOUND: still a completed read.
-                match CoordinatorServiceClient::new(ch).read_key_value(req).await {
-                    Ok(_) => true,
-                    Err(s) => s.code() == tonic::Code::NotFound,
+    drive_samples(chans, load.clients, duration, move |ch, t, i| {
+        let l = l.clone();
+        async move {
+            let key = format!("key-{}", key_index(&l, t, i));
+            let mut c = CoordinatorServiceClient::new(ch);
+            match phase {
+                Phase::Put => {
+                    let value = value(&l, i);
+                    let req = kv::WriteKeyValueRequest {
+                        tenant_id: "bench".into(),
+                        key,
+                        value,
+                        consistency: l.consistency.clone(),
+                        idempotency_key: String::new(),
+                    };
+                    c.write_key_value(req).await.is_ok()
+                }
+                Phase::Get => {
+                    let req =
+                        kv::ReadKeyValueRequest { tenant_id: "bench".into(), key, consistency: l.consistency.clone() };
+                    // A key the put phase never reached is NOT_FOUND: still a completed read.
+                    match c.read_key_value(req).await {
+                        Ok(_) => true,
+                        Err(s) => s.code() == tonic::Code::NotFound,
+                    }
                 }
             }
-        },
-    )
-    .await?;
-    Ok((puts, gets))
+        }
+    })
+    .await
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -126,29 +124,66 @@ async fn etcd_unary<Req: prost::Message + Default + Send + Sync + 'static>(
     g.unary(tonic::Request::new(req), path, codec).await.map(|_| ())
 }
 
-/// The same puts then gets against etcd's gRPC endpoint.
-pub async fn etcd(addr: &str, load: &KvLoad) -> anyhow::Result<(Figures, Figures)> {
-    let chans = channels(addr, load.clients.clamp(1, 8)).await?;
+/// etcd's side: its connections.
+pub async fn etcd_side(addr: &str, load: &KvLoad) -> anyhow::Result<Vec<Channel>> {
+    channels(addr, load.clients.clamp(1, 8)).await
+}
+
+/// One run of `phase` against etcd for `duration`: the same keys and values.
+pub async fn etcd(chans: &[Channel], load: &KvLoad, phase: Phase, duration: Duration) -> anyhow::Result<Samples> {
     let l = load.clone();
-    let puts =
-        drive(format!("etcd put, {} clients", load.clients), &chans, load.clients, load.duration, move |ch, t, i| {
-            let l = l.clone();
-            async move {
-                let req = PutRequest { key: format!("key-{}", key_index(&l, t, i)).into_bytes(), value: value(&l, i) };
-                etcd_unary(ch, "/etcdserverpb.KV/Put", req).await.is_ok()
+    drive_samples(chans, load.clients, duration, move |ch, t, i| {
+        let l = l.clone();
+        async move {
+            let key = format!("key-{}", key_index(&l, t, i)).into_bytes();
+            match phase {
+                Phase::Put => {
+                    let req = PutRequest { key, value: value(&l, i) };
+                    etcd_unary(ch, "/etcdserverpb.KV/Put", req).await.is_ok()
+                }
+                Phase::Get => {
+                    let req = RangeRequest { key, serializable: false };
+                    etcd_unary(ch, "/etcdserverpb.KV/Range", req).await.is_ok()
+                }
             }
-        })
-        .await?;
-    let l = load.clone();
-    let gets =
-        drive(format!("etcd get, {} clients", load.clients), &chans, load.clients, load.duration, move |ch, t, i| {
-            let l = l.clone();
-            async move {
-                let req =
-                    RangeRequest { key: format!("key-{}", key_index(&l, t, i)).into_bytes(), serializable: false };
-                etcd_unary(ch, "/etcdserverpb.KV/Range", req).await.is_ok()
+        }
+    })
+    .await
+}
+
+/// Figures of each phase for tesserad and, when given, etcd. Each phase runs in `rounds`
+/// turns that alternate between the two systems (tessera, etcd, tessera, ...), so a shared
+/// machine that speeds up or slows down during the run weighs on both alike; each system
+/// gets `load.duration` per phase in all. Puts come first: the gets read the keys they wrote.
+pub async fn compare(
+    tessera_addr: &str,
+    etcd_addr: Option<&str>,
+    load: &KvLoad,
+    rounds: u32,
+) -> anyhow::Result<Vec<(Phase, Figures, Option<Figures>)>> {
+    let t = tessera_side(tessera_addr, load).await?;
+    let e = match etcd_addr {
+        Some(a) => Some(etcd_side(a, load).await?),
+        None => None,
+    };
+    let rounds = rounds.max(1);
+    let turn = load.duration / rounds;
+    let mut out = Vec::new();
+    for phase in [Phase::Put, Phase::Get] {
+        let (mut ts, mut es) = (Samples::default(), Samples::default());
+        for _ in 0..rounds {
+            ts.add(tessera(&t, load, phase, turn).await?);
+            if let Some(e) = &e {
+                es.add(etcd(e, load, phase, turn).await?);
             }
-        })
-        .await?;
-    Ok((puts, gets))
+        }
+        let name = match phase {
+            Phase::Put => "put",
+            Phase::Get => "get",
+        };
+        let tf = ts.figures(format!("tessera {name}, {} clients", load.clients));
+        let ef = e.is_some().then(|| es.figures(format!("etcd {name}, {} clients", load.clients)));
+        out.push((phase, tf, ef));
+    }
+    Ok(out)
 }

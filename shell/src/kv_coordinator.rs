@@ -593,22 +593,37 @@ impl<P: Peers> KvCoordinator<P> {
             _ => replicas.len(),
         };
         let (tx, mut rx) = mpsc::channel(replicas.len().max(1));
-        let ask = |i: usize| {
-            let (p, tx, node) = (self.peers.clone(), tx.clone(), replicas[i].clone());
+        // One replica's versions, or None when it did not answer with them.
+        let read_one = |i: usize| {
+            let (p, node) = (self.peers.clone(), replicas[i].clone());
             let req = KvRequest::Read { tenant: tenant_id.to_owned(), key: key.to_owned() };
             let left = self.left(until_ms);
-            self.peers.spawn(Box::pin(async move {
-                let out = match p.send_at(&node, req, layout, left).await {
+            async move {
+                match p.send_at(&node, req, layout, left).await {
                     Ok(Ok(KvResponse::Versions(v))) => Some(v),
                     _ => None,
-                };
-                let _ = tx.send((i, out)).await;
+                }
+            }
+        };
+        let ask = |i: usize| {
+            let (read, tx) = (read_one(i), tx.clone());
+            self.peers.spawn(Box::pin(async move {
+                let _ = tx.send((i, read.await)).await;
             }));
         };
         let mut in_flight = 0;
+        let mut local = None;
         for i in queue.by_ref().take(first) {
-            ask(i);
+            match replicas[i] == self.peers.me() {
+                true => local = Some(i),
+                false => ask(i),
+            }
             in_flight += 1;
+        }
+        if let Some(i) = local {
+            // This node's replica answers from its store at once (the others are asked
+            // already): read it here rather than in a task of its own.
+            let _ = tx.send((i, read_one(i).await)).await;
         }
         let mut answered = vec![false; replicas.len()];
         let mut replies: Vec<(String, Vec<Version>)> = Vec::new();

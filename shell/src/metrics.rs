@@ -46,11 +46,18 @@ impl Histogram {
     }
 }
 
+/// One RPC's counts by gRPC status code, and its latency.
+#[derive(Default)]
+struct Rpc {
+    codes: BTreeMap<String, u64>,
+    latency: Histogram,
+}
+
 #[derive(Default)]
 struct Inner {
-    /// (method path, grpc status code) -> count
-    requests: BTreeMap<(String, String), u64>,
-    latency: BTreeMap<String, Histogram>,
+    /// By method path. Looked up by `&str`, so a call allocates nothing once its method and
+    /// code have been seen.
+    rpcs: BTreeMap<String, Rpc>,
     fsync: Histogram,
     groups: u64,
     grouped_requests: u64,
@@ -68,8 +75,17 @@ impl Metrics {
 
     pub fn observe_rpc(&self, method: &str, code: &str, elapsed: Duration) {
         let mut m = self.lock();
-        *m.requests.entry((method.to_owned(), code.to_owned())).or_default() += 1;
-        m.latency.entry(method.to_owned()).or_default().observe(elapsed.as_secs_f64());
+        if !m.rpcs.contains_key(method) {
+            m.rpcs.insert(method.to_owned(), Rpc::default());
+        }
+        let Some(rpc) = m.rpcs.get_mut(method) else { return };
+        match rpc.codes.get_mut(code) {
+            Some(n) => *n += 1,
+            None => {
+                rpc.codes.insert(code.to_owned(), 1);
+            }
+        }
+        rpc.latency.observe(elapsed.as_secs_f64());
     }
 
     pub fn render(&self) -> String {
@@ -77,13 +93,15 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP tessera_grpc_requests_total gRPC requests by method and status code.\n");
         out.push_str("# TYPE tessera_grpc_requests_total counter\n");
-        for ((method, code), n) in &m.requests {
-            let _ = writeln!(out, "tessera_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}");
+        for (method, rpc) in &m.rpcs {
+            for (code, n) in &rpc.codes {
+                let _ = writeln!(out, "tessera_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}");
+            }
         }
         out.push_str("# HELP tessera_grpc_request_duration_seconds Time to the response headers.\n");
         out.push_str("# TYPE tessera_grpc_request_duration_seconds histogram\n");
-        for (method, h) in &m.latency {
-            h.render(&mut out, "tessera_grpc_request_duration_seconds", &format!("method=\"{method}\""));
+        for (method, rpc) in &m.rpcs {
+            rpc.latency.render(&mut out, "tessera_grpc_request_duration_seconds", &format!("method=\"{method}\""));
         }
         out.push_str("# HELP tessera_fsync_duration_seconds Duration of each group-commit fsync.\n");
         out.push_str("# TYPE tessera_fsync_duration_seconds histogram\n");
@@ -180,10 +198,10 @@ where
             // Errors answered "trailers-only" carry grpc-status in the headers; a streamed
             // or successful unary answer carries it in trailers, which we count as 0 (OK).
             let code = match &res {
-                Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned(),
-                Err(_) => "transport".to_owned(),
+                Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0"),
+                Err(_) => "transport",
             };
-            metrics.observe_rpc(&method, &code, started.elapsed());
+            metrics.observe_rpc(&method, code, started.elapsed());
             res
         })
     }

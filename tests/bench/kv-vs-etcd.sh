@@ -60,4 +60,4 @@ done
 [ -n "$leader" ] || { echo "etcd elected no leader" >&2; exit 1; }
 echo "etcd leader: 127.0.0.1:$leader"
 "$bin/tessera" --addr "http://127.0.0.1:${t[0]}" bench kv --secs "$secs" --clients "$clients" \
-    --value-size "$size" --etcd "http://127.0.0.1:$leader"
+    --value-size "$size" --etcd "http://127.0.0.1:$leader" ${ROUNDS:+--rounds $ROUNDS}

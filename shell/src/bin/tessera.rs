@@ -112,6 +112,9 @@ enum BenchCmd {
         /// etcd's client URL, e.g. http://127.0.0.1:2379
         #[arg(long)]
         etcd: Option<String>,
+        /// Turns per phase, alternating between tesserad and etcd (`--secs` is each one's total)
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
     },
     /// Commits/s of 1-write transactions at each concurrency, then GetState reads/s
     State {
@@ -142,24 +145,31 @@ async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
                 println!("{}  ({:.2} of health checks)", f.line(), f.per_sec() / floor.max(1e-9));
             }
         }
-        BenchCmd::Kv { keys, value_size, clients, secs, consistency, etcd } => {
+        BenchCmd::Kv { keys, value_size, clients, secs, consistency, etcd, rounds } => {
             use tessera_shell::bench_kv;
             let load = bench_kv::KvLoad { keys, value_size, clients, duration: Duration::from_secs(secs), consistency };
-            let (tp, tg) = bench_kv::tessera(addr, &load).await?;
-            println!("{}\n{}", tp.line(), tg.line());
-            if let Some(e) = etcd {
-                let (ep, eg) = bench_kv::etcd(&e, &load).await?;
-                println!("{}\n{}", ep.line(), eg.line());
-                let ratio = |a: &bench::Figures, b: &bench::Figures| a.per_sec() / b.per_sec().max(1e-9);
-                println!(
-                    "ratio tessera/etcd: put {:.2}x (p99 {} vs {} us), get {:.2}x (p99 {} vs {} us)",
-                    ratio(&tp, &ep),
-                    tp.p99_us,
-                    ep.p99_us,
-                    ratio(&tg, &eg),
-                    tg.p99_us,
-                    eg.p99_us
-                );
+            let phases = bench_kv::compare(addr, etcd.as_deref(), &load, rounds).await?;
+            for (_, t, e) in &phases {
+                println!("{}", t.line());
+                if let Some(e) = e {
+                    println!("{}", e.line());
+                }
+            }
+            let ratios: Vec<String> = phases
+                .iter()
+                .filter_map(|(phase, t, e)| {
+                    let e = e.as_ref()?;
+                    let name = if *phase == bench_kv::Phase::Put { "put" } else { "get" };
+                    Some(format!(
+                        "{name} {:.2}x (p99 {} vs {} us)",
+                        t.per_sec() / e.per_sec().max(1e-9),
+                        t.p99_us,
+                        e.p99_us
+                    ))
+                })
+                .collect();
+            if !ratios.is_empty() {
+                println!("ratio tessera/etcd: {}", ratios.join(", "));
             }
         }
         BenchCmd::State { clients, secs, readers } => {
