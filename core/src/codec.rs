@@ -94,6 +94,11 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// Whether everything has been read (for a field appended to a record kept on disk).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     pub fn end(&self) -> Result<(), StoreError> {
         if self.buf.is_empty() { Ok(()) } else { Err(self.corrupt("trailing bytes")) }
     }

@@ -260,6 +260,7 @@ fn old_hints_expire_even_behind_many_fresh_ones() {
         tenant: "t".into(),
         key: format!("k{i}"),
         versions: vec![Version { clock: VClock([("n1".to_owned(), 1)].into()), ts_ms: 1, value: None }],
+        layout: 7,
     };
     // "a" sorts first and holds 1200 fresh hints; "b" holds one old one.
     step(&mut m, &store, 1, hint("b", 0));
@@ -275,6 +276,13 @@ fn old_hints_expire_even_behind_many_fresh_ones() {
         panic!()
     };
     assert!(left.is_empty());
+    // A kept hint remembers the layout its write was placed by.
+    let KvResponse::Hints(kept) =
+        step(&mut m, &store, HINT_MAX_AGE_MS + 8, KvRequest::Hints { target: "a".into(), limit: 2 })
+    else {
+        panic!()
+    };
+    assert_eq!(kept.iter().map(|h| h.layout).collect::<Vec<_>>(), [7, 7]);
 }
 
 #[test]

@@ -498,6 +498,7 @@ impl<P: Peers> KvCoordinator<P> {
                 tenant: tenant.to_owned(),
                 key: key.to_owned(),
                 versions: versions.clone(),
+                layout,
             };
             self.peers.spawn(Box::pin(async move {
                 let merged = match left > 0 {
@@ -819,7 +820,13 @@ impl<P: Peers> KvCoordinator<P> {
     }
 
     /// Delivers the hints this node holds for `target` (oldest first) and drops them once
-    /// `target` has them. Returns how many went out.
+    /// delivered. Returns how many went out.
+    ///
+    /// A hint whose write was placed by the layout this node serves by goes to `target`,
+    /// fenced like the write it carries. One placed by an older layout goes to the key's
+    /// replicas under the layout in use instead (`target` among them if it still is one):
+    /// since then `target` may have handed the key over, and a copy it takes now would
+    /// reach no one, while the write may have missed its quorum and live nowhere else.
     pub async fn hand_off_to(&self, target: &str) -> Result<usize, Unreachable> {
         let me = self.peers.me().to_owned();
         let mut sent = 0;
@@ -830,13 +837,30 @@ impl<P: Peers> KvCoordinator<P> {
                 _ => return Ok(sent),
             };
             let Some(last) = hints.last().map(|h| h.seq) else { return Ok(sent) };
+            let placement = self.peers.placement();
             for h in hints {
-                let req = KvRequest::Apply { tenant: h.tenant, key: h.key, versions: h.versions, idem: None };
-                match self.peers.send(target, req, PEER_TIMEOUT_MS).await? {
-                    Ok(_) => sent += 1,
-                    // The target refuses (for example, storage trouble): try again later.
-                    Err(e) => return Err(Unreachable(e.to_string())),
+                // 0: kept before hints recorded their layout; delivered as they always were.
+                let to = match h.layout == 0 || h.layout >= placement.version {
+                    true => vec![target.to_owned()],
+                    false => {
+                        let until = self.peers.now_ms() + PEER_TIMEOUT_MS;
+                        let tenant = self.tenant(&h.tenant, until).await.map_err(|e| Unreachable(e.to_string()))?;
+                        Targets::new(&placement, &tenant, &h.key, Consistency::All).nodes
+                    }
+                };
+                for node in to {
+                    let req = KvRequest::Apply {
+                        tenant: h.tenant.clone(),
+                        key: h.key.clone(),
+                        versions: h.versions.clone(),
+                        idem: None,
+                    };
+                    if let Err(e) = self.peers.send_at(&node, req, placement.version, PEER_TIMEOUT_MS).await? {
+                        // Refused (storage trouble, or a newer layout there): try again later.
+                        return Err(Unreachable(format!("{node}: {e}")));
+                    }
                 }
+                sent += 1;
             }
             let done = KvRequest::HintsDelivered { target: target.to_owned(), upto: last };
             let _ = self.peers.send(&me, done, PEER_TIMEOUT_MS).await;

@@ -1,14 +1,15 @@
 //! Anti-entropy over Merkle trees, in one process: three production coordinators and replica
 //! drivers over in-memory stores, wired together by calls (every tree question and answer
 //! goes through its wire encoding). Replicas in sync exchange no key digests; a few keys out
-//! of place cost only their segments' digests and are repaired both ways.
+//! of place cost only their segments' digests and are repaired both ways. Also hinted
+//! handoff across a layout change (a fourth replica, n4, holds keys once the layout names it).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::quorum::Consistency;
-use tessera_core::kv::{KvConfig, KvMachine, KvRequest, KvResponse, TenantRecord, Version};
+use tessera_core::kv::{KvConfig, KvMachine, KvRequest, KvResponse, TenantRecord, VClock, Version};
 use tessera_core::mem_store::MemStore;
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult, WriteBatch};
@@ -23,7 +24,7 @@ const NODES: [&str; 3] = ["n1", "n2", "n3"];
 struct Net {
     replicas: BTreeMap<String, HandleFor<KvMachine>>,
     coordinators: Mutex<BTreeMap<String, Arc<KvCoordinator<LocalPeers>>>>,
-    placement: Option<Arc<Placement>>,
+    placement: Mutex<Option<Arc<Placement>>>,
     /// Tenants and their replication factors (the metadata group, here fixed).
     tenants: BTreeMap<String, u32>,
 }
@@ -41,7 +42,7 @@ impl Peers for LocalPeers {
         NODES.iter().map(|n| n.to_string()).collect()
     }
     fn placement(&self) -> Arc<Placement> {
-        self.net.placement.clone().expect("placement set before use")
+        self.net.placement.lock().unwrap().clone().expect("placement set before use")
     }
     fn now_ms(&self) -> u64 {
         use tessera_shell::driver::Clock;
@@ -93,9 +94,9 @@ fn start() -> Arc<Net> {
     let mut net = Net::default();
     let members: Vec<(String, String, u32)> =
         NODES.iter().map(|n| (n.to_string(), format!("{n}.local:7000"), 32)).collect();
-    net.placement = Some(Arc::new(Placement::new(&Layout::initial(&members))));
+    net.placement = Mutex::new(Some(Arc::new(Placement::new(&Layout::initial(&members)))));
     net.tenants = [("t3".to_owned(), 3), ("t1".to_owned(), 1)].into();
-    for n in NODES {
+    for n in NODES.into_iter().chain(["n4"]) {
         let machine = KvMachine::new(KvConfig { node_id: n.into(), idempotency_ttl_ms: 60_000 });
         let (driver, handle) = Driver::new(
             machine,
@@ -230,4 +231,39 @@ async fn many_keys_out_of_place_come_in_pages() {
         let r = coordinator(&net, n).anti_entropy_pass().await;
         assert!(in_sync(&r), "{n}: {r:?}");
     }
+}
+
+#[tokio::test]
+async fn a_hint_from_an_older_layout_goes_to_the_keys_owners_under_the_layout_in_use() {
+    let net = start();
+    // Under the first layout (n1, n2, n3; RF 3) n3 missed a write: n1 keeps a hint for it.
+    let v = Version { clock: VClock([("n1".to_owned(), 1)].into()), ts_ms: 1, value: Some(b"v".to_vec()) };
+    let hint = |target: &str, key: &str, layout: u64| KvRequest::Hint {
+        target: target.into(),
+        tenant: "t3".into(),
+        key: key.into(),
+        versions: vec![v.clone()],
+        layout,
+    };
+    replica(&net, "n1", hint("n3", "k", 1)).await;
+    // Then n3 leaves and n4 joins (version 2, the change done): n3 owns no key any more.
+    let members: Vec<(String, String, u32)> =
+        ["n1", "n2", "n4"].iter().map(|n| (n.to_string(), format!("{n}.local:7000"), 32)).collect();
+    let mut next = Layout::initial(&members);
+    next.version = 2;
+    *net.placement.lock().unwrap() = Some(Arc::new(Placement::new(&next)));
+    assert_eq!(coordinator(&net, "n1").hand_off_to("n3").await.unwrap(), 1);
+    for n in ["n1", "n2", "n4"] {
+        assert_eq!(held(&net, n, "t3", "k").await, vec![v.clone()], "{n} owns the key now");
+    }
+    assert!(held(&net, "n3", "t3", "k").await.is_empty(), "n3 handed its keys over: it gets no copy");
+    let KvResponse::Hints(left) = replica(&net, "n1", KvRequest::Hints { target: "n3".into(), limit: 10 }).await else {
+        panic!()
+    };
+    assert!(left.is_empty(), "a delivered hint is dropped");
+    // A hint placed by the layout in use goes to its target alone, as before.
+    replica(&net, "n1", hint("n4", "k2", 2)).await;
+    assert_eq!(coordinator(&net, "n1").hand_off_to("n4").await.unwrap(), 1);
+    assert_eq!(held(&net, "n4", "t3", "k2").await, vec![v.clone()]);
+    assert!(held(&net, "n2", "t3", "k2").await.is_empty());
 }

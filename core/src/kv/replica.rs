@@ -86,6 +86,8 @@ pub struct Hint {
     pub tenant: String,
     pub key: String,
     pub versions: Vec<Version>,
+    /// The layout version its write was placed by; 0 for a hint kept before hints recorded it.
+    pub layout: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +116,8 @@ pub enum KvRequest {
         tenant: String,
         key: String,
         versions: Vec<Version>,
+        /// The layout version the write was placed by.
+        layout: u64,
     },
     /// Up to `limit` hints held for `target`, oldest first.
     Hints {
@@ -349,7 +353,7 @@ impl KvMachine {
             KvRequest::Read { tenant, key } => {
                 Ok((KvResponse::Versions(Self::versions(store, &tenant, &key)?.unwrap_or_default()), batch))
             }
-            KvRequest::Hint { target, tenant, key, versions } => {
+            KvRequest::Hint { target, tenant, key, versions, layout } => {
                 let held = count(store, keys::HINT_COUNT)?;
                 if held >= MAX_HINTS {
                     return Err(CoreError::ResourceExhausted(format!(
@@ -359,7 +363,13 @@ impl KvMachine {
                 let seq = count(store, keys::HINT_SEQ)? + 1;
                 batch.put(KEYSPACE, keys::HINT_SEQ.to_vec(), seq.to_be_bytes().to_vec());
                 batch.put(KEYSPACE, keys::HINT_COUNT.to_vec(), (held + 1).to_be_bytes().to_vec());
-                let body = Encoder::new().u64(now).str(&tenant).str(&key).bytes(&encode_versions(&versions)).finish();
+                let body = Encoder::new()
+                    .u64(now)
+                    .str(&tenant)
+                    .str(&key)
+                    .bytes(&encode_versions(&versions))
+                    .u64(layout)
+                    .finish();
                 batch.put(KEYSPACE, keys::hint(&target, seq), body);
                 Ok((KvResponse::Done, batch))
             }
@@ -369,8 +379,8 @@ impl KvMachine {
                 for (k, v) in rows {
                     let (_, seq) = keys::hint_seq(&k)
                         .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad hint key".into() })?;
-                    let (_, tenant, key, versions) = decode_hint(&v)?;
-                    out.push(Hint { seq, tenant, key, versions });
+                    let (_, tenant, key, versions, layout) = decode_hint(&v)?;
+                    out.push(Hint { seq, tenant, key, versions, layout });
                 }
                 Ok((KvResponse::Hints(out), batch))
             }
@@ -485,14 +495,17 @@ impl KvMachine {
     }
 }
 
-fn decode_hint(buf: &[u8]) -> Result<(u64, String, String, Vec<Version>), StoreError> {
+/// A kept hint: when it was taken, its key, its versions and its write's layout version (0
+/// when kept by a version of tesserad that did not record it).
+fn decode_hint(buf: &[u8]) -> Result<(u64, String, String, Vec<Version>, u64), StoreError> {
     let mut d = Decoder::new(KEYSPACE, buf);
     let at = d.u64()?;
     let tenant = d.string()?;
     let key = d.string()?;
     let versions = decode_versions(KEYSPACE, d.bytes()?)?;
+    let layout = if d.is_empty() { 0 } else { d.u64()? };
     d.end()?;
-    Ok((at, tenant, key, versions))
+    Ok((at, tenant, key, versions, layout))
 }
 
 /// How often the machine sweeps expired records.
@@ -558,5 +571,20 @@ impl Machine for KvMachine {
         // never pile up faster than they expire.
         let next = if writes.len() >= SWEEP_BATCH { now + 1 } else { now + SWEEP_EVERY_MS };
         Ok(Ready { writes, deadline: Some(next), ..Ready::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hint_kept_before_layouts_were_recorded_reads_as_layout_zero() {
+        let v = Version { clock: VClock([("n1".to_owned(), 2)].into()), ts_ms: 3, value: Some(b"x".to_vec()) };
+        let old = Encoder::new().u64(5).str("t").str("k").bytes(&encode_versions(std::slice::from_ref(&v))).finish();
+        assert_eq!(decode_hint(&old).unwrap(), (5, "t".into(), "k".into(), vec![v.clone()], 0));
+        let new =
+            Encoder::new().u64(5).str("t").str("k").bytes(&encode_versions(std::slice::from_ref(&v))).u64(9).finish();
+        assert_eq!(decode_hint(&new).unwrap().4, 9);
     }
 }

@@ -89,7 +89,9 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
             idem_record(versions(e.u8(2).str(tenant).str(key), vs), idem)
         }
         KvRequest::Read { tenant, key } => e.u8(3).str(tenant).str(key),
-        KvRequest::Hint { target, tenant, key, versions: vs } => versions(e.u8(6).str(target).str(tenant).str(key), vs),
+        KvRequest::Hint { target, tenant, key, versions: vs, layout } => {
+            versions(e.u8(6).str(target).str(tenant).str(key), vs).u64(*layout)
+        }
         KvRequest::Hints { target, limit } => e.u8(7).str(target).u64(*limit as u64),
         KvRequest::HintsDelivered { target, upto } => e.u8(8).str(target).u64(*upto),
         KvRequest::Stats => e.u8(9),
@@ -125,7 +127,7 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
         3 => KvRequest::Read { tenant: d.string()?, key: d.string()? },
         6 => {
             let (target, tenant, key) = (d.string()?, d.string()?, d.string()?);
-            KvRequest::Hint { target, tenant, key, versions: read_versions(&mut d)? }
+            KvRequest::Hint { target, tenant, key, versions: read_versions(&mut d)?, layout: d.u64()? }
         }
         7 => KvRequest::Hints { target: d.string()?, limit: d.u64()?.min(1000) as usize },
         8 => KvRequest::HintsDelivered { target: d.string()?, upto: d.u64()? },
@@ -170,7 +172,7 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
         Ok(KvResponse::Hints(hs)) => {
             let mut e = e.u8(6).u64(hs.len() as u64);
             for h in hs {
-                e = versions(e.u64(h.seq).str(&h.tenant).str(&h.key), &h.versions);
+                e = versions(e.u64(h.seq).str(&h.tenant).str(&h.key), &h.versions).u64(h.layout);
             }
             e
         }
@@ -225,7 +227,7 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
             let mut hs = Vec::with_capacity(n.min(1000) as usize);
             for _ in 0..n {
                 let (seq, tenant, key) = (d.u64()?, d.string()?, d.string()?);
-                hs.push(Hint { seq, tenant, key, versions: read_versions(&mut d)? });
+                hs.push(Hint { seq, tenant, key, versions: read_versions(&mut d)?, layout: d.u64()? });
             }
             Ok(KvResponse::Hints(hs))
         }
@@ -287,7 +289,13 @@ mod tests {
                 versions: vec![v.clone()],
                 idem: Some(rec.clone()),
             },
-            KvRequest::Hint { target: "n2".into(), tenant: "t".into(), key: "k".into(), versions: vec![v.clone()] },
+            KvRequest::Hint {
+                target: "n2".into(),
+                tenant: "t".into(),
+                key: "k".into(),
+                versions: vec![v.clone()],
+                layout: 3,
+            },
             KvRequest::Stats,
             KvRequest::Scan { after: Some(("t".into(), "k".into())), limit: 5 },
             KvRequest::Digests { after: None, limit: 7 },
@@ -303,7 +311,13 @@ mod tests {
                 duplicate: true,
                 idem: Some(rec),
             }),
-            Ok(KvResponse::Hints(vec![Hint { seq: 4, tenant: "t".into(), key: "k".into(), versions: vec![v] }])),
+            Ok(KvResponse::Hints(vec![Hint {
+                seq: 4,
+                tenant: "t".into(),
+                key: "k".into(),
+                versions: vec![v],
+                layout: 2,
+            }])),
             Ok(KvResponse::Digests(vec![("t".into(), "k".into(), vec![3; 16])])),
             Ok(KvResponse::Fence(9)),
             Err(CoreError::AlreadyExists("tenant exists".into())),
