@@ -267,6 +267,8 @@ fn old_hints_expire_even_behind_many_fresh_ones() {
     for i in 0..1200 {
         step(&mut m, &store, HINT_MAX_AGE_MS, hint("a", i));
     }
+    let targets = step(&mut m, &store, HINT_MAX_AGE_MS + 4, KvRequest::HintTargets);
+    assert_eq!(targets, KvResponse::Targets(vec!["a".into(), "b".into()]), "one seek per node, in order");
     let ready = m.tick(HINT_MAX_AGE_MS + 5, &store).unwrap();
     store.write(&ready.writes).unwrap();
     assert_eq!(step(&mut m, &store, HINT_MAX_AGE_MS + 6, KvRequest::Stats), KvResponse::Stats { keys: 0, hints: 1200 });
@@ -283,6 +285,10 @@ fn old_hints_expire_even_behind_many_fresh_ones() {
         panic!()
     };
     assert_eq!(kept.iter().map(|h| h.layout).collect::<Vec<_>>(), [7, 7]);
+    assert_eq!(
+        step(&mut m, &store, HINT_MAX_AGE_MS + 9, KvRequest::HintTargets),
+        KvResponse::Targets(vec!["a".into()])
+    );
 }
 
 #[test]

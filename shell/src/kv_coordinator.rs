@@ -807,10 +807,19 @@ impl<P: Peers> KvCoordinator<P> {
         Ok(page)
     }
 
-    /// Offers the hints this node holds to every other member, once.
+    /// Offers the hints this node holds to every other member, once, and sends those it holds
+    /// for nodes that hold no keys any more (removed for good) to their keys' replicas.
     pub async fn hand_off_round(&self) {
         let me = self.peers.me().to_owned();
-        for m in self.peers.members().into_iter().filter(|m| *m != me) {
+        let mut targets = self.peers.members();
+        if let Ok(Ok(KvResponse::Targets(held))) = self.peers.send(&me, KvRequest::HintTargets, PEER_TIMEOUT_MS).await {
+            for t in held {
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+        }
+        for m in targets.into_iter().filter(|m| *m != me) {
             match self.hand_off_to(&m).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(node = %m, hints = n, "hints delivered"),
@@ -838,9 +847,11 @@ impl<P: Peers> KvCoordinator<P> {
             };
             let Some(last) = hints.last().map(|h| h.seq) else { return Ok(sent) };
             let placement = self.peers.placement();
+            let member = self.peers.members().iter().any(|m| m == target);
             for h in hints {
-                // 0: kept before hints recorded their layout; delivered as they always were.
-                let to = match h.layout == 0 || h.layout >= placement.version {
+                // 0: kept before hints recorded their layout; delivered as they always were
+                // while their node holds keys.
+                let to = match (h.layout == 0 && member) || h.layout >= placement.version {
                     true => vec![target.to_owned()],
                     false => {
                         let until = self.peers.now_ms() + PEER_TIMEOUT_MS;

@@ -266,4 +266,13 @@ async fn a_hint_from_an_older_layout_goes_to_the_keys_owners_under_the_layout_in
     assert_eq!(coordinator(&net, "n1").hand_off_to("n4").await.unwrap(), 1);
     assert_eq!(held(&net, "n4", "t3", "k2").await, vec![v.clone()]);
     assert!(held(&net, "n2", "t3", "k2").await.is_empty());
+    // Hints for a node that holds no keys (removed for good) reach their keys' owners too,
+    // in the ordinary hand-off round.
+    replica(&net, "n1", hint("n9", "k3", 1)).await;
+    coordinator(&net, "n1").hand_off_round().await;
+    for n in ["n1", "n2", "n4"] {
+        assert_eq!(held(&net, n, "t3", "k3").await, vec![v.clone()], "{n} owns k3");
+    }
+    let KvResponse::Targets(targets) = replica(&net, "n1", KvRequest::HintTargets).await else { panic!() };
+    assert!(targets.is_empty(), "every hint was delivered: {targets:?}");
 }

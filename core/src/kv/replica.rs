@@ -147,6 +147,8 @@ pub enum KvRequest {
         after: Option<(String, String)>,
         limit: usize,
     },
+    /// The nodes this replica keeps hints for (at most 1000), members or not.
+    HintTargets,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +173,7 @@ pub enum KvResponse {
     Digests(Vec<(String, String, Vec<u8>)>),
     /// The layout fence floor stored on this node.
     Fence(u64),
+    Targets(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +414,7 @@ impl KvMachine {
                 }
                 Ok((KvResponse::Fence(floor.max(version)), batch))
             }
+            KvRequest::HintTargets => Ok((KvResponse::Targets(Self::hint_targets(store)?), batch)),
             KvRequest::Stats => Ok((
                 KvResponse::Stats { keys: count(store, keys::KEY_COUNT)?, hints: count(store, keys::HINT_COUNT)? },
                 batch,
@@ -433,6 +437,34 @@ impl KvMachine {
             let (tenant, key) = keys::split_value(&k)
                 .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad value key".into() })?;
             out.push((tenant, key, what(decode_versions(KEYSPACE, &v)?)));
+        }
+        Ok(out)
+    }
+
+    /// The first node at or after `cursor` among the hint keys that hints are kept for.
+    fn next_hint_target(store: &dyn StoreRead, cursor: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let end = crate::store::prefix_end(keys::HINT_PREFIX);
+        let Some((first, _)) = store.range(KEYSPACE, cursor, end.as_deref(), 1)?.into_iter().next() else {
+            return Ok(None);
+        };
+        keys::hint_seq(&first)
+            .map(|(t, _)| Some(t.to_vec()))
+            .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad hint key".into() })
+    }
+
+    /// Every node hints are kept for (at most 1000), one seek per node.
+    fn hint_targets(store: &dyn StoreRead) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut cursor = keys::HINT_PREFIX.to_vec();
+        while out.len() < 1000
+            && let Some(target) = Self::next_hint_target(store, &cursor)?
+        {
+            let target = String::from_utf8_lossy(&target).into_owned();
+            match crate::store::prefix_end(&keys::hints(&target)) {
+                Some(next) => cursor = next,
+                None => break,
+            }
+            out.push(target);
         }
         Ok(out)
     }
@@ -462,11 +494,7 @@ impl KvMachine {
         let mut cursor = keys::HINT_PREFIX.to_vec();
         let mut removed = 0;
         while removed < SWEEP_BATCH {
-            let end = crate::store::prefix_end(keys::HINT_PREFIX);
-            let Some((first, _)) = store.range(KEYSPACE, &cursor, end.as_deref(), 1)?.into_iter().next() else { break };
-            let target = keys::hint_seq(&first)
-                .map(|(t, _)| t.to_vec())
-                .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad hint key".into() })?;
+            let Some(target) = Self::next_hint_target(store, &cursor)? else { break };
             let prefix = keys::hints(&String::from_utf8_lossy(&target));
             let mut after = None;
             'target: loop {
@@ -527,6 +555,7 @@ impl Machine for KvMachine {
             input,
             KvRequest::Read { .. }
                 | KvRequest::Hints { .. }
+                | KvRequest::HintTargets
                 | KvRequest::Stats
                 | KvRequest::Scan { .. }
                 | KvRequest::Digests { .. }

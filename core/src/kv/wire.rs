@@ -98,6 +98,7 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
         KvRequest::Scan { after, limit } => scan(e.u8(10), after, *limit),
         KvRequest::Digests { after, limit } => scan(e.u8(11), after, *limit),
         KvRequest::Fence { version } => e.u8(12).u64(*version),
+        KvRequest::HintTargets => e.u8(13),
     }
     .finish()
 }
@@ -141,6 +142,7 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
             KvRequest::Digests { after, limit }
         }
         12 => KvRequest::Fence { version: d.u64()? },
+        13 => KvRequest::HintTargets,
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown request tag {t}") }),
     };
     d.end()?;
@@ -185,6 +187,7 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
             e
         }
         Ok(KvResponse::Fence(v)) => e.u8(10).u64(*v),
+        Ok(KvResponse::Targets(ts)) => ts.iter().fold(e.u8(11).u64(ts.len() as u64), |e, t| e.str(t)),
         Ok(KvResponse::Digests(ds)) => {
             let mut e = e.u8(9).u64(ds.len() as u64);
             for (t, k, d) in ds {
@@ -250,6 +253,14 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
             Ok(KvResponse::Digests(ds))
         }
         10 => Ok(KvResponse::Fence(d.u64()?)),
+        11 => {
+            let n = d.u64()?;
+            let mut ts = Vec::with_capacity(n.min(1000) as usize);
+            for _ in 0..n {
+                ts.push(d.string()?);
+            }
+            Ok(KvResponse::Targets(ts))
+        }
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown reply tag {t}") }),
     };
     d.end()?;
@@ -300,6 +311,7 @@ mod tests {
             KvRequest::Scan { after: Some(("t".into(), "k".into())), limit: 5 },
             KvRequest::Digests { after: None, limit: 7 },
             KvRequest::Fence { version: 4 },
+            KvRequest::HintTargets,
         ];
         for r in reqs {
             assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
@@ -320,6 +332,7 @@ mod tests {
             }])),
             Ok(KvResponse::Digests(vec![("t".into(), "k".into(), vec![3; 16])])),
             Ok(KvResponse::Fence(9)),
+            Ok(KvResponse::Targets(vec!["n2".into(), "n9".into()])),
             Err(CoreError::AlreadyExists("tenant exists".into())),
         ];
         for r in replies {
