@@ -315,11 +315,12 @@ fn scan_pages_keys_and_digests_page_them_without_values() {
         first.iter().chain(&rest).map(|(t, k, vs)| (t.clone(), k.clone(), digest(vs))).collect();
     assert_eq!(ds, expected);
     assert!(ds.iter().all(|(_, _, d)| d.len() == 16));
-    // Both scans are answered from the store alone, off the driver's thread, alike.
-    for req in [KvRequest::Scan { after: None, limit: 2 }, KvRequest::Digests { after: None, limit: 10 }] {
-        let direct = KvMachine::read_only(&req, &store).expect("served directly").unwrap().unwrap();
-        assert_eq!(direct, step(&mut m, &store, 5, req));
-    }
+    // Anti-entropy's digests are answered from the store alone, off the driver's thread,
+    // alike; hand-over's scan queues behind the writes before it.
+    let req = KvRequest::Digests { after: None, limit: 10 };
+    let direct = KvMachine::read_only(&req, &store).expect("served directly").unwrap().unwrap();
+    assert_eq!(direct, step(&mut m, &store, 5, req));
+    assert!(KvMachine::read_only(&KvRequest::Scan { after: None, limit: 2 }, &store).is_none());
     assert!(KvMachine::read_only(&KvRequest::Stats, &store).is_none());
 }
 

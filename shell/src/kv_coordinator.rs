@@ -851,9 +851,10 @@ impl<P: Peers> KvCoordinator<P> {
             for h in hints {
                 // 0: kept before hints recorded their layout; delivered as they always were
                 // while their node holds keys.
-                let to = match (h.layout == 0 && member) || h.layout >= placement.version {
-                    true => vec![target.to_owned()],
-                    false => {
+                let redirect = !((h.layout == 0 && member) || h.layout >= placement.version);
+                let to = match redirect {
+                    false => vec![target.to_owned()],
+                    true => {
                         let until = self.peers.now_ms() + PEER_TIMEOUT_MS;
                         let tenant = self.tenant(&h.tenant, until).await.map_err(|e| Unreachable(e.to_string()))?;
                         Targets::new(&placement, &tenant, &h.key, Consistency::All).nodes
@@ -866,15 +867,35 @@ impl<P: Peers> KvCoordinator<P> {
                         versions: h.versions.clone(),
                         idem: None,
                     };
-                    if let Err(e) = self.peers.send_at(&node, req, placement.version, PEER_TIMEOUT_MS).await? {
-                        // Refused (storage trouble, or a newer layout there): try again later.
-                        return Err(Unreachable(format!("{node}: {e}")));
+                    let refused = match self.peers.send_at(&node, req, placement.version, PEER_TIMEOUT_MS).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.0,
+                    };
+                    // The hint's own node (or this one) does not take it: try again later, the
+                    // hint first in line. One of a redirected hint's owners does not: it gets a
+                    // hint of its own under the layout in use, so the others are not held up.
+                    if !redirect || node == me {
+                        return Err(Unreachable(format!("{node}: {refused}")));
+                    }
+                    let keep = KvRequest::Hint {
+                        target: node.clone(),
+                        tenant: h.tenant.clone(),
+                        key: h.key.clone(),
+                        versions: h.versions.clone(),
+                        layout: placement.version,
+                    };
+                    if !matches!(self.peers.send(&me, keep, PEER_TIMEOUT_MS).await, Ok(Ok(_))) {
+                        return Err(Unreachable(format!("{node}: {refused}; and this node could not keep a hint")));
                     }
                 }
                 sent += 1;
             }
             let done = KvRequest::HintsDelivered { target: target.to_owned(), upto: last };
-            let _ = self.peers.send(&me, done, PEER_TIMEOUT_MS).await;
+            if !matches!(self.peers.send(&me, done, PEER_TIMEOUT_MS).await, Ok(Ok(_))) {
+                // Not dropped: the next round sends them again (replicas merge), not this loop.
+                return Ok(sent);
+            }
         }
     }
 }

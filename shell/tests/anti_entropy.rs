@@ -276,3 +276,36 @@ async fn a_hint_from_an_older_layout_goes_to_the_keys_owners_under_the_layout_in
     let KvResponse::Targets(targets) = replica(&net, "n1", KvRequest::HintTargets).await else { panic!() };
     assert!(targets.is_empty(), "every hint was delivered: {targets:?}");
 }
+
+#[tokio::test]
+async fn a_redirected_hint_an_owner_misses_becomes_that_owners_hint_and_holds_up_no_other() {
+    let net = start();
+    let v = Version { clock: VClock([("n1".to_owned(), 1)].into()), ts_ms: 1, value: Some(b"v".to_vec()) };
+    for key in ["a", "b"] {
+        let hint = KvRequest::Hint {
+            target: "n3".into(),
+            tenant: "t3".into(),
+            key: key.into(),
+            versions: vec![v.clone()],
+            layout: 1,
+        };
+        replica(&net, "n1", hint).await;
+    }
+    // Version 2: n3 left and n5 joined, but n5 does not answer (it has no replica here).
+    let members: Vec<(String, String, u32)> =
+        ["n1", "n2", "n5"].iter().map(|n| (n.to_string(), format!("{n}.local:7000"), 32)).collect();
+    let mut next = Layout::initial(&members);
+    next.version = 2;
+    *net.placement.lock().unwrap() = Some(Arc::new(Placement::new(&next)));
+    assert_eq!(coordinator(&net, "n1").hand_off_to("n3").await.unwrap(), 2, "n5 holds up neither hint");
+    for key in ["a", "b"] {
+        assert_eq!(held(&net, "n2", "t3", key).await, vec![v.clone()]);
+    }
+    let KvResponse::Targets(targets) = replica(&net, "n1", KvRequest::HintTargets).await else { panic!() };
+    assert_eq!(targets, ["n5"], "n3's hints are gone; n5 has its own");
+    let KvResponse::Hints(for_n5) = replica(&net, "n1", KvRequest::Hints { target: "n5".into(), limit: 10 }).await
+    else {
+        panic!()
+    };
+    assert_eq!(for_n5.iter().map(|h| (h.key.as_str(), h.layout)).collect::<Vec<_>>(), [("a", 2), ("b", 2)]);
+}

@@ -570,16 +570,17 @@ impl Machine for KvMachine {
         Ok(ready)
     }
 
-    /// Reads, and the key scans of anti-entropy and hand-over, are served on the caller's
-    /// thread: a scan of a page of keys then never holds up the writes queued behind it.
+    /// Reads, anti-entropy's key scans and the list of hint targets are served on the
+    /// caller's thread: a scan of a page of keys then never holds up the writes queued
+    /// behind it. Hand-over's `Scan` is
+    /// not: it must come after every write already queued when its fence was stored (a write
+    /// admitted under the old layout), which the driver's order guarantees.
     fn read_only(input: &KvRequest, store: &dyn StoreRead) -> Option<Result<Self::Output, StoreError>> {
         let out = match input {
             KvRequest::Read { tenant, key } => {
                 Self::versions(store, tenant, key).map(|v| KvResponse::Versions(v.unwrap_or_default()))
             }
-            KvRequest::Scan { after, limit } => Self::scan(store, after.clone(), *limit, |versions| versions)
-                .map(KvResponse::Entries)
-                .map_err(Into::into),
+            KvRequest::HintTargets => Self::hint_targets(store).map(KvResponse::Targets).map_err(Into::into),
             KvRequest::Digests { after, limit } => {
                 Self::scan(store, after.clone(), *limit, |versions| digest(&versions))
                     .map(KvResponse::Digests)
