@@ -93,8 +93,6 @@ async fn one_commit(
     Ok(())
 }
 
-/// Runs `clients` concurrent loops of `op` (given a channel, the loop's number and the
-/// iteration) until `duration` has passed; `op` answers whether the operation succeeded.
 /// Latencies and errors of one load, before they are summed up as [`Figures`]: several runs
 /// of the same load (rounds) add up into one.
 #[derive(Debug, Clone, Default)]
@@ -116,6 +114,7 @@ impl Samples {
     }
 }
 
+/// [`drive_samples`], summed up as [`Figures`] under `label`.
 pub(crate) async fn drive<F, Fut>(
     label: String,
     chans: &[Channel],
@@ -130,7 +129,8 @@ where
     Ok(drive_samples(chans, clients, duration, op).await?.figures(label))
 }
 
-/// Runs `op` from `clients` concurrent tasks over `chans` for `duration`.
+/// Runs `clients` concurrent loops of `op` (given a channel, the loop's number and the
+/// iteration) until `duration` has passed; `op` answers whether the operation succeeded.
 pub(crate) async fn drive_samples<F, Fut>(
     chans: &[Channel],
     clients: usize,

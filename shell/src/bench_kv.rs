@@ -43,6 +43,15 @@ pub enum Phase {
     Get,
 }
 
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Put => "put",
+            Phase::Get => "get",
+        }
+    }
+}
+
 /// tesserad's side: its connections, and the tenant `bench` (RF 3) created if missing.
 pub async fn tessera_side(addr: &str, load: &KvLoad) -> anyhow::Result<Vec<Channel>> {
     let chans = channels(addr, load.clients.clamp(1, 8)).await?;
@@ -177,10 +186,7 @@ pub async fn compare(
                 es.add(etcd(e, load, phase, turn).await?);
             }
         }
-        let name = match phase {
-            Phase::Put => "put",
-            Phase::Get => "get",
-        };
+        let name = phase.name();
         let tf = ts.figures(format!("tessera {name}, {} clients", load.clients));
         let ef = e.is_some().then(|| es.figures(format!("etcd {name}, {} clients", load.clients)));
         out.push((phase, tf, ef));

@@ -33,10 +33,6 @@ impl OneWrite {
         Self { io, gathered: Vec::new(), sent: 0 }
     }
 
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.io
-    }
-
     /// Writes out what is gathered, with `then` after it in the same syscall, until nothing
     /// gathered is left. Returns how much of `then` went too.
     fn drain(&mut self, cx: &mut Context<'_>, then: &[u8]) -> Poll<io::Result<usize>> {

@@ -572,9 +572,9 @@ impl Machine for KvMachine {
 
     /// Reads, anti-entropy's key scans and the list of hint targets are served on the
     /// caller's thread: a scan of a page of keys then never holds up the writes queued
-    /// behind it. Hand-over's `Scan` is
-    /// not: it must come after every write already queued when its fence was stored (a write
-    /// admitted under the old layout), which the driver's order guarantees.
+    /// behind it. Hand-over's `Scan` is not: it must come after every write already queued
+    /// when its fence was stored (a write admitted under the old layout), which the
+    /// driver's order guarantees.
     fn read_only(input: &KvRequest, store: &dyn StoreRead) -> Option<Result<Self::Output, StoreError>> {
         let out = match input {
             KvRequest::Read { tenant, key } => {

@@ -159,9 +159,9 @@ async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
                 .iter()
                 .filter_map(|(phase, t, e)| {
                     let e = e.as_ref()?;
-                    let name = if *phase == bench_kv::Phase::Put { "put" } else { "get" };
                     Some(format!(
-                        "{name} {:.2}x (p99 {} vs {} us)",
+                        "{} {:.2}x (p99 {} vs {} us)",
+                        phase.name(),
                         t.per_sec() / e.per_sec().max(1e-9),
                         t.p99_us,
                         e.p99_us
