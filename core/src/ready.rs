@@ -87,6 +87,11 @@ pub trait Machine {
         None
     }
 
+    /// Tells the machine that the writes of every step with a token below `through` are
+    /// durable (the driver calls it after each sync, before its next step). A machine can
+    /// then answer what depends only on those writes without waiting for a sync of its own.
+    fn durable(&mut self, _through: ClientToken) {}
+
     /// Called when the last Ready's deadline has passed.
     fn tick(&mut self, _now: u64, _store: &dyn StoreRead) -> Result<Ready<Self::Output, Self::Message>, StoreError> {
         Ok(Ready::default())

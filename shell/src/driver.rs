@@ -244,6 +244,10 @@ where
         // driver's life rather than positions in a group.
         let waiting: std::sync::Mutex<HashMap<ClientToken, Reply<M::Output>>> = Default::default();
         let mut next_token: ClientToken = 0;
+        // Every step with a token below it has its writes durable: set by the syncer after
+        // each sync, passed on to the machine by the stepper before its next group.
+        let durable = std::sync::atomic::AtomicU64::new(0);
+        let mut told: ClientToken = 0;
         // Bounded: a stepper far ahead of the disk slows its callers down instead of growing.
         let (ptx, mut prx) = mpsc::channel::<Pending<M::Output, M::Message>>(64);
         let stepper = async {
@@ -260,7 +264,7 @@ where
                                 deadline = None;
                                 let ready = machine.tick(clock.now_ms(), &store)?;
                                 deadline = ready.deadline;
-                                let mut p = Pending::default();
+                                let mut p = Pending { through: next_token, ..Pending::default() };
                                 p.take(&store, ready)?;
                                 if !p.is_empty() {
                                     ptx.send(p).await.map_err(|_| DriverError::Stopped)?;
@@ -281,6 +285,11 @@ where
                     }
                 }
                 let now = clock.now_ms();
+                let d = durable.load(std::sync::atomic::Ordering::Acquire);
+                if d > told {
+                    machine.durable(d);
+                    told = d;
+                }
                 let mut p = Pending { requests: group.len(), ..Pending::default() };
                 for call in group {
                     let token = next_token;
@@ -297,6 +306,7 @@ where
                     }
                     p.take(&store, ready)?;
                 }
+                p.through = next_token;
                 if config.ack_before_sync {
                     let replies = std::mem::take(&mut p.replies);
                     release(&waiting, replies);
@@ -318,6 +328,9 @@ where
                     clock.offload(Box::new(move || s.sync())).await?;
                 }
                 observer.group_committed(done.iter().map(|p| p.requests).sum(), dirty, started.elapsed());
+                if let Some(through) = done.iter().map(|p| p.through).max() {
+                    durable.fetch_max(through, std::sync::atomic::Ordering::Release);
+                }
                 for p in done {
                     if let Some(out) = &outbox {
                         for (to, msg) in p.messages {
@@ -344,11 +357,13 @@ struct Pending<O, M> {
     messages: Vec<(String, M)>,
     dirty: bool,
     requests: usize,
+    /// Every step with a token below it wrote into this group or an earlier one.
+    through: ClientToken,
 }
 
 impl<O, M> Default for Pending<O, M> {
     fn default() -> Self {
-        Self { replies: Vec::new(), messages: Vec::new(), dirty: false, requests: 0 }
+        Self { replies: Vec::new(), messages: Vec::new(), dirty: false, requests: 0, through: 0 }
     }
 }
 
@@ -485,6 +500,77 @@ mod tests {
         assert!(matches!(&outs[0], Ok(KvResponse::Versions(v)) if v == &vec![version(3)]));
         assert!(matches!(&outs[1], Ok(KvResponse::Versions(v)) if v == &vec![version(1)]));
         drop(handle);
+        run.await.unwrap().unwrap();
+    }
+
+    /// Holds every sync until released, so a test can see what is answered before one.
+    struct GatedClock(Arc<tokio::sync::Semaphore>);
+    impl Clock for GatedClock {
+        fn now_ms(&self) -> u64 {
+            1
+        }
+        fn sleep_ms(&self, _ms: u64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(std::future::pending())
+        }
+        fn before_sync(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            let gate = self.0.clone();
+            Box::pin(async move {
+                if let Ok(p) = gate.acquire().await {
+                    p.forget();
+                }
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_coordination_waits_for_its_ceilings_sync_and_then_no_longer_for_others() {
+        use tessera_core::kv::{KvConfig, KvMachine, KvRequest, KvResponse};
+        let store = MemStore::new();
+        let machine = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 60_000 });
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (driver, handle) = Driver::new(
+            machine,
+            Default::default(),
+            store.clone(),
+            Arc::new(GatedClock(gate.clone())),
+            Arc::new(NoopObserver),
+            DriverConfig::default(),
+        )
+        .unwrap();
+        let run = tokio::spawn(driver.run());
+        let coordinate = |key: &str| KvRequest::Coordinate {
+            tenant: "t".into(),
+            key: key.into(),
+            value: Some(b"v".to_vec()),
+            idem: None,
+        };
+        let settle = || async {
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+        };
+        // The first coordination reserves a block of counters: no answer until it is durable.
+        let h = handle.clone();
+        let first = tokio::spawn(async move { h.call(coordinate("a")).await });
+        settle().await;
+        assert!(!first.is_finished(), "answered before its ceiling was synced");
+        gate.add_permits(1);
+        let Ok(KvResponse::Coordinated { versions, .. }) = first.await.unwrap().unwrap() else {
+            panic!("not coordinated")
+        };
+        // A write's group is held at its sync; a coordination from the durable block is
+        // answered meanwhile, and the write only once its sync is done.
+        let h = handle.clone();
+        let apply = KvRequest::Apply { tenant: "t".into(), key: "a".into(), versions, idem: None };
+        let write = tokio::spawn(async move { h.call(apply).await });
+        settle().await;
+        let early = tokio::time::timeout(Duration::from_secs(10), handle.call(coordinate("b"))).await;
+        assert!(matches!(early, Ok(Ok(Ok(KvResponse::Coordinated { .. })))), "not answered before the write's sync");
+        assert!(!write.is_finished(), "a write answered before its sync");
+        gate.add_permits(1);
+        assert!(matches!(write.await.unwrap().unwrap(), Ok(KvResponse::Versions(_))));
+        drop(handle);
+        gate.add_permits(16);
         run.await.unwrap().unwrap();
     }
 }

@@ -6,7 +6,9 @@
 //! exits, and a restart recovers from the journal.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tessera_core::store::{BLOB, Entry, KEYSPACES, Op, Store, StoreError, StoreRead, WriteBatch};
@@ -18,6 +20,59 @@ pub struct FjallStore {
     db: Database,
     keyspaces: BTreeMap<&'static str, Keyspace>,
     blobs: BlobFiles,
+    journal: ActiveJournal,
+}
+
+/// The journal file fjall is appending to, opened a second time so that [`Store::sync`] can
+/// fsync it without holding fjall's journal lock. `Database::persist` with a sync mode holds
+/// that lock through the fsync, and every batch commit needs it: the driver's next writes
+/// would wait for the disk, and stepping could not overlap syncing.
+///
+/// fjall numbers its journals `0.jnl`, `1.jnl`, ... in its directory and seals one (with a
+/// full fsync, under the lock) before it creates the next, so after the buffered bytes are
+/// handed to the OS, fsyncing the newest file covers them: if they went to an older journal,
+/// that one was sealed since, synced. An fsync through any descriptor of a file makes all of
+/// its written data durable.
+struct ActiveJournal {
+    dir: std::path::PathBuf,
+    current: std::sync::Mutex<(u64, Arc<File>)>,
+}
+
+impl ActiveJournal {
+    fn path(dir: &Path, id: u64) -> std::path::PathBuf {
+        dir.join(format!("{id}.jnl"))
+    }
+
+    fn open(dir: &Path) -> Result<Self, StoreError> {
+        let mut newest = None;
+        for entry in std::fs::read_dir(dir).map_err(|e| StoreError::Io(format!("listing {}: {e}", dir.display())))? {
+            let entry = entry.map_err(|e| StoreError::Io(format!("listing {}: {e}", dir.display())))?;
+            let name = entry.file_name();
+            let id = name.to_str().and_then(|n| n.strip_suffix(".jnl")).and_then(|n| n.parse::<u64>().ok());
+            newest = newest.max(id);
+        }
+        let id = newest.ok_or_else(|| StoreError::Io(format!("no journal file in {}", dir.display())))?;
+        let file = Self::file(dir, id)?;
+        Ok(Self { dir: dir.to_owned(), current: std::sync::Mutex::new((id, file)) })
+    }
+
+    fn file(dir: &Path, id: u64) -> Result<Arc<File>, StoreError> {
+        let path = Self::path(dir, id);
+        File::open(&path).map(Arc::new).map_err(|e| StoreError::Io(format!("opening {}: {e}", path.display())))
+    }
+
+    /// Makes durable every journal byte handed to the OS before this call.
+    fn sync(&self) -> Result<(), StoreError> {
+        let file = {
+            let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            while Self::path(&self.dir, cur.0 + 1).exists() {
+                let next = cur.0 + 1;
+                *cur = (next, Self::file(&self.dir, next)?);
+            }
+            cur.1.clone()
+        };
+        file.sync_all().map_err(|e| StoreError::Io(format!("fsync of the journal: {e}")))
+    }
 }
 
 fn io(e: fjall::Error) -> StoreError {
@@ -41,7 +96,8 @@ impl FjallStore {
         let index = keyspaces.get(BLOB).cloned().ok_or_else(|| StoreError::UnknownKeyspace(BLOB.to_owned()))?;
         let blob_dir = data_dir.join("blobs");
         let blobs = BlobFiles::open(blob_dir, index)?;
-        Ok(Self { db, keyspaces, blobs })
+        let journal = ActiveJournal::open(dir)?;
+        Ok(Self { db, keyspaces, blobs, journal })
     }
 
     fn ks(&self, name: &str) -> Result<&Keyspace, StoreError> {
@@ -124,7 +180,10 @@ impl Store for FjallStore {
     fn sync(&self) -> Result<(), StoreError> {
         // Only files whose removal was committed before this persist may go after it.
         let doomed = self.blobs.take_doomed();
-        self.db.persist(PersistMode::SyncAll).map_err(io)?;
+        // Hands fjall's buffered journal bytes to the OS (under its lock, briefly), then
+        // fsyncs them outside it (see `ActiveJournal`).
+        self.db.persist(PersistMode::Buffer).map_err(io)?;
+        self.journal.sync()?;
         self.blobs.unlink(doomed);
         Ok(())
     }
@@ -155,6 +214,43 @@ mod tests {
         assert_eq!(s.get(STATUS, b"a").unwrap(), None);
         assert_eq!(s.get(STATUS, b"b").unwrap(), Some(b"2".to_vec()));
         assert_eq!(s.prefix(STATUS, b"", None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sync_follows_the_journal_fjall_moves_on_to() {
+        let dir = tempfile::tempdir().unwrap();
+        // Incompressible, so the journal really grows by a megabyte a write.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let big: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        {
+            let s = FjallStore::open(dir.path()).unwrap();
+            let first = s.journal.current.lock().unwrap().0;
+            // fjall seals a journal past 64 MB when a memtable is flushed.
+            for i in 0..70u32 {
+                let mut b = WriteBatch::default();
+                b.put(STATUS, i.to_be_bytes().to_vec(), big.clone());
+                s.write(&b).unwrap();
+            }
+            s.sync().unwrap();
+            s.ks(STATUS).unwrap().rotate_memtable_and_wait().unwrap();
+            let mut b = WriteBatch::default();
+            b.put(STATUS, b"after".to_vec(), b"rotation".to_vec());
+            s.write(&b).unwrap();
+            s.sync().unwrap();
+            let now = s.journal.current.lock().unwrap().0;
+            assert!(now > first, "still syncing journal {first} after fjall moved on");
+            assert!(ActiveJournal::path(&dir.path().join("db"), now).exists());
+        }
+        let s = FjallStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(STATUS, b"after").unwrap(), Some(b"rotation".to_vec()));
+        assert_eq!(s.get(STATUS, &69u32.to_be_bytes()).unwrap(), Some(big));
     }
 
     fn blob_files(dir: &Path) -> Vec<String> {

@@ -187,6 +187,14 @@ pub struct KvMachine {
     config: KvConfig,
     /// (next counter to hand out, stored ceiling), read from the store on first use.
     mint: Option<(u64, u64)>,
+    /// Counters below it come from a block whose stored ceiling is durable: a coordination
+    /// that mints one and writes nothing can answer before its group's sync.
+    durable_ceiling: u64,
+    /// A raised ceiling waiting for its sync, and the token of the step that wrote it.
+    raised: Option<(u64, ClientToken)>,
+    /// The step under way, and whether it minted a counter below `durable_ceiling`.
+    token: ClientToken,
+    early: bool,
     /// Idempotent coordinations whose record has not been applied here yet, by (tenant,
     /// idempotency key): a replay or a reuse of the key for another write meanwhile is still
     /// recognised. With the version minted and when.
@@ -199,7 +207,15 @@ fn count(store: &dyn StoreRead, key: &[u8]) -> Result<u64, StoreError> {
 
 impl KvMachine {
     pub fn new(config: KvConfig) -> KvMachine {
-        KvMachine { config, mint: None, pending: BTreeMap::new() }
+        KvMachine {
+            config,
+            mint: None,
+            durable_ceiling: 0,
+            raised: None,
+            token: 0,
+            early: false,
+            pending: BTreeMap::new(),
+        }
     }
 
     /// A counter for this node's entry in a new clock: above `seen` (this node's entry in the
@@ -218,7 +234,9 @@ impl KvMachine {
         if counter >= ceiling {
             ceiling = counter.saturating_add(MINT_BLOCK);
             batch.put(KEYSPACE, keys::MINT_CEILING.to_vec(), ceiling.to_be_bytes().to_vec());
+            self.raised = Some((ceiling, self.token));
         }
+        self.early = counter < self.durable_ceiling;
         self.mint = Some((counter + 1, ceiling));
         Ok(counter)
     }
@@ -560,14 +578,24 @@ impl Machine for KvMachine {
                 | KvRequest::Scan { .. }
                 | KvRequest::Digests { .. }
         );
+        (self.token, self.early) = (token, false);
         let mut ready = Ready::answer(token, self.handle(now, input, store))?;
-        // Reads promise nothing new about durable state. A coordination is not volatile even
-        // when it writes nothing: its counter may come from a block whose raised ceiling is
-        // still waiting for this group's sync, and no such counter may leave the node before
-        // that ceiling is durable (a crash would hand it out again).
-        ready.volatile = read_only;
+        // Reads promise nothing new about durable state. A coordination that writes nothing
+        // is volatile only when its counter comes from a block whose ceiling is durable
+        // already: a counter above a ceiling still waiting for its sync must not leave the
+        // node before that sync (a crash would hand it out again).
+        ready.volatile = read_only || (self.early && ready.writes.is_empty());
         ready.deadline = Some(now + SWEEP_EVERY_MS);
         Ok(ready)
+    }
+
+    fn durable(&mut self, through: ClientToken) {
+        if let Some((ceiling, token)) = self.raised
+            && token < through
+        {
+            self.durable_ceiling = self.durable_ceiling.max(ceiling);
+            self.raised = None;
+        }
     }
 
     /// Reads, anti-entropy's key scans and the list of hint targets are served on the
@@ -616,5 +644,46 @@ mod tests {
         let new =
             Encoder::new().u64(5).str("t").str("k").bytes(&encode_versions(std::slice::from_ref(&v))).u64(9).finish();
         assert_eq!(decode_hint(&new).unwrap().4, 9);
+    }
+}
+
+#[cfg(test)]
+mod mint_tests {
+    use super::*;
+    use crate::mem_store::MemStore;
+    use crate::store::Store;
+
+    fn coordinate(m: &mut KvMachine, store: &MemStore, token: ClientToken) -> Ready<CoreResult<KvResponse>> {
+        let req = KvRequest::Coordinate {
+            tenant: "t".into(),
+            key: format!("k{token}"),
+            value: Some(b"v".to_vec()),
+            idem: None,
+        };
+        let ready = m.step(1, token, req, store).unwrap();
+        store.write(&ready.writes).unwrap();
+        ready
+    }
+
+    #[test]
+    fn a_coordination_answers_before_the_sync_only_once_its_counters_ceiling_is_durable() {
+        let store = MemStore::new();
+        let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+        // The first coordination reserves a block: it waits for the sync of that ceiling.
+        let first = coordinate(&mut m, &store, 0);
+        assert!(!first.writes.is_empty() && !first.volatile);
+        // So does every one after it until the driver reports that step durable.
+        assert!(!coordinate(&mut m, &store, 1).volatile);
+        m.durable(1);
+        assert!(coordinate(&mut m, &store, 2).volatile);
+        // A block run out raises the ceiling again: that coordination and the ones after it
+        // wait again until it is durable.
+        m.mint = m.mint.map(|(_, ceiling)| (ceiling, ceiling));
+        let raise = coordinate(&mut m, &store, 3);
+        assert!(!raise.writes.is_empty() && !raise.volatile);
+        let above = coordinate(&mut m, &store, 4);
+        assert!(!above.volatile, "its counter is above the ceiling durable so far");
+        m.durable(4);
+        assert!(coordinate(&mut m, &store, 5).volatile);
     }
 }
