@@ -302,8 +302,8 @@ pub async fn setup(world: &Arc<World>) {
     world.violation("kv: could not create the tenant before any fault".into());
 }
 
-pub async fn client(world: Arc<World>, client: usize, duration_ms: u64) {
-    while world.elapsed_ms() < duration_ms {
+pub async fn client(world: Arc<World>, client: usize, until_ms: u64) {
+    while world.elapsed_ms() < until_ms {
         let key = format!("c{client}-k{}", world.rng_below(KEYS_PER_CLIENT as u64));
         let node = world.rng_below(world.opts.all_nodes() as u64) as usize;
         if world.chance(0.55) {

@@ -95,8 +95,8 @@ fn pick(world: &World, node: usize) -> Option<crate::node::MetaHandle> {
     world.meta_handle(node)
 }
 
-pub async fn client(world: Arc<World>, client: usize, duration_ms: u64) {
-    while world.elapsed_ms() < duration_ms {
+pub async fn client(world: Arc<World>, client: usize, until_ms: u64) {
+    while world.elapsed_ms() < until_ms {
         madsim::time::sleep(Duration::from_millis(200 + world.rng_below(300))).await;
         let node = world.rng_below(world.opts.nodes as u64) as usize;
         let id = format!("m{}", world.rng_below(TENANTS));

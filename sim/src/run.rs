@@ -290,16 +290,20 @@ fn run_seed_here(seed: u64, opts: &Options) -> SeedReport {
 
         let mut tasks = Vec::new();
         crate::kv_model::setup(&world).await;
+        // The window counts from the end of setup: under heavy loss the metadata group's
+        // first election and the tenant's creation can take seconds, and the clients must
+        // still get their whole run.
+        let until = world.elapsed_ms() + opts.duration_ms;
         for c in 0..opts.clients {
-            tasks.push(madsim::task::spawn(crate::kv_model::client(world.clone(), c, opts.duration_ms)));
-            tasks.push(madsim::task::spawn(model::client(world.clone(), c, opts.duration_ms)));
-            tasks.push(madsim::task::spawn(txn_model::client(world.clone(), c, opts.duration_ms)));
-            tasks.push(madsim::task::spawn(crate::meta_model::client(world.clone(), c, opts.duration_ms)));
+            tasks.push(madsim::task::spawn(crate::kv_model::client(world.clone(), c, until)));
+            tasks.push(madsim::task::spawn(model::client(world.clone(), c, until)));
+            tasks.push(madsim::task::spawn(txn_model::client(world.clone(), c, until)));
+            tasks.push(madsim::task::spawn(crate::meta_model::client(world.clone(), c, until)));
         }
-        tasks.push(madsim::task::spawn(crate::meta_model::observer(world.clone(), opts.duration_ms)));
-        tasks.push(madsim::task::spawn(faults(world.clone(), opts.duration_ms)));
+        tasks.push(madsim::task::spawn(crate::meta_model::observer(world.clone(), until)));
+        tasks.push(madsim::task::spawn(faults(world.clone(), until)));
         if opts.layout_changes {
-            tasks.push(madsim::task::spawn(crate::kv_model::layout_changes(world.clone(), opts.duration_ms)));
+            tasks.push(madsim::task::spawn(crate::kv_model::layout_changes(world.clone(), until)));
         }
         for t in tasks {
             let _ = t.await;
