@@ -554,7 +554,13 @@ mod tests {
         let first = tokio::spawn(async move { h.call(coordinate("a")).await });
         settle().await;
         assert!(!first.is_finished(), "answered before its ceiling was synced");
+        // Nor is the next one, from the same block, answered while that sync is held.
+        let h = handle.clone();
+        let second = tokio::spawn(async move { h.call(coordinate("b")).await });
+        settle().await;
+        assert!(!second.is_finished(), "answered before its block's ceiling was synced");
         gate.add_permits(1);
+        assert!(matches!(second.await.unwrap().unwrap(), Ok(KvResponse::Coordinated { .. })));
         let Ok(KvResponse::Coordinated { versions, .. }) = first.await.unwrap().unwrap() else {
             panic!("not coordinated")
         };
@@ -564,7 +570,7 @@ mod tests {
         let apply = KvRequest::Apply { tenant: "t".into(), key: "a".into(), versions, idem: None };
         let write = tokio::spawn(async move { h.call(apply).await });
         settle().await;
-        let early = tokio::time::timeout(Duration::from_secs(10), handle.call(coordinate("b"))).await;
+        let early = tokio::time::timeout(Duration::from_secs(10), handle.call(coordinate("c"))).await;
         assert!(matches!(early, Ok(Ok(Ok(KvResponse::Coordinated { .. })))), "not answered before the write's sync");
         assert!(!write.is_finished(), "a write answered before its sync");
         gate.add_permits(1);

@@ -1,14 +1,18 @@
 //! The production [`Store`]: fjall 3.x, one fjall keyspace per Tessera keyspace.
 //!
 //! Batches are committed without their own fsync (`manual_journal_persist`); the driver calls
-//! [`Store::sync`] once per group, which is `PersistMode::SyncAll`. fjall poisons itself after
-//! an I/O failure, so any error here is fatal for the node: the driver stops and the process
-//! exits, and a restart recovers from the journal.
+//! [`Store::sync`] once per group, which hands fjall's buffered journal bytes to the OS and
+//! fsyncs the journal file itself (see `ActiveJournal`). Any I/O failure poisons the store,
+//! as fjall poisons itself: every later write and sync fails, so no caller is acknowledged
+//! after a failed fsync. The driver stops, the process exits, and a restart recovers from
+//! the journal.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tessera_core::store::{BLOB, Entry, KEYSPACES, Op, Store, StoreError, StoreRead, WriteBatch};
@@ -21,6 +25,9 @@ pub struct FjallStore {
     keyspaces: BTreeMap<&'static str, Keyspace>,
     blobs: BlobFiles,
     journal: ActiveJournal,
+    /// Set by a failed sync. Linux reports a writeback error to one fsync only: a later one
+    /// by another driver could succeed although the pages it should have covered are lost.
+    poisoned: AtomicBool,
 }
 
 /// The journal file fjall is appending to, opened a second time so that [`Store::sync`] can
@@ -28,46 +35,62 @@ pub struct FjallStore {
 /// that lock through the fsync, and every batch commit needs it: the driver's next writes
 /// would wait for the disk, and stepping could not overlap syncing.
 ///
-/// fjall numbers its journals `0.jnl`, `1.jnl`, ... in its directory and seals one (with a
-/// full fsync, under the lock) before it creates the next, so after the buffered bytes are
-/// handed to the OS, fsyncing the newest file covers them: if they went to an older journal,
-/// that one was sealed since, synced. An fsync through any descriptor of a file makes all of
-/// its written data durable.
+/// fjall names its journals `0.jnl`, `1.jnl`, ... in its directory and seals one (with a full
+/// fsync, under the lock) before it creates the next, and deletes sealed ones once flushed.
+/// So after the buffered bytes are handed to the OS, fsyncing the newest file covers them: if
+/// they went to an older journal, that one was sealed since, synced. An fsync through any
+/// descriptor of a file makes all of its written data durable.
 struct ActiveJournal {
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     current: std::sync::Mutex<(u64, Arc<File>)>,
 }
 
 impl ActiveJournal {
-    fn path(dir: &Path, id: u64) -> std::path::PathBuf {
+    fn path(dir: &Path, id: u64) -> PathBuf {
         dir.join(format!("{id}.jnl"))
     }
 
     fn open(dir: &Path) -> Result<Self, StoreError> {
-        let mut newest = None;
-        for entry in std::fs::read_dir(dir).map_err(|e| StoreError::Io(format!("listing {}: {e}", dir.display())))? {
-            let entry = entry.map_err(|e| StoreError::Io(format!("listing {}: {e}", dir.display())))?;
-            let name = entry.file_name();
-            let id = name.to_str().and_then(|n| n.strip_suffix(".jnl")).and_then(|n| n.parse::<u64>().ok());
-            newest = newest.max(id);
-        }
-        let id = newest.ok_or_else(|| StoreError::Io(format!("no journal file in {}", dir.display())))?;
-        let file = Self::file(dir, id)?;
-        Ok(Self { dir: dir.to_owned(), current: std::sync::Mutex::new((id, file)) })
+        let current = Self::newest(dir)?;
+        Ok(Self { dir: dir.to_owned(), current: std::sync::Mutex::new(current) })
     }
 
-    fn file(dir: &Path, id: u64) -> Result<Arc<File>, StoreError> {
-        let path = Self::path(dir, id);
-        File::open(&path).map(Arc::new).map_err(|e| StoreError::Io(format!("opening {}: {e}", path.display())))
+    /// The highest-numbered journal, opened. A file deleted between the listing and the open
+    /// was sealed: list again.
+    fn newest(dir: &Path) -> Result<(u64, Arc<File>), StoreError> {
+        let listing = |e: std::io::Error| StoreError::Io(format!("listing {}: {e}", dir.display()));
+        for _ in 0..8 {
+            let mut newest = None;
+            for entry in std::fs::read_dir(dir).map_err(listing)? {
+                let name = entry.map_err(listing)?.file_name();
+                let id = name.to_str().and_then(|n| n.strip_suffix(".jnl")).and_then(|n| n.parse::<u64>().ok());
+                newest = newest.max(id);
+            }
+            let id = newest.ok_or_else(|| StoreError::Io(format!("no journal file in {}", dir.display())))?;
+            let path = Self::path(dir, id);
+            match File::open(&path) {
+                Ok(f) => return Ok((id, Arc::new(f))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::Io(format!("opening {}: {e}", path.display()))),
+            }
+        }
+        Err(StoreError::Io(format!("the journals in {} kept changing while being listed", dir.display())))
     }
 
     /// Makes durable every journal byte handed to the OS before this call.
     fn sync(&self) -> Result<(), StoreError> {
         let file = {
             let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-            while Self::path(&self.dir, cur.0 + 1).exists() {
-                let next = cur.0 + 1;
-                *cur = (next, Self::file(&self.dir, next)?);
+            // Moved on: a next file exists, or ours is gone (fjall may have sealed and
+            // deleted several since the last sync).
+            let gone = |f: &File| f.metadata().map(|m| m.nlink() == 0);
+            let moved = Self::path(&self.dir, cur.0 + 1).exists()
+                || gone(&cur.1).map_err(|e| StoreError::Io(format!("stat of the journal: {e}")))?;
+            if moved {
+                let (id, file) = Self::newest(&self.dir)?;
+                if id > cur.0 {
+                    *cur = (id, file);
+                }
             }
             cur.1.clone()
         };
@@ -83,6 +106,13 @@ fn io(e: fjall::Error) -> StoreError {
 }
 
 impl FjallStore {
+    fn check(&self) -> Result<(), StoreError> {
+        match self.poisoned.load(Ordering::SeqCst) {
+            true => Err(StoreError::Poisoned),
+            false => Ok(()),
+        }
+    }
+
     /// Opens (or creates) the store in a data directory: fjall in `db/`, blob files in `blobs/`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let dir = &data_dir.join("db");
@@ -97,7 +127,7 @@ impl FjallStore {
         let blob_dir = data_dir.join("blobs");
         let blobs = BlobFiles::open(blob_dir, index)?;
         let journal = ActiveJournal::open(dir)?;
-        Ok(Self { db, keyspaces, blobs, journal })
+        Ok(Self { db, keyspaces, blobs, journal, poisoned: AtomicBool::new(false) })
     }
 
     fn ks(&self, name: &str) -> Result<&Keyspace, StoreError> {
@@ -158,6 +188,7 @@ impl StoreRead for FjallStore {
 
 impl Store for FjallStore {
     fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.check()?;
         let mut b = self.db.batch();
         let blob_ops = batch.ops.iter().filter_map(|op| match op {
             Op::Put { keyspace: BLOB, key, value } => Some((key.as_slice(), Some(value.as_slice()))),
@@ -178,12 +209,16 @@ impl Store for FjallStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        self.check()?;
         // Only files whose removal was committed before this persist may go after it.
         let doomed = self.blobs.take_doomed();
         // Hands fjall's buffered journal bytes to the OS (under its lock, briefly), then
         // fsyncs them outside it (see `ActiveJournal`).
-        self.db.persist(PersistMode::Buffer).map_err(io)?;
-        self.journal.sync()?;
+        let synced = self.db.persist(PersistMode::Buffer).map_err(io).and_then(|()| self.journal.sync());
+        if let Err(e) = synced {
+            self.poisoned.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
         self.blobs.unlink(doomed);
         Ok(())
     }
@@ -229,28 +264,39 @@ mod tests {
                 x as u8
             })
             .collect();
+        let jnl = |id: u64| ActiveJournal::path(&dir.path().join("db"), id);
         {
             let s = FjallStore::open(dir.path()).unwrap();
-            let first = s.journal.current.lock().unwrap().0;
-            // fjall seals a journal past 64 MB when a memtable is flushed.
-            for i in 0..70u32 {
-                let mut b = WriteBatch::default();
-                b.put(STATUS, i.to_be_bytes().to_vec(), big.clone());
-                s.write(&b).unwrap();
-            }
-            s.sync().unwrap();
-            s.ks(STATUS).unwrap().rotate_memtable_and_wait().unwrap();
+            // fjall seals a journal past 64 MB when a memtable is flushed, and deletes it
+            // once flushed.
+            let seal = |from: u32| {
+                for i in from..from + 70 {
+                    let mut b = WriteBatch::default();
+                    b.put(STATUS, i.to_be_bytes().to_vec(), big.clone());
+                    s.write(&b).unwrap();
+                }
+                s.ks(STATUS).unwrap().rotate_memtable_and_wait().unwrap();
+            };
+            let current = || s.journal.current.lock().unwrap().0;
             let mut b = WriteBatch::default();
-            b.put(STATUS, b"after".to_vec(), b"rotation".to_vec());
+            b.put(STATUS, b"a".to_vec(), b"1".to_vec());
             s.write(&b).unwrap();
             s.sync().unwrap();
-            let now = s.journal.current.lock().unwrap().0;
-            assert!(now > first, "still syncing journal {first} after fjall moved on");
-            assert!(ActiveJournal::path(&dir.path().join("db"), now).exists());
+            assert_eq!(current(), 0);
+            // One journal further: the next file is there.
+            seal(0);
+            s.sync().unwrap();
+            assert_eq!(current(), 1);
+            // Two further with no sync between: the file in between is gone already.
+            seal(100);
+            seal(200);
+            assert!(!jnl(0).exists() && !jnl(1).exists() && !jnl(2).exists(), "sealed journals kept");
+            s.sync().unwrap();
+            assert!(current() >= 3 && jnl(current()).exists(), "syncing journal {} fjall left", current());
         }
         let s = FjallStore::open(dir.path()).unwrap();
-        assert_eq!(s.get(STATUS, b"after").unwrap(), Some(b"rotation".to_vec()));
-        assert_eq!(s.get(STATUS, &69u32.to_be_bytes()).unwrap(), Some(big));
+        assert_eq!(s.get(STATUS, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.get(STATUS, &269u32.to_be_bytes()).unwrap(), Some(big));
     }
 
     fn blob_files(dir: &Path) -> Vec<String> {

@@ -507,7 +507,8 @@ async fn change_layout(world: &Arc<World>, req: MetaRequest, done: impl Fn(&Layo
 /// once its keys have moved, maybe removes one of the initial nodes the same way.
 pub async fn layout_changes(world: Arc<World>, until_ms: u64) {
     let joiner = format!("n{}", world.opts.nodes);
-    madsim::time::sleep(Duration::from_millis(200 + world.rng_below(until_ms / 4))).await;
+    let window = until_ms.saturating_sub(world.elapsed_ms());
+    madsim::time::sleep(Duration::from_millis(200 + world.rng_below(window / 4))).await;
     let add = MetaRequest::AddNode { id: joiner.clone(), addr: format!("{joiner}:7000"), vnodes: DEFAULT_VNODES };
     let j = joiner.clone();
     // The add goes on past the faulty phase if it must: without it nothing here is tested.

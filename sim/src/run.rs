@@ -162,7 +162,7 @@ async fn faults(world: Arc<World>, until_ms: u64) {
     let n = world.opts.all_nodes();
     loop {
         let wait = 1 + world.rng_below(plan.fault_every_ms.min(10_000) * 2);
-        madsim::time::sleep(Duration::from_millis(wait.min(until_ms))).await;
+        madsim::time::sleep(Duration::from_millis(wait.min(until_ms.saturating_sub(world.elapsed_ms())))).await;
         supervise(&world);
         if world.elapsed_ms() >= until_ms {
             return;

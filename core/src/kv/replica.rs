@@ -624,6 +624,8 @@ impl Machine for KvMachine {
     }
 
     fn tick(&mut self, now: u64, store: &dyn StoreRead) -> Result<Ready<Self::Output>, StoreError> {
+        // A tick has no token: a ceiling raised here (none is today) must never be credited.
+        self.token = ClientToken::MAX;
         let writes = self.sweep(now, store)?;
         // A sweep that removed a full batch has more to do: come back at once, so records
         // never pile up faster than they expire.
@@ -683,7 +685,14 @@ mod mint_tests {
         assert!(!raise.writes.is_empty() && !raise.volatile);
         let above = coordinate(&mut m, &store, 4);
         assert!(!above.volatile, "its counter is above the ceiling durable so far");
+        // Durable through token 3 means steps before it: not the raise itself.
+        m.durable(3);
+        assert!(!coordinate(&mut m, &store, 5).volatile);
         m.durable(4);
-        assert!(coordinate(&mut m, &store, 5).volatile);
+        assert!(coordinate(&mut m, &store, 6).volatile);
+        // After a restart nothing is known durable: the first coordination raises again.
+        let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+        let first = coordinate(&mut m, &store, 0);
+        assert!(!first.writes.is_empty() && !first.volatile);
     }
 }
