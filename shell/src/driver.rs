@@ -247,7 +247,6 @@ where
         // Every step with a token below it has its writes durable: set by the syncer after
         // each sync, passed on to the machine by the stepper before its next group.
         let durable = std::sync::atomic::AtomicU64::new(0);
-        let mut told: ClientToken = 0;
         // Bounded: a stepper far ahead of the disk slows its callers down instead of growing.
         let (ptx, mut prx) = mpsc::channel::<Pending<M::Output, M::Message>>(64);
         let stepper = async {
@@ -285,11 +284,7 @@ where
                     }
                 }
                 let now = clock.now_ms();
-                let d = durable.load(std::sync::atomic::Ordering::Acquire);
-                if d > told {
-                    machine.durable(d);
-                    told = d;
-                }
+                machine.durable(durable.load(std::sync::atomic::Ordering::Acquire));
                 let mut p = Pending { requests: group.len(), ..Pending::default() };
                 for call in group {
                     let token = next_token;
