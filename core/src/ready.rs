@@ -24,6 +24,11 @@ pub struct Ready<R, M = ()> {
     /// begun, a write was staged in memory), so the driver may release them without waiting
     /// for the group's sync. Only valid with no writes.
     pub volatile: bool,
+    /// The replies may leave before `writes` are durable, to a caller that asked to learn
+    /// of their durability separately (the driver's `call_early`); any other caller still
+    /// gets its reply after the sync. For a step whose answer is needed elsewhere at once
+    /// while its writes are one copy among several (a coordinating replica's own copy).
+    pub early: bool,
 }
 
 impl<R, M> Default for Ready<R, M> {
@@ -34,6 +39,7 @@ impl<R, M> Default for Ready<R, M> {
             replies: Vec::new(),
             deadline: None,
             volatile: false,
+            early: false,
         }
     }
 }

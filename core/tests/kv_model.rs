@@ -78,22 +78,23 @@ fn step(m: &mut KvMachine, store: &MemStore, now: u64, req: KvRequest) -> KvResp
     ready.replies.into_iter().next().unwrap().1.unwrap()
 }
 
-/// Coordinates a write and applies its versions on the same node, as the coordinator does
-/// with every replica.
+/// Coordinates a write on a replica, which keeps the new version in the same step, as the
+/// coordinator has its own replica do.
 fn write(m: &mut KvMachine, store: &MemStore, now: u64, req: KvRequest) -> KvResponse {
-    let KvRequest::Coordinate { tenant, key, .. } = &req else { panic!() };
-    let (tenant, key) = (tenant.clone(), key.clone());
-    let out = step(m, store, now, req);
-    let KvResponse::Coordinated { versions, idem, .. } = &out else { return out };
-    step(m, store, now, KvRequest::Apply { tenant, key, versions: versions.clone(), idem: idem.clone() });
-    out
+    let KvRequest::Coordinate { tenant, key, value, idem, .. } = req else { panic!() };
+    step(m, store, now, KvRequest::Coordinate { tenant, key, value, idem, keep: true })
 }
 
 #[test]
 fn a_coordination_stores_nothing_and_its_counters_never_repeat_across_restarts() {
     let store = MemStore::new();
-    let coord =
-        |k: &str| KvRequest::Coordinate { tenant: "t".into(), key: k.into(), value: Some(b"v".to_vec()), idem: None };
+    let coord = |k: &str| KvRequest::Coordinate {
+        tenant: "t".into(),
+        key: k.into(),
+        value: Some(b"v".to_vec()),
+        idem: None,
+        keep: false,
+    };
     let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
     // The first coordination reserves a block of counters: that is its only write.
     let first = m.step(1, 0, coord("a"), &store).unwrap();
@@ -124,8 +125,13 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
     let (s1, s2) = (MemStore::new(), MemStore::new());
     let mut n1 = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
     let mut n2 = KvMachine::new(KvConfig { node_id: "n2".into(), idempotency_ttl_ms: 1000 });
-    let coord =
-        |v: &str| KvRequest::Coordinate { tenant: "t".into(), key: "k".into(), value: Some(v.into()), idem: None };
+    let coord = |v: &str| KvRequest::Coordinate {
+        tenant: "t".into(),
+        key: "k".into(),
+        value: Some(v.into()),
+        idem: None,
+        keep: false,
+    };
     // A partition: each side coordinates a write without seeing the other's.
     let KvResponse::Coordinated { versions: a, .. } = write(&mut n1, &s1, 10, coord("a")) else { panic!() };
     let KvResponse::Coordinated { versions: b, .. } = write(&mut n2, &s2, 11, coord("b")) else { panic!() };
@@ -147,6 +153,7 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
         key: "j".into(),
         value: Some(v.into()),
         idem: Some(tessera_core::kv::IdemKey { key: "op-1".into(), request_hash: vec![h], fresh: false }),
+        keep: false,
     };
     let KvResponse::Coordinated { clock: first, duplicate: false, .. } = write(&mut n1, &s1, 20, idem("x", 1)) else {
         panic!()
@@ -163,6 +170,7 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
         key: "j2".into(),
         value: Some(v.into()),
         idem: Some(tessera_core::kv::IdemKey { key: "op-2".into(), request_hash: vec![h], fresh: false }),
+        keep: false,
     };
     let KvResponse::Coordinated { clock: minted, .. } = step(&mut n1, &s1, 23, early("x", 1)) else { panic!() };
     let KvResponse::Coordinated { clock: replayed, duplicate: true, .. } = step(&mut n1, &s1, 24, early("x", 1)) else {
@@ -186,6 +194,7 @@ fn a_fresh_key_is_not_looked_up_yet_its_record_serves_later_replays() {
         key: "k".into(),
         value: Some(b"v".to_vec()),
         idem: Some(tessera_core::kv::IdemKey { key: "gen-1".into(), request_hash: vec![h], fresh }),
+        keep: false,
     };
     let KvResponse::Coordinated { clock: first, duplicate: false, idem: Some(rec), .. } =
         write(&mut m, &store, 1, req(true, 1))
@@ -237,6 +246,7 @@ fn a_full_sweep_asks_for_the_next_at_once() {
             key: format!("k{i}"),
             value: Some(b"v".to_vec()),
             idem: Some(tessera_core::kv::IdemKey { key: format!("i{i}"), request_hash: vec![1], fresh: false }),
+            keep: false,
         };
         write(&mut m, &store, 1, req);
     }
@@ -297,7 +307,13 @@ fn scan_pages_keys_and_digests_page_them_without_values() {
     let store = MemStore::new();
     let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
     for (t, k) in [("a", "x"), ("a", "y"), ("b", "x")] {
-        let req = KvRequest::Coordinate { tenant: t.into(), key: k.into(), value: Some(b"v".to_vec()), idem: None };
+        let req = KvRequest::Coordinate {
+            tenant: t.into(),
+            key: k.into(),
+            value: Some(b"v".to_vec()),
+            idem: None,
+            keep: false,
+        };
         write(&mut m, &store, 1, req);
     }
     let KvResponse::Entries(first) = step(&mut m, &store, 2, KvRequest::Scan { after: None, limit: 2 }) else {

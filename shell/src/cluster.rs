@@ -20,7 +20,7 @@ use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::driver::{DriverError, HandleFor};
+use crate::driver::{DriverError, Durable, HandleFor};
 use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable, View, ViewCell};
 use crate::raft_transport::RaftTransport;
 
@@ -149,6 +149,21 @@ impl Cluster {
         let out = self.local.call(req).await?;
         self.view.observe(&out);
         Ok(out)
+    }
+
+    /// [`Cluster::serve_local`] for a request the replica may answer before its writes are
+    /// durable: with the [`Durable`] to await for them (none when refused by the fence).
+    pub async fn serve_local_early(
+        &self,
+        req: KvRequest,
+        layout: u64,
+    ) -> Result<(CoreResult<KvResponse>, Option<Durable>), DriverError> {
+        if let Err(e) = self.view.admit(&req, layout) {
+            return Ok((Err(e), None));
+        }
+        let (out, durable) = self.local.call_early(req).await?;
+        self.view.observe(&out);
+        Ok((out, Some(durable)))
     }
 
     /// [`Cluster::serve_local`] for a peer's batch: each request is fenced on its own, and
@@ -315,6 +330,19 @@ impl Peers for Cluster {
     fn send_at(self: &Arc<Self>, node: &str, req: KvRequest, layout: u64, timeout_ms: u64) -> BoxFuture<PeerResult> {
         let (this, node) = (self.clone(), node.to_owned());
         Box::pin(async move { Cluster::call(&this, &node, req, layout, Duration::from_millis(timeout_ms)).await })
+    }
+
+    fn coordinate_here(self: &Arc<Self>, req: KvRequest, layout: u64) -> BoxFuture<(PeerResult, BoxFuture<bool>)> {
+        let this = self.clone();
+        Box::pin(async move {
+            match this.serve_local_early(req, layout).await {
+                Ok((out, Some(durable))) => {
+                    (Ok(out), Box::pin(async move { durable.wait().await.is_ok() }) as BoxFuture<bool>)
+                }
+                Ok((out, None)) => (Ok(out), Box::pin(std::future::ready(false)) as BoxFuture<bool>),
+                Err(e) => (Err(Unreachable(e.to_string())), Box::pin(std::future::ready(false)) as BoxFuture<bool>),
+            }
+        })
     }
 
     fn tree(

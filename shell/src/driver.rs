@@ -71,10 +71,12 @@ struct Call<I, O> {
     reply: Reply<O>,
 }
 
-/// Where a reply goes: a lone caller, or one slot of a [`DriverHandle::call_many`].
+/// Where a reply goes: a lone caller, one slot of a [`DriverHandle::call_many`], or a
+/// caller of [`DriverHandle::call_early`] (and where it learns that the writes are durable).
 enum Reply<O> {
     One(oneshot::Sender<O>),
     Part(Arc<Gather<O>>, usize),
+    Early(oneshot::Sender<O>, oneshot::Sender<()>),
 }
 
 /// The replies of one `call_many`, sent to its caller once all are in.
@@ -113,6 +115,7 @@ impl<O> Gather<O> {
 }
 
 impl<O> Reply<O> {
+    /// After the sync: the reply, and for an early caller the news that it is durable.
     fn send(self, out: O) {
         match self {
             // The caller may have gone away (deadline, disconnect); the write stands.
@@ -120,7 +123,23 @@ impl<O> Reply<O> {
                 let _ = tx.send(out);
             }
             Reply::Part(g, slot) => g.fill(slot, out),
+            Reply::Early(tx, synced) => {
+                let _ = tx.send(out);
+                let _ = synced.send(());
+            }
         }
+    }
+}
+
+/// The moment a step's writes become durable, for a reply that may have left before it
+/// ([`DriverHandle::call_early`]).
+pub struct Durable(oneshot::Receiver<()>);
+
+impl Durable {
+    /// Resolves once the sync covering the step is done; an error when the driver stopped
+    /// first (its storage failed, or it shut down): the writes may not be durable.
+    pub async fn wait(self) -> Result<(), DriverError> {
+        self.0.await.map_err(|_| DriverError::Stopped)
     }
 }
 
@@ -150,6 +169,18 @@ impl<I, O> DriverHandle<I, O> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Call { input, reply: Reply::One(reply) }).await.map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Sends one request whose reply the machine may release before the step's writes are
+    /// durable ([`tessera_core::Ready::early`]), and returns it with the [`Durable`] to await
+    /// for them. A reply the machine did not release early comes after the sync, its
+    /// `Durable` resolved already.
+    pub async fn call_early(&self, input: I) -> Result<(O, Durable), DriverError> {
+        let (reply, rx) = oneshot::channel();
+        let (synced, durable) = oneshot::channel();
+        self.tx.send(Call { input, reply: Reply::Early(reply, synced) }).await.map_err(|_| DriverError::Stopped)?;
+        let out = rx.await.map_err(|_| DriverError::Stopped)?;
+        Ok((out, Durable(durable)))
     }
 
     /// Sends several requests at once and waits for all their replies, in order: one wake of
@@ -290,7 +321,7 @@ where
                     let token = next_token;
                     next_token += 1;
                     lock(&waiting).insert(token, call.reply);
-                    let ready = machine.step(now, token, call.input, &store)?;
+                    let mut ready = machine.step(now, token, call.input, &store)?;
                     if let Some(d) = ready.deadline {
                         deadline = Some(deadline.map_or(d, |cur| cur.min(d)));
                     }
@@ -299,7 +330,17 @@ where
                         release(&waiting, ready.replies);
                         continue;
                     }
+                    // Replies the machine lets go early leave now, once the writes are
+                    // visible, to the callers that learn of the sync on their own.
+                    let early = match ready.early {
+                        true => take_early(&waiting, &mut ready.replies),
+                        false => Vec::new(),
+                    };
                     p.take(&store, ready)?;
+                    for (tx, out, synced) in early {
+                        let _ = tx.send(out);
+                        p.synced.push(synced);
+                    }
                 }
                 p.through = next_token;
                 if config.ack_before_sync {
@@ -333,6 +374,9 @@ where
                         }
                     }
                     release(&waiting, p.replies);
+                    for synced in p.synced {
+                        let _ = synced.send(());
+                    }
                 }
             }
             Ok::<(), DriverError>(())
@@ -354,11 +398,13 @@ struct Pending<O, M> {
     requests: usize,
     /// Every step with a token below it wrote into this group or an earlier one.
     through: ClientToken,
+    /// Callers answered early, waiting for this group's sync.
+    synced: Vec<oneshot::Sender<()>>,
 }
 
 impl<O, M> Default for Pending<O, M> {
     fn default() -> Self {
-        Self { replies: Vec::new(), messages: Vec::new(), dirty: false, requests: 0, through: 0 }
+        Self { replies: Vec::new(), messages: Vec::new(), dirty: false, requests: 0, through: 0, synced: Vec::new() }
     }
 }
 
@@ -375,7 +421,7 @@ impl<O, M> Pending<O, M> {
     }
 
     fn is_empty(&self) -> bool {
-        !self.dirty && self.replies.is_empty() && self.messages.is_empty()
+        !self.dirty && self.replies.is_empty() && self.messages.is_empty() && self.synced.is_empty()
     }
 }
 
@@ -393,6 +439,29 @@ fn release<O>(waiting: &std::sync::Mutex<HashMap<ClientToken, Reply<O>>>, replie
             reply.send(out);
         }
     }
+}
+
+/// Where an early reply goes, the reply, and where the news of its sync goes.
+type EarlyReply<O> = (oneshot::Sender<O>, O, oneshot::Sender<()>);
+
+/// Takes out of `replies` those whose caller came through `call_early`.
+fn take_early<O>(
+    waiting: &std::sync::Mutex<HashMap<ClientToken, Reply<O>>>,
+    replies: &mut Vec<(ClientToken, O)>,
+) -> Vec<EarlyReply<O>> {
+    let mut waiting = lock(waiting);
+    let mut early = Vec::new();
+    for (token, out) in std::mem::take(replies) {
+        match waiting.remove(&token) {
+            Some(Reply::Early(tx, synced)) => early.push((tx, out, synced)),
+            Some(other) => {
+                waiting.insert(token, other);
+                replies.push((token, out));
+            }
+            None => replies.push((token, out)),
+        }
+    }
+    early
 }
 
 #[cfg(test)]
@@ -538,6 +607,7 @@ mod tests {
             key: key.into(),
             value: Some(b"v".to_vec()),
             idem: None,
+            keep: false,
         };
         let settle = || async {
             for _ in 0..20 {
@@ -573,5 +643,71 @@ mod tests {
         drop(handle);
         gate.add_permits(16);
         run.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_kept_coordination_answers_before_its_sync_and_its_durable_resolves_after() {
+        use tessera_core::kv::{KvConfig, KvMachine, KvRequest, KvResponse};
+        let store = MemStore::new();
+        let machine = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 60_000 });
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (driver, handle) = Driver::new(
+            machine,
+            Default::default(),
+            store.clone(),
+            Arc::new(GatedClock(gate.clone())),
+            Arc::new(NoopObserver),
+            DriverConfig::default(),
+        )
+        .unwrap();
+        let run = tokio::spawn(driver.run());
+        let coordinate = |key: &str| KvRequest::Coordinate {
+            tenant: "t".into(),
+            key: key.into(),
+            value: Some(b"v".to_vec()),
+            idem: None,
+            keep: true,
+        };
+        let settle = || async {
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+        };
+        // The first one raises the counters' ceiling: its answer waits for that sync, and
+        // its copy is durable by then.
+        let h = handle.clone();
+        let first = tokio::spawn(async move { h.call_early(coordinate("a")).await });
+        settle().await;
+        assert!(!first.is_finished(), "answered before its ceiling was synced");
+        gate.add_permits(1);
+        let (out, durable) = first.await.unwrap().unwrap();
+        assert!(matches!(out, Ok(KvResponse::Coordinated { .. })));
+        tokio::time::timeout(Duration::from_secs(10), durable.wait()).await.unwrap().unwrap();
+        // From the durable block: answered while its own sync is held, the version already
+        // visible here; its Durable resolves only once that sync is done.
+        let (out, durable) =
+            tokio::time::timeout(Duration::from_secs(10), handle.call_early(coordinate("b"))).await.unwrap().unwrap();
+        let Ok(KvResponse::Coordinated { versions, .. }) = out else { panic!("not coordinated") };
+        let read = KvRequest::Read { tenant: "t".into(), key: "b".into() };
+        assert!(matches!(handle.call(read).await.unwrap(), Ok(KvResponse::Versions(v)) if v == versions));
+        let waiting = tokio::spawn(durable.wait());
+        settle().await;
+        assert!(!waiting.is_finished(), "durable before its sync");
+        // A plain call of the same request still waits for the sync.
+        let h = handle.clone();
+        let plain = tokio::spawn(async move { h.call(coordinate("c")).await });
+        settle().await;
+        assert!(!plain.is_finished(), "a plain call answered before its sync");
+        gate.add_permits(1);
+        waiting.await.unwrap().unwrap();
+        gate.add_permits(1);
+        assert!(matches!(plain.await.unwrap().unwrap(), Ok(KvResponse::Coordinated { .. })));
+        // A sync that fails stops the driver: the copy kept before it never became durable,
+        // and its Durable says so.
+        let (_, durable) = handle.call_early(coordinate("d")).await.unwrap();
+        store.fail_next_sync();
+        gate.add_permits(16);
+        assert!(durable.wait().await.is_err(), "durable although its sync failed");
+        assert!(run.await.unwrap().is_err());
     }
 }

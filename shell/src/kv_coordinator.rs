@@ -56,6 +56,11 @@ pub trait Peers: Send + Sync + 'static {
     /// within `timeout_ms` is `Unreachable`. The replica refuses it (see [`check_layout`]) if
     /// it already serves by a newer layout.
     fn send_at(self: &Arc<Self>, node: &str, req: KvRequest, layout: u64, timeout_ms: u64) -> BoxFuture<PeerResult>;
+    /// Coordinates `req` (a `Coordinate` with `keep`) on this node's own replica, decided
+    /// under layout version `layout`: the answer as soon as the version is minted, with a
+    /// future that resolves `true` once this replica's copy of it is durable (`false`: it
+    /// may never be).
+    fn coordinate_here(self: &Arc<Self>, req: KvRequest, layout: u64) -> BoxFuture<(PeerResult, BoxFuture<bool>)>;
     /// [`Peers::send_at`] under the layout this node serves by now.
     fn send(self: &Arc<Self>, node: &str, req: KvRequest, timeout_ms: u64) -> BoxFuture<PeerResult> {
         let layout = self.placement().version;
@@ -401,18 +406,30 @@ impl<P: Peers> KvCoordinator<P> {
         let mut coordinated = None;
         let mut unreachable = Vec::new();
         let mut skipped = Vec::new();
+        // This node's copy, when it coordinated: kept in the coordinating step itself.
+        let mut kept = None;
         for i in order {
             let left = self.left(until_ms);
             if left == 0 {
                 break;
             }
+            let here = replicas[i] == self.peers.me();
             let req = KvRequest::Coordinate {
                 tenant: tenant_id.to_owned(),
                 key: key.to_owned(),
                 value: value.clone(),
                 idem: Some(idem.clone()),
+                keep: here,
             };
-            match self.peers.send_at(&replicas[i], req, targets.layout, left).await {
+            let answer = match here {
+                true => {
+                    let (answer, durable) = self.peers.coordinate_here(req, targets.layout).await;
+                    kept = Some((i, durable));
+                    answer
+                }
+                false => self.peers.send_at(&replicas[i], req, targets.layout, left).await,
+            };
+            match answer {
                 Ok(Ok(KvResponse::Coordinated { clock, versions, duplicate, idem })) => {
                     coordinated = Some((i, clock, versions, duplicate, idem));
                     break;
@@ -438,7 +455,9 @@ impl<P: Peers> KvCoordinator<P> {
                 unreachable.join("; ")
             )));
         };
-        let (mut acked, held) = self.replicate(tenant_id, key, &targets, &skipped, versions, idem_rec, until_ms).await;
+        let kept = kept.filter(|(i, _)| *i == coord);
+        let (mut acked, held) =
+            self.replicate(tenant_id, key, &targets, &skipped, kept, versions, idem_rec, until_ms).await;
         let mut clock = clock;
         // The coordinating replica may have missed a version others hold (it was down when
         // that write was acknowledged). Since the acknowledging replicas overlap every other
@@ -464,11 +483,11 @@ impl<P: Peers> KvCoordinator<P> {
         Ok(Written { clock, acks, duplicate, idempotency_key })
     }
 
-    /// Applies `versions` on every replica, the coordinating one included (coordinating
-    /// stored nothing), and returns once W replicas of each set hold them or none more can:
-    /// which replicas acknowledged, and the versions each holds after its merge. Replicas
-    /// that do not answer (or were `skipped`: they did not answer the coordinate call) get a
-    /// hint; the rest finish in the background.
+    /// Applies `versions` on every replica, the coordinating one included unless it `kept`
+    /// them in the coordinating step (then its copy counts once durable), and returns once W
+    /// replicas of each set hold them or none more can: which replicas acknowledged, and the
+    /// versions each holds after its merge. Replicas that do not answer (or were `skipped`:
+    /// they did not answer the coordinate call) get a hint; the rest finish in the background.
     #[allow(clippy::too_many_arguments)]
     async fn replicate(
         &self,
@@ -476,6 +495,7 @@ impl<P: Peers> KvCoordinator<P> {
         key: &str,
         targets: &Targets,
         skipped: &[usize],
+        kept: Option<(usize, BoxFuture<bool>)>,
         versions: Vec<Version>,
         idem: Option<IdemRecord>,
         until_ms: u64,
@@ -484,7 +504,15 @@ impl<P: Peers> KvCoordinator<P> {
         let mut acked = vec![false; replicas.len()];
         let mut held = Vec::new();
         let (tx, mut rx) = mpsc::channel(replicas.len());
+        let mut kept = kept;
         for (i, node) in replicas.iter().enumerate() {
+            if let Some((_, durable)) = kept.take_if(|(at, _)| *at == i) {
+                let (tx, copy) = (tx.clone(), versions.clone());
+                self.peers.spawn(Box::pin(async move {
+                    let _ = tx.send((i, durable.await.then_some(copy))).await;
+                }));
+                continue;
+            }
             let (p, tx, node) = (self.peers.clone(), tx.clone(), node.clone());
             let req = KvRequest::Apply {
                 tenant: tenant.to_owned(),
@@ -549,7 +577,8 @@ impl<P: Peers> KvCoordinator<P> {
     ) -> CoreResult<(VClock, Vec<bool>)> {
         let node = &targets.nodes[coord];
         let give = KvRequest::Apply { tenant: tenant.to_owned(), key: key.to_owned(), versions: missed, idem: None };
-        let again = KvRequest::Coordinate { tenant: tenant.to_owned(), key: key.to_owned(), value, idem: None };
+        let again =
+            KvRequest::Coordinate { tenant: tenant.to_owned(), key: key.to_owned(), value, idem: None, keep: false };
         let retry = async {
             self.peers.send_at(node, give, targets.layout, self.left(until_ms)).await.ok()?.ok()?;
             match self.peers.send_at(node, again, targets.layout, self.left(until_ms)).await {
@@ -563,7 +592,7 @@ impl<P: Peers> KvCoordinator<P> {
                  superseding that version failed; it may still take effect"
             )));
         };
-        let (acked, _) = self.replicate(tenant, key, targets, &[], versions, None, until_ms).await;
+        let (acked, _) = self.replicate(tenant, key, targets, &[], None, versions, None, until_ms).await;
         Ok((clock, acked))
     }
 

@@ -55,6 +55,23 @@ impl Peers for LocalPeers {
             replica.call(req).await.map_err(|e| Unreachable(e.to_string()))
         })
     }
+    fn coordinate_here(self: &Arc<Self>, req: KvRequest, _layout: u64) -> BoxFuture<(PeerResult, BoxFuture<bool>)> {
+        let replica = self.net.replicas.get(&self.me).cloned();
+        Box::pin(async move {
+            let Some(replica) = replica else {
+                return (
+                    Err(Unreachable("no such node".into())),
+                    Box::pin(std::future::ready(false)) as BoxFuture<bool>,
+                );
+            };
+            match replica.call_early(req).await {
+                Ok((out, durable)) => {
+                    (Ok(out), Box::pin(async move { durable.wait().await.is_ok() }) as BoxFuture<bool>)
+                }
+                Err(e) => (Err(Unreachable(e.to_string())), Box::pin(std::future::ready(false)) as BoxFuture<bool>),
+            }
+        })
+    }
     fn tree(
         self: &Arc<Self>,
         node: &str,
@@ -142,9 +159,14 @@ async fn write_on_one(net: &Net, node: &str, key: &str) {
 }
 
 async fn write_value_on_one(net: &Net, node: &str, key: &str, value: &[u8]) {
-    let req = KvRequest::Coordinate { tenant: "t3".into(), key: key.into(), value: Some(value.to_vec()), idem: None };
-    let KvResponse::Coordinated { versions, .. } = replica(net, node, req).await else { panic!("not coordinated") };
-    replica(net, node, KvRequest::Apply { tenant: "t3".into(), key: key.into(), versions, idem: None }).await;
+    let req = KvRequest::Coordinate {
+        tenant: "t3".into(),
+        key: key.into(),
+        value: Some(value.to_vec()),
+        idem: None,
+        keep: true,
+    };
+    let KvResponse::Coordinated { .. } = replica(net, node, req).await else { panic!("not coordinated") };
 }
 
 fn in_sync(r: &AntiEntropyReport) -> bool {

@@ -179,6 +179,29 @@ impl Peers for SimPeers {
         })
     }
 
+    fn coordinate_here(self: &Arc<Self>, req: KvRequest, layout: u64) -> BoxFuture<(PeerResult, BoxFuture<bool>)> {
+        let (world, me) = (self.world.clone(), self.index);
+        Box::pin(async move {
+            let refused = |out: PeerResult| (out, Box::pin(std::future::ready(false)) as BoxFuture<bool>);
+            let Some(peers) = world.coordinator(me).map(|(c, _)| c.peers().clone()) else {
+                return refused(Err(Unreachable("this node's replica is down".into())));
+            };
+            if let Err(e) = peers.view().admit(&req, layout) {
+                return refused(Ok(Err(e)));
+            }
+            let Some(handle) = world.kv_handle(me) else {
+                return refused(Err(Unreachable("this node's replica is down".into())));
+            };
+            match handle.call_early(req).await {
+                Ok((out, durable)) => {
+                    peers.view().observe(&out);
+                    (Ok(out), Box::pin(async move { durable.wait().await.is_ok() }) as BoxFuture<bool>)
+                }
+                Err(e) => refused(Err(Unreachable(e.to_string()))),
+            }
+        })
+    }
+
     fn tree(
         self: &Arc<Self>,
         node: &str,

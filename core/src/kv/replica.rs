@@ -98,6 +98,11 @@ pub enum KvRequest {
         key: String,
         value: Option<Vec<u8>>,
         idem: Option<IdemKey>,
+        /// Also store the new version as this replica's copy, in the same step (Dynamo's
+        /// coordinator writes locally): the coordinating node then needs no `Apply` of its
+        /// own. The answer may leave before that copy is durable (see [`Ready::early`]).
+        /// Local only: it never crosses the wire, where it reads as `false`.
+        keep: bool,
     },
     /// Merge versions coordinated elsewhere (replication, read repair, hint delivery).
     Apply {
@@ -192,9 +197,11 @@ pub struct KvMachine {
     durable_ceiling: u64,
     /// A raised ceiling waiting for its sync, and the token of the step that wrote it.
     raised: Option<(u64, ClientToken)>,
-    /// The step under way, and whether it minted a counter below `durable_ceiling`.
+    /// The step under way, whether it minted a counter below `durable_ceiling`, and whether
+    /// it kept the version it coordinated.
     token: ClientToken,
     early: bool,
+    keeps: bool,
     /// Idempotent coordinations whose record has not been applied here yet, by (tenant,
     /// idempotency key): a replay or a reuse of the key for another write meanwhile is still
     /// recognised. With the version minted and when.
@@ -214,6 +221,7 @@ impl KvMachine {
             raised: None,
             token: 0,
             early: false,
+            keeps: false,
             pending: BTreeMap::new(),
         }
     }
@@ -265,6 +273,25 @@ impl KvMachine {
         Ok(())
     }
 
+    /// Merges `versions` into the key's `current` ones and writes the result when it
+    /// changed. Returns what the replica holds after.
+    fn merge(
+        store: &dyn StoreRead,
+        batch: &mut WriteBatch,
+        tenant: &str,
+        key: &str,
+        current: Option<Vec<Version>>,
+        versions: &[Version],
+    ) -> Result<Vec<Version>, StoreError> {
+        let existed = current.is_some();
+        let current = current.unwrap_or_default();
+        let merged = reconcile(&current, versions);
+        if !existed || merged != current {
+            Self::store_versions(store, batch, tenant, key, existed, &merged)?;
+        }
+        Ok(merged)
+    }
+
     fn idem(&self, store: &dyn StoreRead, now: u64, tenant: &str, key: &str) -> CoreResult<Option<IdemRecord>> {
         let Some(buf) = store.get(KEYSPACE, &keys::idempotency(tenant, key))? else { return Ok(None) };
         let r = IdemRecord::decode(&buf)?;
@@ -295,7 +322,7 @@ impl KvMachine {
     fn handle(&mut self, now: u64, req: KvRequest, store: &dyn StoreRead) -> CoreResult<(KvResponse, WriteBatch)> {
         let mut batch = WriteBatch::default();
         match req {
-            KvRequest::Coordinate { tenant, key, value, idem } => {
+            KvRequest::Coordinate { tenant, key, value, idem, keep } => {
                 let current = Self::versions(store, &tenant, &key)?;
                 if let Some(i) = idem.as_ref().filter(|i| !i.fresh) {
                     // A replay: of a write whose record this replica holds (send what it holds
@@ -303,20 +330,32 @@ impl KvMachine {
                     // time can still reach it), or of one coordinated here whose record is
                     // still on its way (send that version again).
                     let known = match self.idem(store, now, &tenant, &i.key)? {
-                        Some(rec) => Some((rec, current.clone().unwrap_or_default())),
+                        Some(rec) => Some((rec, current.clone().unwrap_or_default(), true)),
                         None => self
                             .pending
                             .get(&(tenant.clone(), i.key.clone()))
                             .filter(|(_, _, at)| at.saturating_add(PENDING_IDEM_MS) > now)
-                            .map(|(rec, versions, _)| (rec.clone(), versions.clone())),
+                            .map(|(rec, versions, _)| (rec.clone(), versions.clone(), false)),
                     };
-                    if let Some((rec, versions)) = known {
+                    if let Some((rec, versions, held)) = known {
                         if rec.request_hash != i.request_hash {
                             return Err(CoreError::FailedPrecondition(format!(
                                 "idempotency key {:?} was already used for a different write; use a new key",
                                 i.key
                             )));
                         }
+                        // Kept here, the version of a write coordinated elsewhere becomes
+                        // this replica's copy too, with its record.
+                        let versions = match keep && !held {
+                            true => {
+                                self.pending.remove(&(tenant.clone(), i.key.clone()));
+                                if rec.expires_ms > now {
+                                    Self::remember(&mut batch, &tenant, &rec);
+                                }
+                                Self::merge(store, &mut batch, &tenant, &key, current, &versions)?
+                            }
+                            false => versions,
+                        };
                         let out = KvResponse::Coordinated {
                             clock: rec.clock.clone(),
                             versions,
@@ -338,6 +377,19 @@ impl KvMachine {
                     expires_ms: now.saturating_add(self.config.idempotency_ttl_ms),
                     fresh: i.fresh,
                 });
+                if keep {
+                    // This replica's copy, merged as an `Apply` would merge it (its record
+                    // is new: a replay found above returned already).
+                    let merged = Self::merge(store, &mut batch, &tenant, &key, current, &versions)?;
+                    if let Some(r) = rec.as_ref().filter(|r| r.expires_ms > now) {
+                        Self::remember(&mut batch, &tenant, r);
+                    }
+                    self.keeps = true;
+                    return Ok((
+                        KvResponse::Coordinated { clock, versions: merged, duplicate: false, idem: rec },
+                        batch,
+                    ));
+                }
                 if let Some(r) = &rec {
                     self.remember_pending(now, &tenant, r, &versions);
                 }
@@ -354,12 +406,7 @@ impl KvMachine {
                     // Nothing to merge (a replay of a key this replica never held).
                     return Ok((KvResponse::Versions(current.unwrap_or_default()), batch));
                 }
-                let existed = current.is_some();
-                let current = current.unwrap_or_default();
-                let merged = reconcile(&current, &versions);
-                if !existed || merged != current {
-                    Self::store_versions(store, &mut batch, &tenant, &key, existed, &merged)?;
-                }
+                let merged = Self::merge(store, &mut batch, &tenant, &key, current, &versions)?;
                 if let Some(r) = &idem {
                     self.pending.remove(&(tenant.clone(), r.key.clone()));
                 }
@@ -578,13 +625,16 @@ impl Machine for KvMachine {
                 | KvRequest::Scan { .. }
                 | KvRequest::Digests { .. }
         );
-        (self.token, self.early) = (token, false);
+        (self.token, self.early, self.keeps) = (token, false, false);
         let mut ready = Ready::answer(token, self.handle(now, input, store))?;
         // Reads promise nothing new about durable state. A coordination that writes nothing
         // is volatile only when its counter comes from a block whose ceiling is durable
         // already: a counter above a ceiling still waiting for its sync must not leave the
-        // node before that sync (a crash would hand it out again).
+        // node before that sync (a crash would hand it out again). A coordination that kept
+        // its version here may answer early on the same condition: its own writes are this
+        // replica's copy, which the caller awaits on its own.
         ready.volatile = read_only || (self.early && ready.writes.is_empty());
+        ready.early = self.early && self.keeps;
         ready.deadline = Some(now + SWEEP_EVERY_MS);
         Ok(ready)
     }
@@ -661,6 +711,7 @@ mod mint_tests {
             key: format!("k{token}"),
             value: Some(b"v".to_vec()),
             idem: None,
+            keep: false,
         };
         let ready = m.step(1, token, req, store).unwrap();
         store.write(&ready.writes).unwrap();
@@ -694,5 +745,92 @@ mod mint_tests {
         let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
         let first = coordinate(&mut m, &store, 0);
         assert!(!first.writes.is_empty() && !first.volatile);
+    }
+
+    fn step(m: &mut KvMachine, store: &MemStore, token: ClientToken, req: KvRequest) -> Ready<CoreResult<KvResponse>> {
+        let ready = m.step(1, token, req, store).unwrap();
+        store.write(&ready.writes).unwrap();
+        ready
+    }
+
+    #[test]
+    fn a_kept_coordination_stores_its_version_and_record_and_answers_early_only_from_a_durable_block() {
+        let store = MemStore::new();
+        let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+        let idem = |fresh| Some(IdemKey { key: "i1".into(), request_hash: vec![1], fresh });
+        let write = |value: &[u8], idem, keep| KvRequest::Coordinate {
+            tenant: "t".into(),
+            key: "k".into(),
+            value: Some(value.to_vec()),
+            idem,
+            keep,
+        };
+        let read = || KvRequest::Read { tenant: "t".into(), key: "k".into() };
+        // From a block whose ceiling is not durable yet: not early.
+        let first = step(&mut m, &store, 0, write(b"a", idem(true), true));
+        assert!(!first.early && !first.volatile);
+        let Ok(KvResponse::Coordinated { versions, .. }) = &first.replies[0].1 else { panic!("not coordinated") };
+        assert_eq!(versions.len(), 1);
+        let Some(Ok(Ok(KvResponse::Versions(held)))) = KvMachine::read_only(&read(), &store) else { panic!() };
+        assert_eq!(&held, versions, "the coordinating replica holds its version");
+        // A replay finds the record kept with it: a duplicate, no new version.
+        let replay = step(&mut m, &store, 1, write(b"a", idem(false), true));
+        assert!(matches!(&replay.replies[0].1, Ok(KvResponse::Coordinated { duplicate: true, .. })));
+        assert!(!replay.early);
+        // The same key for another write is refused.
+        let reuse = step(
+            &mut m,
+            &store,
+            2,
+            KvRequest::Coordinate {
+                tenant: "t".into(),
+                key: "k".into(),
+                value: Some(b"other".to_vec()),
+                idem: Some(IdemKey { key: "i1".into(), request_hash: vec![2], fresh: false }),
+                keep: true,
+            },
+        );
+        assert!(matches!(&reuse.replies[0].1, Err(CoreError::FailedPrecondition(_))));
+        // From a durable block: early, and it supersedes what the replica held.
+        m.durable(3);
+        let second = step(&mut m, &store, 3, write(b"b", None, true));
+        assert!(second.early && !second.writes.is_empty());
+        let Some(Ok(Ok(KvResponse::Versions(held)))) = KvMachine::read_only(&read(), &store) else { panic!() };
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].value.as_deref(), Some(&b"b"[..]));
+        // Without keep nothing is stored and nothing is early.
+        let third = step(&mut m, &store, 4, write(b"c", None, false));
+        assert!(!third.early && third.writes.is_empty() && third.volatile);
+        let Some(Ok(Ok(KvResponse::Versions(held)))) = KvMachine::read_only(&read(), &store) else { panic!() };
+        assert_eq!(held[0].value.as_deref(), Some(&b"b"[..]));
+    }
+
+    #[test]
+    fn a_kept_replay_of_a_write_coordinated_here_for_another_node_becomes_this_replicas_copy() {
+        let store = MemStore::new();
+        let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+        let write = |fresh, keep| KvRequest::Coordinate {
+            tenant: "t".into(),
+            key: "k".into(),
+            value: Some(b"a".to_vec()),
+            idem: Some(IdemKey { key: "i1".into(), request_hash: vec![1], fresh }),
+            keep,
+        };
+        // Coordinated for another node: nothing stored here yet, the record pending.
+        let first = step(&mut m, &store, 0, write(true, false));
+        let Ok(KvResponse::Coordinated { versions, .. }) = &first.replies[0].1 else { panic!("not coordinated") };
+        let versions = versions.clone();
+        // Its replay arrives here as a kept coordination: this replica now holds that version
+        // and its record, so a later replay is recognised from the store.
+        let replay = step(&mut m, &store, 1, write(false, true));
+        assert!(
+            matches!(&replay.replies[0].1, Ok(KvResponse::Coordinated { duplicate: true, versions: v, .. }) if *v == versions)
+        );
+        let read = KvRequest::Read { tenant: "t".into(), key: "k".into() };
+        let Some(Ok(Ok(KvResponse::Versions(held)))) = KvMachine::read_only(&read, &store) else { panic!() };
+        assert_eq!(held, versions);
+        let mut restarted = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+        let again = step(&mut restarted, &store, 0, write(false, true));
+        assert!(matches!(&again.replies[0].1, Ok(KvResponse::Coordinated { duplicate: true, .. })));
     }
 }

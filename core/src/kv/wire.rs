@@ -78,7 +78,8 @@ fn read_scan(d: &mut Decoder<'_>) -> Result<(Option<(String, String)>, usize), S
 pub fn encode_request(r: &KvRequest) -> Vec<u8> {
     let e = Encoder::new();
     match r {
-        KvRequest::Coordinate { tenant, key, value, idem } => {
+        // `keep` stays home: a peer coordinating for another node stores through `Apply`.
+        KvRequest::Coordinate { tenant, key, value, idem, keep: _ } => {
             let e = opt_bytes(e.u8(1).str(tenant).str(key), value);
             match idem {
                 Some(i) => e.u8(fresh_tag(i.fresh)).str(&i.key).bytes(&i.request_hash),
@@ -117,7 +118,7 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
                 0 => None,
                 tag => Some(IdemKey { key: d.string()?, request_hash: d.bytes()?.to_vec(), fresh: tag == 2 }),
             };
-            KvRequest::Coordinate { tenant, key, value, idem }
+            KvRequest::Coordinate { tenant, key, value, idem, keep: false }
         }
         2 => {
             let tenant = d.string()?;
@@ -287,12 +288,14 @@ mod tests {
                 key: "k".into(),
                 value: None,
                 idem: Some(IdemKey { key: "i".into(), request_hash: vec![7], fresh: false }),
+                keep: false,
             },
             KvRequest::Coordinate {
                 tenant: "t".into(),
                 key: "k".into(),
                 value: Some(b"v".to_vec()),
                 idem: Some(IdemKey { key: "g".into(), request_hash: vec![8], fresh: true }),
+                keep: false,
             },
             KvRequest::Apply {
                 tenant: "t".into(),
