@@ -52,9 +52,17 @@ impl Phase {
     }
 }
 
-/// tesserad's side: its connections, and the tenant `bench` (RF 3) created if missing.
-pub async fn tessera_side(addr: &str, load: &KvLoad) -> anyhow::Result<Vec<Channel>> {
-    let chans = channels(addr, load.clients.clamp(1, 8)).await?;
+/// tesserad's side: its connections, spread evenly over `nodes` (each client keeps one
+/// connection, so one node), and the tenant `bench` (RF 3) created if missing.
+pub async fn tessera_side(nodes: &[&str], load: &KvLoad) -> anyhow::Result<Vec<Channel>> {
+    let per_node = load.clients.clamp(1, 8).div_ceil(nodes.len().max(1));
+    let mut chans = Vec::new();
+    for addr in nodes {
+        chans.extend(channels(addr, per_node).await?);
+    }
+    // Client `t` takes connection `t % len`: interleave the nodes so clients alternate.
+    let chans: Vec<Channel> =
+        (0..per_node).flat_map(|i| (0..nodes.len()).map(move |n| n * per_node + i)).map(|i| chans[i].clone()).collect();
     let mut c = CoordinatorServiceClient::new(chans[0].clone());
     let t = c.create_tenant(kv::CreateTenantRequest { tenant_id: "bench".into(), replication_factor: 3 }).await;
     if let Err(s) = t
@@ -165,12 +173,12 @@ pub async fn etcd(chans: &[Channel], load: &KvLoad, phase: Phase, duration: Dura
 /// machine that speeds up or slows down during the run weighs on both alike; each system
 /// gets `load.duration` per phase in all. Puts come first: the gets read the keys they wrote.
 pub async fn compare(
-    tessera_addr: &str,
+    tessera_nodes: &[&str],
     etcd_addr: Option<&str>,
     load: &KvLoad,
     rounds: u32,
 ) -> anyhow::Result<Vec<(Phase, Figures, Option<Figures>)>> {
-    let t = tessera_side(tessera_addr, load).await?;
+    let t = tessera_side(tessera_nodes, load).await?;
     let e = match etcd_addr {
         Some(a) => Some(etcd_side(a, load).await?),
         None => None,

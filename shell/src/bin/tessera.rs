@@ -115,6 +115,10 @@ enum BenchCmd {
         /// Turns per phase, alternating between tesserad and etcd (`--secs` is each one's total)
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// More tesserad nodes (comma-separated gRPC URLs) the clients spread over besides
+        /// --addr: any node coordinates, so a leaderless cluster's clients need not share one
+        #[arg(long, value_delimiter = ',')]
+        spread: Vec<String>,
     },
     /// Commits/s of 1-write transactions at each concurrency, then GetState reads/s
     State {
@@ -145,10 +149,11 @@ async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
                 println!("{}  ({:.2} of health checks)", f.line(), f.per_sec() / floor.max(1e-9));
             }
         }
-        BenchCmd::Kv { keys, value_size, clients, secs, consistency, etcd, rounds } => {
+        BenchCmd::Kv { keys, value_size, clients, secs, consistency, etcd, rounds, spread } => {
             use tessera_shell::bench_kv;
             let load = bench_kv::KvLoad { keys, value_size, clients, duration: Duration::from_secs(secs), consistency };
-            let phases = bench_kv::compare(addr, etcd.as_deref(), &load, rounds).await?;
+            let nodes: Vec<&str> = std::iter::once(addr).chain(spread.iter().map(String::as_str)).collect();
+            let phases = bench_kv::compare(&nodes, etcd.as_deref(), &load, rounds).await?;
             for (_, t, e) in &phases {
                 println!("{}", t.line());
                 if let Some(e) = e {
