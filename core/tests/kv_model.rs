@@ -79,7 +79,7 @@ fn step(m: &mut KvMachine, store: &MemStore, now: u64, req: KvRequest) -> KvResp
 }
 
 /// Coordinates a write on a replica, which keeps the new version in the same step, as the
-/// coordinator has its own replica do.
+/// coordinator has its own replica do (whatever `keep` the request was built with).
 fn write(m: &mut KvMachine, store: &MemStore, now: u64, req: KvRequest) -> KvResponse {
     let KvRequest::Coordinate { tenant, key, value, idem, .. } = req else { panic!() };
     step(m, store, now, KvRequest::Coordinate { tenant, key, value, idem, keep: true })

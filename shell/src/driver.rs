@@ -586,9 +586,12 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_coordination_waits_for_its_ceilings_sync_and_then_no_longer_for_others() {
-        use tessera_core::kv::{KvConfig, KvMachine, KvRequest, KvResponse};
+    type KvHandle = HandleFor<tessera_core::kv::KvMachine>;
+    type Run = tokio::task::JoinHandle<Result<(), DriverError>>;
+
+    /// A key-value machine's driver whose syncs wait at the returned gate.
+    fn gated_kv_driver() -> (MemStore, Arc<tokio::sync::Semaphore>, KvHandle, Run) {
+        use tessera_core::kv::{KvConfig, KvMachine};
         let store = MemStore::new();
         let machine = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 60_000 });
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -601,27 +604,38 @@ mod tests {
             DriverConfig::default(),
         )
         .unwrap();
-        let run = tokio::spawn(driver.run());
-        let coordinate = |key: &str| KvRequest::Coordinate {
+        (store, gate, handle, tokio::spawn(driver.run()))
+    }
+
+    fn coordinate(key: &str, keep: bool) -> tessera_core::kv::KvRequest {
+        tessera_core::kv::KvRequest::Coordinate {
             tenant: "t".into(),
             key: key.into(),
             value: Some(b"v".to_vec()),
             idem: None,
-            keep: false,
-        };
-        let settle = || async {
-            for _ in 0..20 {
-                tokio::task::yield_now().await;
-            }
-        };
+            keep,
+        }
+    }
+
+    /// Lets the spawned callers and the driver run as far as they can.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_coordination_waits_for_its_ceilings_sync_and_then_no_longer_for_others() {
+        use tessera_core::kv::{KvRequest, KvResponse};
+        let (_store, gate, handle, run) = gated_kv_driver();
         // The first coordination reserves a block of counters: no answer until it is durable.
         let h = handle.clone();
-        let first = tokio::spawn(async move { h.call(coordinate("a")).await });
+        let first = tokio::spawn(async move { h.call(coordinate("a", false)).await });
         settle().await;
         assert!(!first.is_finished(), "answered before its ceiling was synced");
         // Nor is the next one, from the same block, answered while that sync is held.
         let h = handle.clone();
-        let second = tokio::spawn(async move { h.call(coordinate("b")).await });
+        let second = tokio::spawn(async move { h.call(coordinate("b", false)).await });
         settle().await;
         assert!(!second.is_finished(), "answered before its block's ceiling was synced");
         gate.add_permits(1);
@@ -635,7 +649,7 @@ mod tests {
         let apply = KvRequest::Apply { tenant: "t".into(), key: "a".into(), versions, idem: None };
         let write = tokio::spawn(async move { h.call(apply).await });
         settle().await;
-        let early = tokio::time::timeout(Duration::from_secs(10), handle.call(coordinate("c"))).await;
+        let early = tokio::time::timeout(Duration::from_secs(10), handle.call(coordinate("c", false))).await;
         assert!(matches!(early, Ok(Ok(Ok(KvResponse::Coordinated { .. })))), "not answered before the write's sync");
         assert!(!write.is_finished(), "a write answered before its sync");
         gate.add_permits(1);
@@ -647,36 +661,12 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_kept_coordination_answers_before_its_sync_and_its_durable_resolves_after() {
-        use tessera_core::kv::{KvConfig, KvMachine, KvRequest, KvResponse};
-        let store = MemStore::new();
-        let machine = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 60_000 });
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let (driver, handle) = Driver::new(
-            machine,
-            Default::default(),
-            store.clone(),
-            Arc::new(GatedClock(gate.clone())),
-            Arc::new(NoopObserver),
-            DriverConfig::default(),
-        )
-        .unwrap();
-        let run = tokio::spawn(driver.run());
-        let coordinate = |key: &str| KvRequest::Coordinate {
-            tenant: "t".into(),
-            key: key.into(),
-            value: Some(b"v".to_vec()),
-            idem: None,
-            keep: true,
-        };
-        let settle = || async {
-            for _ in 0..20 {
-                tokio::task::yield_now().await;
-            }
-        };
+        use tessera_core::kv::{KvRequest, KvResponse};
+        let (store, gate, handle, run) = gated_kv_driver();
         // The first one raises the counters' ceiling: its answer waits for that sync, and
         // its copy is durable by then.
         let h = handle.clone();
-        let first = tokio::spawn(async move { h.call_early(coordinate("a")).await });
+        let first = tokio::spawn(async move { h.call_early(coordinate("a", true)).await });
         settle().await;
         assert!(!first.is_finished(), "answered before its ceiling was synced");
         gate.add_permits(1);
@@ -685,8 +675,10 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), durable.wait()).await.unwrap().unwrap();
         // From the durable block: answered while its own sync is held, the version already
         // visible here; its Durable resolves only once that sync is done.
-        let (out, durable) =
-            tokio::time::timeout(Duration::from_secs(10), handle.call_early(coordinate("b"))).await.unwrap().unwrap();
+        let (out, durable) = tokio::time::timeout(Duration::from_secs(10), handle.call_early(coordinate("b", true)))
+            .await
+            .unwrap()
+            .unwrap();
         let Ok(KvResponse::Coordinated { versions, .. }) = out else { panic!("not coordinated") };
         let read = KvRequest::Read { tenant: "t".into(), key: "b".into() };
         assert!(matches!(handle.call(read).await.unwrap(), Ok(KvResponse::Versions(v)) if v == versions));
@@ -695,7 +687,7 @@ mod tests {
         assert!(!waiting.is_finished(), "durable before its sync");
         // A plain call of the same request still waits for the sync.
         let h = handle.clone();
-        let plain = tokio::spawn(async move { h.call(coordinate("c")).await });
+        let plain = tokio::spawn(async move { h.call(coordinate("c", true)).await });
         settle().await;
         assert!(!plain.is_finished(), "a plain call answered before its sync");
         gate.add_permits(1);
@@ -704,7 +696,7 @@ mod tests {
         assert!(matches!(plain.await.unwrap().unwrap(), Ok(KvResponse::Coordinated { .. })));
         // A sync that fails stops the driver: the copy kept before it never became durable,
         // and its Durable says so.
-        let (_, durable) = handle.call_early(coordinate("d")).await.unwrap();
+        let (_, durable) = handle.call_early(coordinate("d", true)).await.unwrap();
         store.fail_next_sync();
         gate.add_permits(16);
         assert!(durable.wait().await.is_err(), "durable although its sync failed");

@@ -424,6 +424,14 @@ impl<P: Peers> KvCoordinator<P> {
             let answer = match here {
                 true => {
                     let (answer, durable) = self.peers.coordinate_here(req, targets.layout).await;
+                    if let Err(Unreachable(e)) = &answer {
+                        // This node's storage failed mid-step: the version may be in its
+                        // store, unsynced, and back after a restart. Another coordinator's
+                        // version would then stand beside it as a sibling: stop here.
+                        return Err(CoreError::Unavailable(format!(
+                            "this node's storage failed while coordinating the write ({e}); it may or may not                              take effect: retry it on another node (with its idempotency key, if it had one)"
+                        )));
+                    }
                     kept = Some((i, durable));
                     answer
                 }

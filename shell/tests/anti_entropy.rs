@@ -23,6 +23,7 @@ const NODES: [&str; 3] = ["n1", "n2", "n3"];
 #[derive(Default)]
 struct Net {
     replicas: BTreeMap<String, HandleFor<KvMachine>>,
+    stores: BTreeMap<String, MemStore>,
     coordinators: Mutex<BTreeMap<String, Arc<KvCoordinator<LocalPeers>>>>,
     placement: Mutex<Option<Arc<Placement>>>,
     /// Tenants and their replication factors (the metadata group, here fixed).
@@ -115,10 +116,12 @@ fn start() -> Arc<Net> {
     net.tenants = [("t3".to_owned(), 3), ("t1".to_owned(), 1)].into();
     for n in NODES.into_iter().chain(["n4"]) {
         let machine = KvMachine::new(KvConfig { node_id: n.into(), idempotency_ttl_ms: 60_000 });
+        let store = MemStore::new();
+        net.stores.insert(n.into(), store.clone());
         let (driver, handle) = Driver::new(
             machine,
             WriteBatch::default(),
-            MemStore::new(),
+            store,
             Arc::new(SystemClock),
             Arc::new(NoopObserver),
             DriverConfig::default(),
@@ -330,4 +333,21 @@ async fn a_redirected_hint_an_owner_misses_becomes_that_owners_hint_and_holds_up
         panic!()
     };
     assert_eq!(for_n5.iter().map(|h| (h.key.as_str(), h.layout)).collect::<Vec<_>>(), [("a", 2), ("b", 2)]);
+}
+
+#[tokio::test]
+async fn a_write_whose_coordinating_node_fails_its_sync_fails_rather_than_coordinating_elsewhere() {
+    let net = start();
+    let n1 = coordinator(&net, "n1");
+    let far = n1.peers().now_ms() + 60_000;
+    // n1 coordinates and keeps the version; its first coordination raises the counters'
+    // ceiling, so the answer waits for that sync, which fails: n1's replica stops. The kept
+    // version might come back after a restart, so no other replica may coordinate the write
+    // beside it.
+    net.stores["n1"].fail_next_sync();
+    let err = n1.write("t3", "k", Some(b"v".to_vec()), Consistency::Quorum, String::new(), far).await.unwrap_err();
+    assert!(matches!(&err, CoreError::Unavailable(m) if m.contains("storage failed")), "{err:?}");
+    for n in ["n2", "n3"] {
+        assert!(held(&net, n, "t3", "k").await.is_empty(), "{n} holds a version of the failed write");
+    }
 }

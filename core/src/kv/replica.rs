@@ -4,11 +4,13 @@
 //! The coordinator (in the driver) talks to this machine on each replica, locally or over the
 //! peer transport. A write is *coordinated* by one replica of its key: that replica's stored
 //! versions are the write's context, so the new version supersedes everything it has seen,
-//! and its clock gets a fresh counter under that replica's node id. Coordinating stores
-//! nothing: the version is then *applied* on every replica, the coordinating one included,
-//! which merge it with what they hold (a version dominated by another goes, concurrent ones
-//! stay as siblings). So a coordination whose answer is lost leaves no orphan version behind
-//! that a retry through another replica would stand beside as a sibling.
+//! and its clock gets a fresh counter under that replica's node id. The version is then
+//! *applied* on every replica, which merge it with what they hold (a version dominated by
+//! another goes, concurrent ones stay as siblings). A replica coordinating for another node
+//! stores nothing itself, so a coordination whose answer is lost on the network leaves no
+//! orphan version behind that a retry through another replica would stand beside as a
+//! sibling; the node the client asked, coordinating itself, keeps its copy in the same step
+//! (`Coordinate { keep }`), as nothing can lose the answer between the two.
 //!
 //! Counters come from one node-wide sequence whose ceiling is stored in blocks, so a counter
 //! is never handed out twice, not even across a crash that lost the versions carrying it.
@@ -193,7 +195,8 @@ pub struct KvMachine {
     /// (next counter to hand out, stored ceiling), read from the store on first use.
     mint: Option<(u64, u64)>,
     /// Counters below it come from a block whose stored ceiling is durable: a coordination
-    /// that mints one and writes nothing can answer before its group's sync.
+    /// that mints one can answer before its group's sync (when it writes nothing, or only the
+    /// copy it keeps, whose durability its caller awaits on its own).
     durable_ceiling: u64,
     /// A raised ceiling waiting for its sync, and the token of the step that wrote it.
     raised: Option<(u64, ClientToken)>,
