@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::driver::{DriverError, Durable, HandleFor};
-use crate::kv_coordinator::{BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable, View, ViewCell};
+use crate::kv_coordinator::{BoxFuture, KeptResult, KvCoordinator, PeerResult, Peers, Unreachable, View, ViewCell};
 use crate::raft_transport::RaftTransport;
 
 pub type KvHandle = HandleFor<KvMachine>;
@@ -332,17 +332,9 @@ impl Peers for Cluster {
         Box::pin(async move { Cluster::call(&this, &node, req, layout, Duration::from_millis(timeout_ms)).await })
     }
 
-    fn coordinate_here(self: &Arc<Self>, req: KvRequest, layout: u64) -> BoxFuture<(PeerResult, BoxFuture<bool>)> {
+    fn coordinate_here(self: &Arc<Self>, req: KvRequest, layout: u64) -> BoxFuture<KeptResult> {
         let this = self.clone();
-        Box::pin(async move {
-            match this.serve_local_early(req, layout).await {
-                Ok((out, Some(durable))) => {
-                    (Ok(out), Box::pin(async move { durable.wait().await.is_ok() }) as BoxFuture<bool>)
-                }
-                Ok((out, None)) => (Ok(out), Box::pin(std::future::ready(false)) as BoxFuture<bool>),
-                Err(e) => (Err(Unreachable(e.to_string())), Box::pin(std::future::ready(false)) as BoxFuture<bool>),
-            }
-        })
+        Box::pin(async move { this.serve_local_early(req, layout).await.map_err(|e| Unreachable(e.to_string())) })
     }
 
     fn tree(

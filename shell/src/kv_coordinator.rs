@@ -32,6 +32,8 @@ use tessera_core::rng::Rng;
 use tessera_core::{CoreError, CoreResult};
 use tokio::sync::mpsc;
 
+pub use crate::driver::Durable;
+
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Why a replica gave no answer.
@@ -40,6 +42,9 @@ pub struct Unreachable(pub String);
 
 /// A replica's answer, or none.
 pub type PeerResult = Result<CoreResult<KvResponse>, Unreachable>;
+
+/// This node's replica's answer to a coordination it keeps, and when its copy is durable.
+pub type KeptResult = Result<(CoreResult<KvResponse>, Option<Durable>), Unreachable>;
 
 /// What the coordinator needs from its environment.
 pub trait Peers: Send + Sync + 'static {
@@ -57,10 +62,9 @@ pub trait Peers: Send + Sync + 'static {
     /// it already serves by a newer layout.
     fn send_at(self: &Arc<Self>, node: &str, req: KvRequest, layout: u64, timeout_ms: u64) -> BoxFuture<PeerResult>;
     /// Coordinates `req` (a `Coordinate` with `keep`) on this node's own replica, decided
-    /// under layout version `layout`: the answer as soon as the version is minted, with a
-    /// future that resolves `true` once this replica's copy of it is durable (`false`: it
-    /// may never be).
-    fn coordinate_here(self: &Arc<Self>, req: KvRequest, layout: u64) -> BoxFuture<(PeerResult, BoxFuture<bool>)>;
+    /// under layout version `layout`: the answer as soon as the version is minted, with the
+    /// [`Durable`] of this replica's copy (none when the replica refused the request).
+    fn coordinate_here(self: &Arc<Self>, req: KvRequest, layout: u64) -> BoxFuture<KeptResult>;
     /// [`Peers::send_at`] under the layout this node serves by now.
     fn send(self: &Arc<Self>, node: &str, req: KvRequest, timeout_ms: u64) -> BoxFuture<PeerResult> {
         let layout = self.placement().version;
@@ -422,19 +426,21 @@ impl<P: Peers> KvCoordinator<P> {
                 keep: here,
             };
             let answer = match here {
-                true => {
-                    let (answer, durable) = self.peers.coordinate_here(req, targets.layout).await;
-                    if let Err(Unreachable(e)) = &answer {
-                        // This node's storage failed mid-step: the version may be in its
-                        // store, unsynced, and back after a restart. Another coordinator's
-                        // version would then stand beside it as a sibling: stop here.
+                true => match self.peers.coordinate_here(req, targets.layout).await {
+                    Ok((answer, durable)) => {
+                        kept = durable.map(|d| (i, d));
+                        Ok(answer)
+                    }
+                    // This node's storage failed mid-step: the version may be in its store,
+                    // unsynced, and back after a restart. Another coordinator's version would
+                    // then stand beside it as a sibling: stop here.
+                    Err(Unreachable(e)) => {
                         return Err(CoreError::Unavailable(format!(
-                            "this node's storage failed while coordinating the write ({e}); it may or may not                              take effect: retry it on another node (with its idempotency key, if it had one)"
+                            "this node's storage failed while coordinating the write ({e}); it may or may not \
+                             take effect: retry it on another node (with its idempotency key, if it had one)"
                         )));
                     }
-                    kept = Some((i, durable));
-                    answer
-                }
+                },
                 false => self.peers.send_at(&replicas[i], req, targets.layout, left).await,
             };
             match answer {
@@ -503,7 +509,7 @@ impl<P: Peers> KvCoordinator<P> {
         key: &str,
         targets: &Targets,
         skipped: &[usize],
-        kept: Option<(usize, BoxFuture<bool>)>,
+        mut kept: Option<(usize, Durable)>,
         versions: Vec<Version>,
         idem: Option<IdemRecord>,
         until_ms: u64,
@@ -512,12 +518,11 @@ impl<P: Peers> KvCoordinator<P> {
         let mut acked = vec![false; replicas.len()];
         let mut held = Vec::new();
         let (tx, mut rx) = mpsc::channel(replicas.len());
-        let mut kept = kept;
         for (i, node) in replicas.iter().enumerate() {
             if let Some((_, durable)) = kept.take_if(|(at, _)| *at == i) {
                 let (tx, copy) = (tx.clone(), versions.clone());
                 self.peers.spawn(Box::pin(async move {
-                    let _ = tx.send((i, durable.await.then_some(copy))).await;
+                    let _ = tx.send((i, durable.wait().await.is_ok().then_some(copy))).await;
                 }));
                 continue;
             }

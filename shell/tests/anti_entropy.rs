@@ -14,7 +14,9 @@ use tessera_core::mem_store::MemStore;
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult, WriteBatch};
 use tessera_shell::driver::{Driver, DriverConfig, HandleFor, NoopObserver};
-use tessera_shell::kv_coordinator::{AntiEntropyReport, BoxFuture, KvCoordinator, PeerResult, Peers, Unreachable};
+use tessera_shell::kv_coordinator::{
+    AntiEntropyReport, BoxFuture, KeptResult, KvCoordinator, PeerResult, Peers, Unreachable,
+};
 use tessera_shell::server::SystemClock;
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -56,21 +58,12 @@ impl Peers for LocalPeers {
             replica.call(req).await.map_err(|e| Unreachable(e.to_string()))
         })
     }
-    fn coordinate_here(self: &Arc<Self>, req: KvRequest, _layout: u64) -> BoxFuture<(PeerResult, BoxFuture<bool>)> {
+    fn coordinate_here(self: &Arc<Self>, req: KvRequest, _layout: u64) -> BoxFuture<KeptResult> {
         let replica = self.net.replicas.get(&self.me).cloned();
         Box::pin(async move {
-            let Some(replica) = replica else {
-                return (
-                    Err(Unreachable("no such node".into())),
-                    Box::pin(std::future::ready(false)) as BoxFuture<bool>,
-                );
-            };
-            match replica.call_early(req).await {
-                Ok((out, durable)) => {
-                    (Ok(out), Box::pin(async move { durable.wait().await.is_ok() }) as BoxFuture<bool>)
-                }
-                Err(e) => (Err(Unreachable(e.to_string())), Box::pin(std::future::ready(false)) as BoxFuture<bool>),
-            }
+            let replica = replica.ok_or_else(|| Unreachable("no such node".into()))?;
+            let (out, durable) = replica.call_early(req).await.map_err(|e| Unreachable(e.to_string()))?;
+            Ok((out, Some(durable)))
         })
     }
     fn tree(

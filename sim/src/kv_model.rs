@@ -24,7 +24,7 @@ use tessera_core::kv::ring::DEFAULT_VNODES;
 use tessera_core::kv::{KvRequest, KvResponse, Version};
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult};
-use tessera_shell::kv_coordinator::{BoxFuture, PeerResult, Peers, Unreachable, ViewCell};
+use tessera_shell::kv_coordinator::{BoxFuture, KeptResult, PeerResult, Peers, Unreachable, ViewCell};
 
 use crate::model::clip;
 use crate::net::REQUEST_TIMEOUT;
@@ -179,26 +179,18 @@ impl Peers for SimPeers {
         })
     }
 
-    fn coordinate_here(self: &Arc<Self>, req: KvRequest, layout: u64) -> BoxFuture<(PeerResult, BoxFuture<bool>)> {
+    fn coordinate_here(self: &Arc<Self>, req: KvRequest, layout: u64) -> BoxFuture<KeptResult> {
         let (world, me) = (self.world.clone(), self.index);
         Box::pin(async move {
-            let refused = |out: PeerResult| (out, Box::pin(std::future::ready(false)) as BoxFuture<bool>);
-            let Some(peers) = world.coordinator(me).map(|(c, _)| c.peers().clone()) else {
-                return refused(Err(Unreachable("this node's replica is down".into())));
-            };
+            let down = || Unreachable("this node's replica is down".into());
+            let peers = world.coordinator(me).map(|(c, _)| c.peers().clone()).ok_or_else(down)?;
             if let Err(e) = peers.view().admit(&req, layout) {
-                return refused(Ok(Err(e)));
+                return Ok((Err(e), None));
             }
-            let Some(handle) = world.kv_handle(me) else {
-                return refused(Err(Unreachable("this node's replica is down".into())));
-            };
-            match handle.call_early(req).await {
-                Ok((out, durable)) => {
-                    peers.view().observe(&out);
-                    (Ok(out), Box::pin(async move { durable.wait().await.is_ok() }) as BoxFuture<bool>)
-                }
-                Err(e) => refused(Err(Unreachable(e.to_string()))),
-            }
+            let (out, durable) =
+                world.kv_handle(me).ok_or_else(down)?.call_early(req).await.map_err(|e| Unreachable(e.to_string()))?;
+            peers.view().observe(&out);
+            Ok((out, Some(durable)))
         })
     }
 

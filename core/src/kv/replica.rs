@@ -708,6 +708,13 @@ mod mint_tests {
     use crate::mem_store::MemStore;
     use crate::store::Store;
 
+    /// Steps `m` and writes what it wrote (visible, not synced).
+    fn step(m: &mut KvMachine, store: &MemStore, token: ClientToken, req: KvRequest) -> Ready<CoreResult<KvResponse>> {
+        let ready = m.step(1, token, req, store).unwrap();
+        store.write(&ready.writes).unwrap();
+        ready
+    }
+
     fn coordinate(m: &mut KvMachine, store: &MemStore, token: ClientToken) -> Ready<CoreResult<KvResponse>> {
         let req = KvRequest::Coordinate {
             tenant: "t".into(),
@@ -716,9 +723,7 @@ mod mint_tests {
             idem: None,
             keep: false,
         };
-        let ready = m.step(1, token, req, store).unwrap();
-        store.write(&ready.writes).unwrap();
-        ready
+        step(m, store, token, req)
     }
 
     #[test]
@@ -748,12 +753,6 @@ mod mint_tests {
         let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
         let first = coordinate(&mut m, &store, 0);
         assert!(!first.writes.is_empty() && !first.volatile);
-    }
-
-    fn step(m: &mut KvMachine, store: &MemStore, token: ClientToken, req: KvRequest) -> Ready<CoreResult<KvResponse>> {
-        let ready = m.step(1, token, req, store).unwrap();
-        store.write(&ready.writes).unwrap();
-        ready
     }
 
     #[test]
