@@ -218,3 +218,92 @@ async fn a_node_joins_and_another_leaves_while_clients_write() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+fn set_rf(rf: i32) -> kv::UpdateReplicationFactorRequest {
+    kv::UpdateReplicationFactorRequest { tenant_id: "acme".into(), new_replication_factor: rf }
+}
+
+/// Writes `(k, v)` at quorum, retrying while the coordinator answers UNAVAILABLE (it may be
+/// catching up with a change a moment).
+async fn write_retrying(c: &mut CoordinatorServiceClient<Channel>, k: &str, v: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.write_key_value(write(k, v)).await {
+            Ok(_) => return,
+            Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("write {k}: {e}"),
+        }
+    }
+}
+
+/// A tenant's replication factor changes while clients write: its keys move to their new
+/// replica sets as for a layout change, so after a rise from one replica every key survives
+/// the loss of the node that held its only copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_factor_change_moves_keys_to_their_new_replicas() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs = common::free_addrs(3);
+    let all3 = (0..3).map(|i| format!("n{}={}", i + 1, addrs[i])).collect::<Vec<_>>().join(",");
+    let mut daemons: Vec<common::Daemon> = (0..3)
+        .map(|i| {
+            let id = format!("n{}", i + 1);
+            common::Daemon::start_at(dirs[i].path(), &addrs[i], &["--node-id", &id, "--initial-cluster", &all3])
+        })
+        .collect();
+    let mut c1 = CoordinatorServiceClient::new(daemons[0].channel().await);
+    let mut c2 = CoordinatorServiceClient::new(daemons[1].channel().await);
+    let t = kv::CreateTenantRequest { tenant_id: "acme".into(), replication_factor: 1 };
+    c1.create_tenant(t).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..120 {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        c1.write_key_value(write(&k, &v)).await.unwrap();
+        acked.push((k, v));
+    }
+    for (rf, code) in [(0, Code::InvalidArgument), (11, Code::InvalidArgument)] {
+        assert_eq!(c1.update_replication_factor(set_rf(rf)).await.unwrap_err().code(), code, "rf {rf}");
+    }
+    let other = kv::UpdateReplicationFactorRequest { tenant_id: "nobody".into(), new_replication_factor: 2 };
+    assert_eq!(c1.update_replication_factor(other).await.unwrap_err().code(), Code::NotFound);
+
+    let up = c1.update_replication_factor(set_rf(2)).await.unwrap().into_inner();
+    assert!(up.success && up.migration_id.starts_with("mig-"), "{up:?}");
+    assert_eq!((up.old_replication_factor, up.new_replication_factor), (1, 2));
+    let again = c1.update_replication_factor(set_rf(3)).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "one change at a time: {}", again.message());
+    for i in 0..40 {
+        let (k, v) = (format!("during{i}"), format!("d{i}"));
+        write_retrying(if i % 2 == 0 { &mut c1 } else { &mut c2 }, &k, &v).await;
+        acked.push((k, v));
+    }
+    let done = wait_done(&mut c2, &up.migration_id).await;
+    assert_eq!((done.r#type.as_str(), done.node_id.as_str()), ("replication_factor", "acme"));
+    // Every key is stored twice now: once where it was, once where the rise put it.
+    let held: u64 = nodes(&mut c1).await.iter().map(|n| n.keys_count as u64).sum();
+    assert_eq!(held, 2 * acked.len() as u64);
+
+    // The same factor again moves nothing; nor does a rise past the number of nodes.
+    let same = c1.update_replication_factor(set_rf(2)).await.unwrap().into_inner();
+    assert_eq!((same.old_replication_factor, same.migration_id.as_str()), (2, ""));
+
+    // With n1 gone, every key still reads from its other replica (once n2 serves by the
+    // layout that ended the move: until then it also asks the old replica set, n1's alone
+    // for some keys).
+    daemons.remove(0).kill9();
+    for (k, v) in &acked {
+        let req = kv::ReadKeyValueRequest { tenant_id: "acme".into(), key: k.clone(), consistency: "one".into() };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let r = loop {
+            match c2.read_key_value(req.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{k}: {e}"),
+            }
+        };
+        assert_eq!(r.value, v.as_bytes(), "{k} after the rise");
+    }
+}

@@ -376,6 +376,49 @@ proptest! {
     }
 }
 
+proptest! {
+    /// While a tenant's factor changes, writes need W of both factors' sets, and once every
+    /// old owner has handed its keys over, any R of the new set meets every write a W of the
+    /// old set acknowledged (whichever W it was).
+    #[test]
+    fn placement_during_a_replication_factor_change(n in 1usize..7, from in 1u32..6, to in 1u32..6, keys in proptest::collection::vec("[a-z]{1,6}", 1..12)) {
+        use tessera_core::meta::{Layout, Placement, RfChange};
+        let members: Vec<(String, String, u32)> = (0..n).map(|i| (format!("n{i}"), format!("h:{}", i + 1), 40)).collect();
+        let mut layout = Layout::initial(&members);
+        layout.rf_change = Some(RfChange { tenant: "t".into(), from, to });
+        let moving = Placement::new(&layout);
+        let steady = Placement::new(&Layout::initial(&members));
+        let quorum = |len: usize| len / 2 + 1;
+        for k in &keys {
+            let old = steady.read_set("t", k, from as usize);
+            let new = steady.read_set("t", k, to as usize);
+            prop_assert_eq!(moving.read_set("t", k, to as usize), old.clone());
+            let sets = moving.write_sets("t", k, to as usize);
+            prop_assert!(sets.contains(&old) && sets.contains(&new) && sets.len() <= 2);
+            // Other tenants are placed by their own factor.
+            prop_assert_eq!(moving.write_sets("u", k, 2), steady.write_sets("u", k, 2));
+            prop_assert!(moving.handoff_targets(&old[0], "u", k, 2).is_empty());
+            for w in subsets(&old, quorum(old.len())) {
+                let mut holders: Vec<String> = w.clone();
+                for x in &w {
+                    holders.extend(moving.handoff_targets(x, "t", k, to as usize));
+                }
+                for r in subsets(&new, quorum(new.len())) {
+                    prop_assert!(r.iter().any(|x| holders.contains(x)), "W {:?} of {:?} handed to {:?}; R {:?} of {:?}", w, old, holders, r, new);
+                }
+            }
+        }
+    }
+}
+
+/// Every subset of `items` of size `k`.
+fn subsets(items: &[String], k: usize) -> Vec<Vec<String>> {
+    (0u32..1 << items.len())
+        .filter(|m| m.count_ones() as usize == k)
+        .map(|m| items.iter().enumerate().filter(|(i, _)| m & (1 << i) != 0).map(|(_, x)| x.clone()).collect())
+        .collect()
+}
+
 #[test]
 fn the_fence_floor_only_rises_and_survives_a_restart() {
     let store = MemStore::new();

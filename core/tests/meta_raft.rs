@@ -187,11 +187,14 @@ fn a_tenant_created_through_any_member_reaches_every_member() {
     let t = net.call(0, MetaRequest::CreateTenant { id: "acme".into(), replication_factor: 2 });
     net.run(500);
     assert!(matches!(net.replies.remove(&t), Some(Err(CoreError::AlreadyExists(_)))));
-    // The factor change reports the real old and new values.
+    // The factor change reports the real old and new values. On three nodes every key has
+    // three replicas either way, so no key moves and no migration starts.
     let t = net.call(1, MetaRequest::SetReplicationFactor { id: "acme".into(), replication_factor: 5 });
     net.run(500);
     match net.replies.remove(&t) {
-        Some(Ok(MetaResponse::ReplicationFactor { old, new })) => assert_eq!((old, new.replication_factor), (3, 5)),
+        Some(Ok(MetaResponse::ReplicationFactor { old, new, migration })) => {
+            assert_eq!((old, new.replication_factor, migration), (3, 5, None))
+        }
         other => panic!("unexpected {other:?}"),
     }
     // A current read of an unknown tenant is answered (not found) after the read index.

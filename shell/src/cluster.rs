@@ -322,6 +322,10 @@ impl Peers for Cluster {
         self.view().placement.clone()
     }
 
+    fn follow(&self, layout: Layout) {
+        Cluster::follow(self, layout)
+    }
+
     fn now_ms(&self) -> u64 {
         use crate::driver::Clock;
         crate::server::SystemClock.now_ms()

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::quorum::{Consistency, resolve_read};
 use tessera_core::kv::{Causal, IdemKey, IdemRecord, KvRequest, KvResponse, TenantRecord, VClock, Version};
-use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Migration, Placement};
+use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Migration, MigrationKind, Placement};
 use tessera_core::rng::Rng;
 use tessera_core::{CoreError, CoreResult};
 use tokio::sync::mpsc;
@@ -55,6 +55,9 @@ pub trait Peers: Send + Sync + 'static {
     fn members(&self) -> Vec<String>;
     /// Where keys live under the layout this node serves by now.
     fn placement(&self) -> Arc<Placement>;
+    /// Serves by `layout` from now on if it is newer than the one in use (as the node does
+    /// on its own every few hundred milliseconds).
+    fn follow(&self, layout: Layout);
     /// Milliseconds on this node's clock.
     fn now_ms(&self) -> u64;
     /// Sends `req`, decided under layout version `layout`, to `node`'s replica; no answer
@@ -243,7 +246,9 @@ impl Targets {
 
 pub struct KvCoordinator<P: Peers> {
     peers: Arc<P>,
-    tenants: Mutex<BTreeMap<String, (TenantRecord, u64)>>,
+    /// Tenant records by id: the record, when it was fetched, and the layout version served
+    /// by then (the record is at least as new as that layout).
+    tenants: Mutex<BTreeMap<String, (TenantRecord, u64, u64)>>,
     rng: Mutex<Rng>,
     hand_over_grace_ms: u64,
     /// Trees built to answer peers' anti-entropy questions, by peer.
@@ -287,20 +292,24 @@ impl<P: Peers> KvCoordinator<P> {
         tessera_core::codec::hex(&b)
     }
 
-    /// The tenant's record from the replicated metadata, reused for [`TENANT_CACHE_MS`]. A
-    /// tenant this node has not applied yet is looked up at the Raft leader's commit index
-    /// before it is called unknown.
+    /// The tenant's record from the replicated metadata, reused for [`TENANT_CACHE_MS`] and
+    /// while this node serves by the same layout (it is fetched again once the layout moves
+    /// on, so it is never older than the placement it is used with). A tenant this node has
+    /// not applied yet is looked up at the Raft leader's commit index before it is called
+    /// unknown.
     pub async fn tenant(&self, id: &str, until_ms: u64) -> CoreResult<TenantRecord> {
         let now = self.peers.now_ms();
-        if let Some((t, at)) = lock(&self.tenants).get(id)
+        let serving = self.peers.placement().version;
+        if let Some((t, at, by)) = lock(&self.tenants).get(id)
             && now.saturating_sub(*at) < TENANT_CACHE_MS
+            && *by >= serving
         {
             return Ok(t.clone());
         }
         let req = MetaRequest::Tenant { id: id.to_owned(), current: true };
         match self.meta(req, until_ms).await? {
             MetaResponse::Tenant(Some(t)) => {
-                lock(&self.tenants).insert(id.to_owned(), (t.clone(), now));
+                lock(&self.tenants).insert(id.to_owned(), (t.clone(), now, serving));
                 Ok(t)
             }
             MetaResponse::Tenant(None) => {
@@ -320,18 +329,44 @@ impl<P: Peers> KvCoordinator<P> {
         }
     }
 
-    /// Changes a tenant's replication factor; returns the factor it had and the new record.
+    /// The tenant's record and the placement to put its keys by, both as of one layout
+    /// version: the record is never older than the placement (see [`Self::tenant`]), and when
+    /// its factor changed by a newer layout than this node serves by, the node follows its
+    /// applied layout first.
+    async fn placed(&self, tenant_id: &str, until_ms: u64) -> CoreResult<(TenantRecord, Arc<Placement>)> {
+        let tenant = self.tenant(tenant_id, until_ms).await?;
+        let placement = self.peers.placement();
+        if tenant.rf_version <= placement.version {
+            return Ok((tenant, placement));
+        }
+        if let MetaResponse::Layout(layout) = self.meta(MetaRequest::Layout, until_ms).await? {
+            self.peers.follow(layout);
+        }
+        let placement = self.peers.placement();
+        if tenant.rf_version <= placement.version {
+            return Ok((tenant, placement));
+        }
+        Err(CoreError::Unavailable(format!(
+            "tenant {tenant_id:?}'s replication factor changed at layout version {}, and this node serves by \
+             version {}; retry in a moment",
+            tenant.rf_version, placement.version
+        )))
+    }
+
+    /// Changes a tenant's replication factor; returns the factor it had, the new record, and
+    /// the migration that moves the tenant's keys when any move.
     pub async fn set_replication_factor(
         &self,
         id: &str,
         replication_factor: u32,
         until_ms: u64,
-    ) -> CoreResult<(u32, TenantRecord)> {
+    ) -> CoreResult<(u32, TenantRecord, Option<Migration>)> {
         let req = MetaRequest::SetReplicationFactor { id: id.to_owned(), replication_factor };
+        let serving = self.peers.placement().version;
         match self.meta(req, until_ms).await? {
-            MetaResponse::ReplicationFactor { old, new } => {
-                lock(&self.tenants).insert(id.to_owned(), (new.clone(), self.peers.now_ms()));
-                Ok((old, new))
+            MetaResponse::ReplicationFactor { old, new, migration } => {
+                lock(&self.tenants).insert(id.to_owned(), (new.clone(), self.peers.now_ms(), serving));
+                Ok((old, new, migration))
             }
             other => Err(unexpected(other)),
         }
@@ -373,7 +408,7 @@ impl<P: Peers> KvCoordinator<P> {
         client_key: String,
         until_ms: u64,
     ) -> CoreResult<Written> {
-        let tenant = self.tenant(tenant_id, until_ms).await?;
+        let (tenant, placement) = self.placed(tenant_id, until_ms).await?;
         if client_key.len() > MAX_IDEM_KEY {
             return Err(CoreError::InvalidArgument(format!(
                 "idempotency_key: {} bytes, at most {MAX_IDEM_KEY}",
@@ -395,7 +430,6 @@ impl<P: Peers> KvCoordinator<P> {
             None => h.update([0]),
         }
         let idem = IdemKey { key: idempotency_key.clone(), request_hash: h.finalize().to_vec(), fresh };
-        let placement = self.peers.placement();
         let targets = Targets::new(&placement, &tenant, key, consistency);
         let replicas = &targets.nodes;
         if replicas.is_empty() {
@@ -617,8 +651,7 @@ impl<P: Peers> KvCoordinator<P> {
         consistency: Consistency,
         until_ms: u64,
     ) -> CoreResult<Vec<Version>> {
-        let tenant = self.tenant(tenant_id, until_ms).await?;
-        let placement = self.peers.placement();
+        let (tenant, placement) = self.placed(tenant_id, until_ms).await?;
         let targets = Targets::new(&placement, &tenant, key, consistency);
         let (replicas, layout) = (&targets.nodes, targets.layout);
         if replicas.is_empty() {
@@ -770,7 +803,15 @@ impl<P: Peers> KvCoordinator<P> {
         let from = m.progress.get(&me).cloned().unwrap_or_default();
         let (mut after, mut moved) = (from.after, from.moved);
         let (mut handed, mut reported) = (after.clone(), moved);
-        loop {
+        // A factor change moves one tenant's keys: they are stored together, from just
+        // before its first key (no key is empty) to the first key of another tenant.
+        let only = (m.kind == MigrationKind::ReplicationFactor).then(|| m.node.clone());
+        if let Some(t) = &only
+            && after.is_none()
+        {
+            after = Some((t.clone(), String::new()));
+        }
+        'pages: loop {
             let scan = |after| KvRequest::Scan { after, limit: 256 };
             let entries = self
                 .own_page(&mut after, scan, |r| match r {
@@ -782,6 +823,9 @@ impl<P: Peers> KvCoordinator<P> {
                 break;
             }
             for (tenant, key, versions) in entries {
+                if only.as_ref().is_some_and(|t| *t != tenant) {
+                    break 'pages;
+                }
                 let at = (tenant.clone(), key.clone());
                 if let Err(e) = self.hand_over_key(&placement, &me, tenant, key, versions).await {
                     // What moved so far is on record, for people watching and to resume from.

@@ -47,6 +47,12 @@ impl Peers for LocalPeers {
     fn placement(&self) -> Arc<Placement> {
         self.net.placement.lock().unwrap().clone().expect("placement set before use")
     }
+    fn follow(&self, layout: Layout) {
+        let mut p = self.net.placement.lock().unwrap();
+        if p.as_ref().is_none_or(|p| p.version < layout.version) {
+            *p = Some(Arc::new(Placement::new(&layout)));
+        }
+    }
     fn now_ms(&self) -> u64 {
         use tessera_shell::driver::Clock;
         SystemClock.now_ms()
@@ -87,14 +93,9 @@ impl Peers for LocalPeers {
     }
     fn meta(self: &Arc<Self>, req: MetaRequest, _timeout_ms: u64) -> BoxFuture<CoreResult<MetaResponse>> {
         let out = match req {
-            MetaRequest::Tenant { id, .. } => {
-                Ok(MetaResponse::Tenant(self.net.tenants.get(&id).map(|rf| TenantRecord {
-                    id: id.clone(),
-                    replication_factor: *rf,
-                    created_ms: 1,
-                    updated_ms: 1,
-                })))
-            }
+            MetaRequest::Tenant { id, .. } => Ok(MetaResponse::Tenant(self.net.tenants.get(&id).map(|rf| {
+                TenantRecord { id: id.clone(), replication_factor: *rf, created_ms: 1, updated_ms: 1, rf_version: 0 }
+            }))),
             other => Err(CoreError::Unavailable(format!("no metadata group here for {other:?}"))),
         };
         Box::pin(std::future::ready(out))

@@ -47,6 +47,9 @@ pub struct KeyState {
 #[derive(Debug, Default)]
 pub struct KvModel {
     keys: BTreeMap<String, KeyState>,
+    /// The smallest factor the tenant was asked to take (it may apply at any moment after
+    /// the ask), below its first of 3: a write's acknowledgements are counted against it.
+    smallest_factor: Option<u32>,
 }
 
 /// One node's view of the others, over the simulated network.
@@ -153,6 +156,10 @@ impl Peers for SimPeers {
 
     fn placement(&self) -> Arc<Placement> {
         self.view.get().placement.clone()
+    }
+
+    fn follow(&self, layout: Layout) {
+        self.view.follow(layout);
     }
 
     fn now_ms(&self) -> u64 {
@@ -350,7 +357,8 @@ async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
     world.event(format!("c{client}->n{node} kv put {key}={seq} => {}", clip(&shown)));
     world.lock().ops += 1;
     if let Some(Ok(w)) = out {
-        if w.acks < consistency.needed(3) {
+        let rf = world.lock().kv.smallest_factor.unwrap_or(3).min(3);
+        if w.acks < consistency.needed(rf as usize) {
             return world.violation(format!(
                 "kv put {key}={seq} acked by {} replicas at {}",
                 w.acks,
@@ -415,7 +423,7 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
 pub async fn final_check(world: &Arc<World>) {
     let keys: Vec<(String, u64)> = world.lock().kv.keys.iter().map(|(k, s)| (k.clone(), s.last_acked)).collect();
     // A layout change still under way finishes once its old owners have handed over.
-    let settled = |l: &Layout| l.previous.is_none();
+    let settled = |l: &Layout| l.previous.is_none() && l.rf_change.is_none();
     let Some(layout) = await_layout(world, settled, world.elapsed_ms() + 15_000).await else {
         return world.violation("kv: the layout change did not finish within 15 s of the heal".into());
     };
@@ -423,9 +431,12 @@ pub async fn final_check(world: &Arc<World>) {
     // A few anti-entropy rounds (every 400 ms per node).
     madsim::time::sleep(Duration::from_millis(2_000)).await;
     let ring = Placement::new(&layout).current;
+    let Some(rf) = factor(world).await else {
+        return world.violation(format!("kv: no node knows tenant {TENANT} after the heal"));
+    };
     for (key, _) in &keys {
         let mut per_node = Vec::new();
-        let replicas = ring.replicas(TENANT, key, 3);
+        let replicas = ring.replicas(TENANT, key, rf as usize);
         for n in (0..world.opts.all_nodes()).filter(|n| replicas.contains(&format!("n{n}").as_str())) {
             let Some(h) = world.kv_handle(n) else { continue };
             if let Ok(Ok(KvResponse::Versions(v))) =
@@ -518,6 +529,48 @@ async fn change_layout(world: &Arc<World>, req: MetaRequest, done: impl Fn(&Layo
     false
 }
 
+/// The key-value tenant's factor as the initial nodes have it applied (the highest one seen).
+async fn factor(world: &Arc<World>) -> Option<u32> {
+    let mut best = None;
+    for n in 0..world.opts.nodes {
+        let Some(h) = world.meta_handle(n) else { continue };
+        let call = madsim::time::timeout(
+            Duration::from_millis(100),
+            h.call(MetaRequest::Tenant { id: TENANT.into(), current: false }),
+        );
+        if let Ok(Ok(Ok(MetaResponse::Tenant(Some(t))))) = call.await {
+            best = best.max(Some(t.replication_factor));
+        }
+    }
+    best
+}
+
+/// Asks a random initial node to set the key-value tenant's factor to `rf` until one attempt
+/// has taken effect or `until_ms` has passed.
+async fn change_factor(world: &Arc<World>, rf: u32, until_ms: u64) -> bool {
+    {
+        let mut w = world.lock();
+        w.kv.smallest_factor = Some(w.kv.smallest_factor.unwrap_or(rf).min(rf));
+    }
+    while world.elapsed_ms() < until_ms {
+        let node = world.rng_below(world.opts.nodes as u64) as usize;
+        let out =
+            on_node(world, 0, node, move |c, until| async move { c.set_replication_factor(TENANT, rf, until).await })
+                .await;
+        let shown = match &out {
+            Some(Ok((old, _, m))) => format!("from {old}, migration {:?}", m.as_ref().map(|m| (&m.id, m.version))),
+            Some(Err(e)) => format!("refused: {e}"),
+            None => "no answer".into(),
+        };
+        world.event(format!("layout: set {TENANT} factor {rf} via n{node} => {}", clip(&shown)));
+        if factor(world).await == Some(rf) {
+            return true;
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// Adds the node that started outside the cluster while clients write and faults go on;
 /// once its keys have moved, maybe removes one of the initial nodes the same way.
 pub async fn layout_changes(world: Arc<World>, until_ms: u64) {
@@ -546,11 +599,25 @@ pub async fn layout_changes(world: Arc<World>, until_ms: u64) {
         return;
     }
     world.event(format!("layout: keys moved to {joiner}"));
+    // The key-value tenant's factor changes too, sometimes: down to 1 or 2, or up to 4 of the
+    // four storage nodes, each of which moves keys while clients write and faults go on.
+    let mut rf = 3;
+    if world.chance(0.5) {
+        let to = [1, 2, 4][world.rng_below(3) as usize];
+        if change_factor(&world, to, until_ms + 5_000).await {
+            rf = to;
+            world.event(format!("layout: {TENANT} factor {to} set"));
+            if await_layout(&world, |l| l.rf_change.is_none(), until_ms + 8_000).await.is_none() {
+                return;
+            }
+            world.event(format!("layout: {TENANT} keys moved to factor {to}"));
+        }
+    }
     if world.chance(0.7) {
         let victim = format!("n{}", world.rng_below(world.opts.nodes as u64));
         // The metadata workload raises other tenants' factors up to 10, which makes a plain
         // removal refused as in use: then force it (the node owes no hand-over).
-        let force = world.lock().meta.widest_asked() > 3 || world.chance(0.5);
+        let force = world.lock().meta.widest_asked() > 3 || rf > 3 || world.chance(0.5);
         let remove = MetaRequest::RemoveNode { id: victim.clone(), force };
         let v = victim.clone();
         if change_layout(&world, remove, move |l| l.by_id(&v).is_some_and(|m| !m.storage), until_ms + 8_000).await {

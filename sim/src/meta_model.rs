@@ -127,7 +127,7 @@ pub async fn client(world: Arc<World>, client: usize, until_ms: u64) {
                 // The second copy is another request, unanswered, that may apply at any time.
                 world.lock().meta.sets.push((id.clone(), next, started, None));
             }
-            if let Some(Ok(MetaResponse::ReplicationFactor { old, new })) = out {
+            if let Some(Ok(MetaResponse::ReplicationFactor { old, new, .. })) = out {
                 let mut w = world.lock();
                 let was = w.meta.factor.get(&id).copied().unwrap_or(1);
                 if new.replication_factor != next || !(1..=10).contains(&old) {

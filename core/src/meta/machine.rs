@@ -143,6 +143,8 @@ pub enum MetaResponse {
     ReplicationFactor {
         old: u32,
         new: TenantRecord,
+        /// The migration moving the tenant's keys to their new replica sets, if any move.
+        migration: Option<Migration>,
     },
     Layout(Layout),
     Status(MetaStatus),
@@ -550,7 +552,9 @@ impl MetaMachine {
             let cmd = Command::decode(e.get_data())?;
             let result = self.state.apply(&cmd, &mut out.writes).map(|a| match a {
                 Applied::Created(t) => MetaResponse::Created(t),
-                Applied::ReplicationFactor { old, new } => MetaResponse::ReplicationFactor { old, new },
+                Applied::ReplicationFactor { old, new, migration } => {
+                    MetaResponse::ReplicationFactor { old, new, migration }
+                }
                 Applied::Migration(m) => MetaResponse::Migration(Some(m)),
             });
             self.state.remember(ctx, e.index, &mut out.writes);
@@ -657,7 +661,12 @@ impl MetaMachine {
             MetaRequest::SetReplicationFactor { id, replication_factor } => {
                 validate_id("tenant_id", &id)?;
                 Self::validate_rf(replication_factor)?;
-                self.propose(token, expires, |_| Command::SetReplicationFactor { id, replication_factor, at_ms: now });
+                self.propose(token, expires, |ctx| Command::SetReplicationFactor {
+                    id,
+                    replication_factor,
+                    migration: Some(migration_id(ctx)),
+                    at_ms: now,
+                });
                 return Ok(());
             }
             MetaRequest::Tenant { id, current } => {

@@ -7,6 +7,10 @@
 //! each), reads need R of each. Each old owner reports its progress through the
 //! metadata group; when the last one reports done, the old ring goes and the change is
 //! complete. A [`Migration`] is the record of one such change, as `GetMigrationStatus` shows it.
+//!
+//! A tenant's replication factor change moves keys the same way, on the same ring: the layout
+//! names the change ([`RfChange`]) and [`Placement`] answers with the replica sets of both
+//! factors until every node has handed the tenant's keys over.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +24,8 @@ use super::state::Layout;
 pub enum MigrationKind {
     AddNode,
     RemoveNode,
+    /// A tenant's replication factor changed; [`Migration::node`] names the tenant.
+    ReplicationFactor,
 }
 
 impl MigrationKind {
@@ -28,6 +34,7 @@ impl MigrationKind {
         match self {
             MigrationKind::AddNode => "add_node",
             MigrationKind::RemoveNode => "remove_node",
+            MigrationKind::ReplicationFactor => "replication_factor",
         }
     }
 }
@@ -64,7 +71,7 @@ pub(super) fn decode_cursor(d: &mut Decoder<'_>) -> Result<Option<(String, Strin
 pub struct Migration {
     pub id: String,
     pub kind: MigrationKind,
-    /// The node added or removed.
+    /// The node added or removed, or the tenant whose replication factor changed.
     pub node: String,
     /// The layout version the change created.
     pub version: u64,
@@ -110,6 +117,7 @@ impl Migration {
         let kind = match self.kind {
             MigrationKind::AddNode => 1,
             MigrationKind::RemoveNode => 2,
+            MigrationKind::ReplicationFactor => 3,
         };
         let mut e = e
             .str(&self.id)
@@ -131,6 +139,7 @@ impl Migration {
         let kind = match d.u8()? {
             1 => MigrationKind::AddNode,
             2 => MigrationKind::RemoveNode,
+            3 => MigrationKind::ReplicationFactor,
             k => return Err(StoreError::Corrupt { keyspace: KEYSPACE, reason: format!("migration kind {k}") }),
         };
         let node = d.string()?;
@@ -150,6 +159,15 @@ impl Migration {
     }
 }
 
+/// A tenant's replication factor change under way: until every node has handed the tenant's
+/// keys over, its keys live in the replica sets of both factors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RfChange {
+    pub tenant: String,
+    pub from: u32,
+    pub to: u32,
+}
+
 /// Where a key lives under one layout: the ring of its storage nodes, and while a change is
 /// under way, the ring before it.
 #[derive(Debug, Clone)]
@@ -157,6 +175,7 @@ pub struct Placement {
     pub version: u64,
     pub current: Ring,
     pub previous: Option<Ring>,
+    pub rf_change: Option<RfChange>,
 }
 
 impl Placement {
@@ -165,17 +184,27 @@ impl Placement {
             version: layout.version,
             current: Ring::new(&layout.ring_nodes()),
             previous: layout.previous.as_ref().map(|p| Ring::new(p)),
+            rf_change: layout.rf_change.clone(),
         }
+    }
+
+    /// The factors before and after the change under way for `tenant`'s keys, if one is.
+    fn rf_change_of(&self, tenant: &str) -> Option<(usize, usize)> {
+        self.rf_change.as_ref().filter(|c| c.tenant == tenant).map(|c| (c.from as usize, c.to as usize))
     }
 
     /// The replica sets a write must reach W of, each: the new one, and while ranges move
     /// the old one too.
     pub fn write_sets(&self, tenant: &str, key: &str, rf: usize) -> Vec<Vec<String>> {
-        let owned = |r: &Ring| r.replicas(tenant, key, rf).into_iter().map(str::to_owned).collect::<Vec<_>>();
-        let new = owned(&self.current);
+        let owned = |r: &Ring, rf| r.replicas(tenant, key, rf).into_iter().map(str::to_owned).collect::<Vec<_>>();
+        if let Some((from, to)) = self.rf_change_of(tenant) {
+            let (old, new) = (owned(&self.current, from), owned(&self.current, to));
+            return if old == new { vec![new] } else { vec![old, new] };
+        }
+        let new = owned(&self.current, rf);
         match &self.previous {
             Some(old) => {
-                let old = owned(old);
+                let old = owned(old, rf);
                 if old == new { vec![new] } else { vec![old, new] }
             }
             None => vec![new],
@@ -202,6 +231,7 @@ impl Placement {
     /// key of the range, so a write's coordinator asks them first. A read during a change asks
     /// R of each of [`Placement::write_sets`].
     pub fn read_set(&self, tenant: &str, key: &str, rf: usize) -> Vec<String> {
+        let rf = self.rf_change_of(tenant).map_or(rf, |(from, _)| from);
         let ring = self.previous.as_ref().unwrap_or(&self.current);
         ring.replicas(tenant, key, rf).into_iter().map(str::to_owned).collect()
     }
@@ -209,7 +239,21 @@ impl Placement {
     /// The new owners `me` must hand a key to: those in the new set but not the old, when
     /// `me` is an old owner (every old owner sends, so a key reaches them while any old owner
     /// holding it is alive). Empty when no change is under way.
+    ///
+    /// A replication factor that grows works the same way: the old owners send to the owners
+    /// the larger factor adds. One that shrinks adds no owner, but a write acknowledged by W
+    /// of the larger set may have missed the smaller one's members: each owner it drops sends
+    /// the key to every owner that stays. (If none of the W was dropped, the W are all in the
+    /// smaller set and outnumber its R's complement.)
     pub fn handoff_targets(&self, me: &str, tenant: &str, key: &str, rf: usize) -> Vec<String> {
+        if let Some((from, to)) = self.rf_change_of(tenant) {
+            let old = self.current.replicas(tenant, key, from);
+            let new = self.current.replicas(tenant, key, to);
+            if !old.contains(&me) || (to < from && new.contains(&me)) {
+                return Vec::new();
+            }
+            return new.into_iter().filter(|n| !(to > from && old.contains(n))).map(str::to_owned).collect();
+        }
         let Some(old) = &self.previous else { return Vec::new() };
         let old = old.replicas(tenant, key, rf);
         if !old.contains(&me) {

@@ -10,5 +10,5 @@ pub mod migration;
 pub mod state;
 
 pub use machine::{MetaConfig, MetaMachine, MetaRequest, MetaResponse, MetaStatus};
-pub use migration::{Migration, MigrationKind, Placement};
+pub use migration::{Migration, MigrationKind, Placement, RfChange};
 pub use state::{Command, Layout, Member, MetaState, TenantRecord};

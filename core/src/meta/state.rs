@@ -13,7 +13,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::store::{META as KEYSPACE, StoreError, StoreRead, WriteBatch, for_each_prefix};
 
 use super::keys;
-use super::migration::{Migration, MigrationKind, NodeProgress, decode_cursor, encode_cursor};
+use super::migration::{Migration, MigrationKind, NodeProgress, RfChange, decode_cursor, encode_cursor};
 
 /// One node of the layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,8 @@ pub struct Layout {
     /// The ring's nodes (id, vnodes) before the change under way, until every old owner has
     /// handed its keys over; `None` when no change is under way.
     pub previous: Option<Vec<(String, u32)>>,
+    /// A tenant's replication factor change under way (never at once with `previous`).
+    pub rf_change: Option<RfChange>,
 }
 
 impl Layout {
@@ -65,7 +67,7 @@ impl Layout {
                 storage: true,
             })
             .collect();
-        Layout { version: 1, members, previous: None }
+        Layout { version: 1, members, previous: None, rf_change: None }
     }
 
     /// The nodes on the ring now (id, vnodes), in id order.
@@ -103,15 +105,17 @@ impl Layout {
         for m in &self.members {
             e = e.str(&m.id).str(&m.addr).u64(m.vnodes as u64).u64(m.raft_id).u8(m.storage as u8);
         }
-        match &self.previous {
-            None => e.u8(0),
-            Some(nodes) => {
+        // The change under way: none (0), the ring before it (1), or a factor change (2).
+        match (&self.previous, &self.rf_change) {
+            (Some(nodes), _) => {
                 e = e.u8(1).u64(nodes.len() as u64);
                 for (id, vnodes) in nodes {
                     e = e.str(id).u64(*vnodes as u64);
                 }
                 e
             }
+            (None, Some(c)) => e.u8(2).str(&c.tenant).u64(c.from as u64).u64(c.to as u64),
+            (None, None) => e.u8(0),
         }
     }
 
@@ -128,18 +132,21 @@ impl Layout {
                 storage: d.u8()? != 0,
             });
         }
-        let previous = match d.u8()? {
-            0 => None,
-            _ => {
+        let (mut previous, mut rf_change) = (None, None);
+        match d.u8()? {
+            0 => {}
+            1 => {
                 let n = d.u64()?;
                 let mut nodes = Vec::new();
                 for _ in 0..n {
                     nodes.push((d.string()?, d.u64()? as u32));
                 }
-                Some(nodes)
+                previous = Some(nodes);
             }
-        };
-        Ok(Layout { version, members, previous })
+            2 => rf_change = Some(RfChange { tenant: d.string()?, from: d.u64()? as u32, to: d.u64()? as u32 }),
+            t => return Err(StoreError::Corrupt { keyspace: KEYSPACE, reason: format!("layout change kind {t}") }),
+        }
+        Ok(Layout { version, members, previous, rf_change })
     }
 }
 
@@ -149,19 +156,34 @@ pub struct TenantRecord {
     pub replication_factor: u32,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// The layout version at which the placement of this tenant's keys last changed by its
+    /// factor (a change began, ended, or took effect at once); 0 if never. A coordinator
+    /// serving by an older layout must catch up before it places the tenant's keys.
+    pub rf_version: u64,
 }
+
+/// Marks a stored factor followed by `rf_version` (records from before it have neither).
+const RF_VERSIONED: u64 = 1 << 63;
 
 impl TenantRecord {
     fn encode(&self, e: Encoder) -> Encoder {
-        e.str(&self.id).u64(self.replication_factor as u64).u64(self.created_ms).u64(self.updated_ms)
+        e.str(&self.id)
+            .u64(self.replication_factor as u64 | RF_VERSIONED)
+            .u64(self.rf_version)
+            .u64(self.created_ms)
+            .u64(self.updated_ms)
     }
 
     fn decode(d: &mut Decoder<'_>) -> Result<TenantRecord, StoreError> {
+        let id = d.string()?;
+        let rf = d.u64()?;
+        let rf_version = if rf & RF_VERSIONED != 0 { d.u64()? } else { 0 };
         Ok(TenantRecord {
-            id: d.string()?,
-            replication_factor: d.u64()? as u32,
+            id,
+            replication_factor: (rf & !RF_VERSIONED) as u32,
             created_ms: d.u64()?,
             updated_ms: d.u64()?,
+            rf_version,
         })
     }
 }
@@ -175,9 +197,13 @@ pub enum Command {
         replication_factor: u32,
         at_ms: u64,
     },
+    /// Change a tenant's factor. With a migration id, keys move to the new replica sets
+    /// first (a migration of that id) when the sets differ; without one (a command logged by
+    /// an older version) the factor is simply set.
     SetReplicationFactor {
         id: String,
         replication_factor: u32,
+        migration: Option<String>,
         at_ms: u64,
     },
     /// Put a storage node on the ring (a new layout version) and start moving keys to it.
@@ -214,8 +240,11 @@ impl Command {
             Command::CreateTenant { id, replication_factor, at_ms } => {
                 Encoder::new().u8(1).str(id).u64(*replication_factor as u64).u64(*at_ms).finish()
             }
-            Command::SetReplicationFactor { id, replication_factor, at_ms } => {
+            Command::SetReplicationFactor { id, replication_factor, migration: None, at_ms } => {
                 Encoder::new().u8(2).str(id).u64(*replication_factor as u64).u64(*at_ms).finish()
+            }
+            Command::SetReplicationFactor { id, replication_factor, migration: Some(m), at_ms } => {
+                Encoder::new().u8(6).str(id).u64(*replication_factor as u64).str(m).u64(*at_ms).finish()
             }
             Command::AddNode { id, addr, vnodes, migration, at_ms } => {
                 Encoder::new().u8(3).str(id).str(addr).u64(*vnodes as u64).str(migration).u64(*at_ms).finish()
@@ -234,9 +263,18 @@ impl Command {
         let mut d = Decoder::new(KEYSPACE, buf);
         let c = match d.u8()? {
             1 => Command::CreateTenant { id: d.string()?, replication_factor: d.u64()? as u32, at_ms: d.u64()? },
-            2 => {
-                Command::SetReplicationFactor { id: d.string()?, replication_factor: d.u64()? as u32, at_ms: d.u64()? }
-            }
+            2 => Command::SetReplicationFactor {
+                id: d.string()?,
+                replication_factor: d.u64()? as u32,
+                migration: None,
+                at_ms: d.u64()?,
+            },
+            6 => Command::SetReplicationFactor {
+                id: d.string()?,
+                replication_factor: d.u64()? as u32,
+                migration: Some(d.string()?),
+                at_ms: d.u64()?,
+            },
             3 => Command::AddNode {
                 id: d.string()?,
                 addr: d.string()?,
@@ -268,6 +306,8 @@ pub enum Applied {
     ReplicationFactor {
         old: u32,
         new: TenantRecord,
+        /// The migration that moves the tenant's keys, when the change moves any.
+        migration: Option<Migration>,
     },
     /// A layout change began, or a migration's progress was recorded.
     Migration(Migration),
@@ -320,17 +360,13 @@ impl MetaState {
                     replication_factor: *replication_factor,
                     created_ms: *at_ms,
                     updated_ms: *at_ms,
+                    rf_version: 0,
                 };
                 self.put_tenant(t.clone(), batch);
                 Ok(Applied::Created(t))
             }
-            Command::SetReplicationFactor { id, replication_factor, at_ms } => {
-                let Some(old) = self.tenants.get(id).cloned() else {
-                    return Err(CoreError::NotFound(format!("tenant {id:?} not found; create it with CreateTenant")));
-                };
-                let new = TenantRecord { replication_factor: *replication_factor, updated_ms: *at_ms, ..old.clone() };
-                self.put_tenant(new.clone(), batch);
-                Ok(Applied::ReplicationFactor { old: old.replication_factor, new })
+            Command::SetReplicationFactor { id, replication_factor, migration, at_ms } => {
+                self.set_replication_factor(id, *replication_factor, migration.as_deref(), *at_ms, batch)
             }
             Command::AddNode { id, addr, vnodes, migration, at_ms } => {
                 if let Some(m) = self.layout.by_id(id) {
@@ -437,13 +473,92 @@ impl MetaState {
         }
     }
 
-    /// Ends migration `m` at `at_ms` (done, or cancelled): the old ring is dropped, a new
-    /// placement and so a new version. A removed node stays listed (off the ring), so its id
-    /// is not reused and the Raft group still reaches it until it leaves.
+    /// Changes tenant `id`'s factor to `rf`. When that changes where some of its keys live
+    /// (the factor is below the ring's size before or after), a new layout version names the
+    /// change and every storage node owes a hand-over of the tenant's keys; the factor is in
+    /// the record from the start, and [`Placement`] serves both until the migration ends.
+    fn set_replication_factor(
+        &mut self,
+        id: &str,
+        rf: u32,
+        migration: Option<&str>,
+        at_ms: u64,
+        batch: &mut WriteBatch,
+    ) -> CoreResult<Applied> {
+        let Some(old) = self.tenants.get(id).cloned() else {
+            return Err(CoreError::NotFound(format!("tenant {id:?} not found; create it with CreateTenant")));
+        };
+        let mut new = TenantRecord { replication_factor: rf, updated_ms: at_ms, ..old.clone() };
+        let from = old.replication_factor;
+        // Replica sets are walks of distinct nodes, so two factors at or above a ring's size
+        // give the same sets on it.
+        let mut rings = vec![self.layout.ring_nodes().len()];
+        rings.extend(self.layout.previous.as_ref().map(Vec::len));
+        let moves = rings.iter().any(|&n| (from as usize).min(n) != (rf as usize).min(n));
+        if self.layout.rf_change.as_ref().is_some_and(|c| c.tenant == id) {
+            // Its keys are moving by the factor being replaced: let that finish first.
+            self.check_idle("")?;
+        }
+        let migration = match migration {
+            Some(m) if moves && rf != from => m,
+            _ => {
+                if rf != from {
+                    new.rf_version = self.layout.version;
+                }
+                self.put_tenant(new.clone(), batch);
+                return Ok(Applied::ReplicationFactor { old: from, new, migration: None });
+            }
+        };
+        self.check_idle(migration)?;
+        self.layout.version += 1;
+        self.layout.rf_change = Some(RfChange { tenant: id.to_owned(), from, to: rf });
+        let progress = self.layout.ring_nodes().into_iter().map(|(n, _)| (n, NodeProgress::default())).collect();
+        let m = Migration {
+            id: migration.to_owned(),
+            kind: MigrationKind::ReplicationFactor,
+            node: id.to_owned(),
+            version: self.layout.version,
+            started_ms: at_ms,
+            finished_ms: None,
+            cancelled: false,
+            progress,
+        };
+        new.rf_version = self.layout.version;
+        self.put_tenant(new.clone(), batch);
+        self.put_layout(batch);
+        self.put_migration(m.clone(), batch);
+        Ok(Applied::ReplicationFactor { old: from, new, migration: Some(m) })
+    }
+
+    /// Refuses to start a change while another runs, or under a migration id used already.
+    fn check_idle(&self, id: &str) -> CoreResult<()> {
+        if let Some(m) = self.running() {
+            return Err(CoreError::FailedPrecondition(format!(
+                "migration {:?} ({} {}) is still running; one change at a time",
+                m.id,
+                m.kind.name(),
+                m.node
+            )));
+        }
+        if self.migrations.contains_key(id) {
+            return Err(CoreError::AlreadyExists(format!("migration id {id:?} was used already")));
+        }
+        Ok(())
+    }
+
+    /// Ends migration `m` at `at_ms` (done, or cancelled): the old ring (or the tenant's old
+    /// factor) is dropped, a new placement and so a new version. A removed node stays listed
+    /// (off the ring), so its id is not reused and the Raft group still reaches it until it
+    /// leaves.
     fn finish(&mut self, mut m: Migration, at_ms: u64, batch: &mut WriteBatch) -> Applied {
         m.finished_ms = Some(at_ms);
         self.layout.previous = None;
         self.layout.version += 1;
+        if let Some(c) = self.layout.rf_change.take()
+            && let Some(t) = self.tenants.get(&c.tenant).cloned()
+        {
+            self.put_tenant(TenantRecord { rf_version: self.layout.version, ..t }, batch);
+        }
         self.put_layout(batch);
         self.put_migration(m.clone(), batch);
         Applied::Migration(m)
@@ -467,17 +582,7 @@ impl MetaState {
         change: impl FnOnce(&mut Layout),
         batch: &mut WriteBatch,
     ) -> CoreResult<Applied> {
-        if let Some(m) = self.running() {
-            return Err(CoreError::FailedPrecondition(format!(
-                "migration {:?} ({} {}) is still running; one layout change at a time",
-                m.id,
-                m.kind.name(),
-                m.node
-            )));
-        }
-        if self.migrations.contains_key(id) {
-            return Err(CoreError::AlreadyExists(format!("migration id {id:?} was used already")));
-        }
+        self.check_idle(id)?;
         let old = self.layout.ring_nodes();
         change(&mut self.layout);
         self.layout.version += 1;
@@ -640,4 +745,105 @@ fn load_by_id<T>(
         Ok(Continue(()))
     })?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(nodes: usize) -> MetaState {
+        let members: Vec<(String, String, u32)> =
+            (0..nodes).map(|i| (format!("n{i}"), format!("h:{}", i + 1), 16)).collect();
+        let mut s = MetaState { layout: Layout::initial(&members), ..MetaState::default() };
+        let create = Command::CreateTenant { id: "t".into(), replication_factor: 1, at_ms: 1 };
+        s.apply(&create, &mut WriteBatch::default()).unwrap();
+        s
+    }
+
+    fn set_rf(s: &mut MetaState, rf: u32, migration: &str) -> CoreResult<Applied> {
+        let cmd = Command::SetReplicationFactor {
+            id: "t".into(),
+            replication_factor: rf,
+            migration: Some(migration.into()),
+            at_ms: 5,
+        };
+        s.apply(&cmd, &mut WriteBatch::default())
+    }
+
+    fn progress(s: &mut MetaState, migration: &str, node: &str) -> CoreResult<Applied> {
+        let cmd = Command::Progress {
+            migration: migration.into(),
+            node: node.into(),
+            moved: 1,
+            total: 1,
+            done: true,
+            after: None,
+            at_ms: 9,
+        };
+        s.apply(&cmd, &mut WriteBatch::default())
+    }
+
+    #[test]
+    fn a_factor_change_that_moves_keys_runs_as_a_migration_of_every_storage_node() {
+        let mut s = state(3);
+        let Applied::ReplicationFactor { old: 1, new, migration: Some(m) } = set_rf(&mut s, 2, "mig-a").unwrap() else {
+            panic!("no migration started")
+        };
+        assert_eq!((m.kind, m.node.as_str(), m.version), (MigrationKind::ReplicationFactor, "t", 2));
+        assert_eq!(m.progress.keys().cloned().collect::<Vec<_>>(), ["n0", "n1", "n2"]);
+        assert_eq!((new.replication_factor, new.rf_version), (2, 2));
+        assert_eq!(s.layout.rf_change, Some(RfChange { tenant: "t".into(), from: 1, to: 2 }));
+        // One change at a time, of either kind.
+        assert!(matches!(set_rf(&mut s, 3, "mig-b"), Err(CoreError::FailedPrecondition(_))));
+        let add =
+            Command::AddNode { id: "n9".into(), addr: "h:9".into(), vnodes: 16, migration: "mig-c".into(), at_ms: 6 };
+        assert!(matches!(s.apply(&add, &mut WriteBatch::default()), Err(CoreError::FailedPrecondition(_))));
+        progress(&mut s, "mig-a", "n0").unwrap();
+        progress(&mut s, "mig-a", "n1").unwrap();
+        assert!(s.layout.rf_change.is_some());
+        let Applied::Migration(done) = progress(&mut s, "mig-a", "n2").unwrap() else { panic!() };
+        assert_eq!(done.status(), "completed");
+        assert_eq!((s.layout.version, s.layout.rf_change.clone()), (3, None));
+        // The end changes placement too: the record says by which version.
+        assert_eq!((s.tenants["t"].replication_factor, s.tenants["t"].rf_version), (2, 3));
+        // What was stored reads back the same.
+        assert_eq!(MetaState::decode(&s.encode()).unwrap(), s);
+    }
+
+    #[test]
+    fn a_factor_change_that_moves_no_key_takes_effect_at_once() {
+        // Three nodes hold every key three times at a factor of 3 or more.
+        let mut s = state(3);
+        set_rf(&mut s, 3, "mig-a").unwrap();
+        // Not while the tenant's keys move by the factor it replaces.
+        assert!(matches!(set_rf(&mut s, 5, "mig-b"), Err(CoreError::FailedPrecondition(_))));
+        for n in ["n0", "n1", "n2"] {
+            progress(&mut s, "mig-a", n).unwrap();
+        }
+        let Applied::ReplicationFactor { old: 3, new, migration: None } = set_rf(&mut s, 5, "mig-b").unwrap() else {
+            panic!("a migration started")
+        };
+        assert_eq!((new.replication_factor, new.rf_version, s.layout.rf_change.clone()), (5, s.layout.version, None));
+        assert!(s.running().is_none());
+        // The same factor again changes nothing.
+        let Applied::ReplicationFactor { migration: None, new: same, .. } = set_rf(&mut s, 5, "mig-c").unwrap() else {
+            panic!()
+        };
+        assert_eq!(same.rf_version, new.rf_version);
+    }
+
+    #[test]
+    fn records_and_layouts_stored_before_factor_changes_still_load() {
+        // A tenant record and a layout as encoded before they carried factor changes.
+        let old = Encoder::new().str("t").u64(3).u64(1).u64(2).finish();
+        let t = TenantRecord::decode(&mut Decoder::new(KEYSPACE, &old)).unwrap();
+        assert_eq!((t.replication_factor, t.rf_version, t.created_ms, t.updated_ms), (3, 0, 1, 2));
+        let layout = state(2).layout;
+        let old = layout.encode(Encoder::new()).finish();
+        assert_eq!(old.last(), Some(&0), "no change under way ends in a 0");
+        assert_eq!(Layout::decode(&mut Decoder::new(KEYSPACE, &old)).unwrap(), layout);
+        let old = Command::SetReplicationFactor { id: "t".into(), replication_factor: 2, migration: None, at_ms: 4 };
+        assert_eq!(Command::decode(&old.encode()).unwrap(), old);
+        assert_eq!(old.encode()[0], 2);
+    }
 }

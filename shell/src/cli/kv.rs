@@ -95,7 +95,13 @@ pub async fn run(ch: Channel, cmd: KvCmd) -> anyhow::Result<()> {
         KvCmd::SetRf { tenant, rf } => {
             let req = kv::UpdateReplicationFactorRequest { tenant_id: tenant, new_replication_factor: rf };
             let r = c.update_replication_factor(req).await.map_err(grpc)?.into_inner();
-            println!("{}  rf {} -> {}", r.tenant_id, r.old_replication_factor, r.new_replication_factor);
+            match r.migration_id.as_str() {
+                "" => println!("{}  rf {} -> {}", r.tenant_id, r.old_replication_factor, r.new_replication_factor),
+                m => println!(
+                    "{}  rf {} -> {}  keys moving: migration {m}",
+                    r.tenant_id, r.old_replication_factor, r.new_replication_factor
+                ),
+            }
         }
         KvCmd::Put { tenant, key, value, consistency, idempotency_key } => {
             let req = kv::WriteKeyValueRequest {

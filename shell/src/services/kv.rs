@@ -209,15 +209,15 @@ impl CoordinatorService for Coordinator {
         if !(MIN_RF as i32..=MAX_RF as i32).contains(&rf) {
             return Err(invalid(format!("new_replication_factor: {rf}, must be {MIN_RF}..={MAX_RF}")));
         }
-        let (old, t) = self.kv.set_replication_factor(&r.tenant_id, rf as u32, until).await.map_err(to_status)?;
-        // No data moves yet: keys written under the old factor gain or lose replicas only as
-        // they are written again or read (read repair). `migration_id` stays empty to say so.
+        let (old, t, m) = self.kv.set_replication_factor(&r.tenant_id, rf as u32, until).await.map_err(to_status)?;
+        // When keys move to their new replica sets, `migration_id` names the migration
+        // (`GetMigrationStatus`); empty when none move (the sets are the same either way).
         Ok(Response::new(wire::UpdateReplicationFactorResponse {
             success: true,
             tenant_id: t.id,
             old_replication_factor: old as i32,
             new_replication_factor: t.replication_factor as i32,
-            migration_id: String::new(),
+            migration_id: m.map(|m| m.id).unwrap_or_default(),
             updated_at: secs(t.updated_ms),
             error_message: String::new(),
         }))
