@@ -273,6 +273,9 @@ async fn a_replication_factor_change_moves_keys_to_their_new_replicas() {
     assert_eq!((up.old_replication_factor, up.new_replication_factor), (1, 2));
     let again = c1.update_replication_factor(set_rf(3)).await.unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition, "one change at a time: {}", again.message());
+    // A retry of the change under way is answered with its migration.
+    let retry = c2.update_replication_factor(set_rf(2)).await.unwrap().into_inner();
+    assert_eq!(retry.migration_id, up.migration_id);
     for i in 0..40 {
         let (k, v) = (format!("during{i}"), format!("d{i}"));
         write_retrying(if i % 2 == 0 { &mut c1 } else { &mut c2 }, &k, &v).await;

@@ -124,7 +124,7 @@ impl Cluster {
             from,
             to = layout.version,
             members = layout.members.len(),
-            moving = layout.previous.is_some(),
+            moving = layout.previous.is_some() || layout.rf_change.is_some(),
             "layout changed"
         );
         self.raft.set_addresses(layout.members.iter().map(|m| (m.id.clone(), m.addr.clone())));

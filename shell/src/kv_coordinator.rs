@@ -298,8 +298,13 @@ impl<P: Peers> KvCoordinator<P> {
     /// not applied yet is looked up at the Raft leader's commit index before it is called
     /// unknown.
     pub async fn tenant(&self, id: &str, until_ms: u64) -> CoreResult<TenantRecord> {
+        self.tenant_as_of(id, until_ms, self.peers.placement().version).await
+    }
+
+    /// [`Self::tenant`], at least as new as layout version `serving` (which this node serves
+    /// by or did: its metadata has applied that far).
+    async fn tenant_as_of(&self, id: &str, until_ms: u64, serving: u64) -> CoreResult<TenantRecord> {
         let now = self.peers.now_ms();
-        let serving = self.peers.placement().version;
         if let Some((t, at, by)) = lock(&self.tenants).get(id)
             && now.saturating_sub(*at) < TENANT_CACHE_MS
             && *by >= serving
@@ -334,22 +339,24 @@ impl<P: Peers> KvCoordinator<P> {
     /// its factor changed by a newer layout than this node serves by, the node follows its
     /// applied layout first.
     async fn placed(&self, tenant_id: &str, until_ms: u64) -> CoreResult<(TenantRecord, Arc<Placement>)> {
-        let tenant = self.tenant(tenant_id, until_ms).await?;
-        let placement = self.peers.placement();
-        if tenant.rf_version <= placement.version {
-            return Ok((tenant, placement));
-        }
-        if let MetaResponse::Layout(layout) = self.meta(MetaRequest::Layout, until_ms).await? {
-            self.peers.follow(layout);
-        }
-        let placement = self.peers.placement();
-        if tenant.rf_version <= placement.version {
-            return Ok((tenant, placement));
+        let mut newer = 0;
+        // Twice at most in practice: following brings the layout up to the record, and a
+        // record fetched again for the newer layout is then as new as it.
+        for _ in 0..3 {
+            let placement = self.peers.placement();
+            let tenant = self.tenant_as_of(tenant_id, until_ms, placement.version).await?;
+            if tenant.rf_version <= placement.version {
+                return Ok((tenant, placement));
+            }
+            newer = tenant.rf_version;
+            if let MetaResponse::Layout(layout) = self.meta(MetaRequest::Layout, until_ms).await? {
+                self.peers.follow(layout);
+            }
         }
         Err(CoreError::Unavailable(format!(
-            "tenant {tenant_id:?}'s replication factor changed at layout version {}, and this node serves by \
+            "tenant {tenant_id:?}'s replication factor changed at layout version {newer}, and this node serves by \
              version {}; retry in a moment",
-            tenant.rf_version, placement.version
+            self.peers.placement().version
         )))
     }
 

@@ -607,17 +607,27 @@ pub async fn layout_changes(world: Arc<World>, until_ms: u64) {
         if change_factor(&world, to, until_ms + 5_000).await {
             rf = to;
             world.event(format!("layout: {TENANT} factor {to} set"));
+            // Changed our mind: setting the old factor back cancels the move (or, if it ended
+            // already, moves the keys back).
+            if world.chance(0.25) && change_factor(&world, 3, until_ms + 5_000).await {
+                rf = 3;
+                world.event(format!("layout: {TENANT} factor 3 set back"));
+            }
             if await_layout(&world, |l| l.rf_change.is_none(), until_ms + 8_000).await.is_none() {
                 return;
             }
-            world.event(format!("layout: {TENANT} keys moved to factor {to}"));
+            world.event(format!("layout: {TENANT} keys moved to factor {rf}"));
         }
     }
     if world.chance(0.7) {
         let victim = format!("n{}", world.rng_below(world.opts.nodes as u64));
         // The metadata workload raises other tenants' factors up to 10, which makes a plain
-        // removal refused as in use: then force it (the node owes no hand-over).
+        // removal refused as in use: then force it (the node owes no hand-over). Not at one
+        // replica: a forced removal loses the keys the node held alone, as forcing means.
         let force = world.lock().meta.widest_asked() > 3 || rf > 3 || world.chance(0.5);
+        if force && rf == 1 {
+            return;
+        }
         let remove = MetaRequest::RemoveNode { id: victim.clone(), force };
         let v = victim.clone();
         if change_layout(&world, remove, move |l| l.by_id(&v).is_some_and(|m| !m.storage), until_ms + 8_000).await {

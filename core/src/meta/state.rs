@@ -106,6 +106,7 @@ impl Layout {
             e = e.str(&m.id).str(&m.addr).u64(m.vnodes as u64).u64(m.raft_id).u8(m.storage as u8);
         }
         // The change under way: none (0), the ring before it (1), or a factor change (2).
+        debug_assert!(self.previous.is_none() || self.rf_change.is_none(), "one change at a time");
         match (&self.previous, &self.rf_change) {
             (Some(nodes), _) => {
                 e = e.u8(1).u64(nodes.len() as u64);
@@ -495,14 +496,15 @@ impl MetaState {
         let mut rings = vec![self.layout.ring_nodes().len()];
         rings.extend(self.layout.previous.as_ref().map(Vec::len));
         let moves = rings.iter().any(|&n| (from as usize).min(n) != (rf as usize).min(n));
-        if self.layout.rf_change.as_ref().is_some_and(|c| c.tenant == id) {
-            // Its keys are moving by the factor being replaced: let that finish first.
-            self.check_idle("")?;
+        if let Some(c) = self.layout.rf_change.clone().filter(|c| c.tenant == id) {
+            return self.while_moving(c, old, rf, at_ms, batch);
         }
         let migration = match migration {
             Some(m) if moves && rf != from => m,
             _ => {
-                if rf != from {
+                // A command logged by an older version leaves the record as that version
+                // wrote it, so every node applies it alike.
+                if rf != from && migration.is_some() {
                     new.rf_version = self.layout.version;
                 }
                 self.put_tenant(new.clone(), batch);
@@ -530,6 +532,43 @@ impl MetaState {
         Ok(Applied::ReplicationFactor { old: from, new, migration: Some(m) })
     }
 
+    /// A factor change asked for while the tenant's keys move by an earlier one (`c`): the
+    /// same factor again is answered with the migration under way (a retry); the factor it
+    /// replaces cancels it, as a forced removal cancels an add (every write meanwhile reached
+    /// W of the old replica sets too, so they still hold everything). That is the way out
+    /// when a node that owes its hand-over is dead: cancel, remove it, change again.
+    fn while_moving(
+        &mut self,
+        c: RfChange,
+        record: TenantRecord,
+        rf: u32,
+        at_ms: u64,
+        batch: &mut WriteBatch,
+    ) -> CoreResult<Applied> {
+        let Some(running) = self.running().cloned() else {
+            return Err(CoreError::FailedPrecondition(format!("tenant {:?}'s keys are moving", c.tenant)));
+        };
+        if rf == c.to {
+            return Ok(Applied::ReplicationFactor {
+                old: record.replication_factor,
+                new: record,
+                migration: Some(running),
+            });
+        }
+        if rf != c.from {
+            return Err(CoreError::FailedPrecondition(format!(
+                "tenant {:?}'s keys are moving from factor {} to {} (migration {:?}); wait for it to complete, or set \
+                 the factor back to {} to cancel it",
+                c.tenant, c.from, c.to, running.id, c.from
+            )));
+        }
+        let back = TenantRecord { replication_factor: rf, updated_ms: at_ms, ..record };
+        self.put_tenant(back.clone(), batch);
+        let m = self.end(Migration { cancelled: true, ..running }, at_ms, batch);
+        let new = self.tenants.get(&c.tenant).cloned().unwrap_or(back);
+        Ok(Applied::ReplicationFactor { old: c.to, new, migration: Some(m) })
+    }
+
     /// Refuses to start a change while another runs, or under a migration id used already.
     fn check_idle(&self, id: &str) -> CoreResult<()> {
         if let Some(m) = self.running() {
@@ -550,7 +589,12 @@ impl MetaState {
     /// factor) is dropped, a new placement and so a new version. A removed node stays listed
     /// (off the ring), so its id is not reused and the Raft group still reaches it until it
     /// leaves.
-    fn finish(&mut self, mut m: Migration, at_ms: u64, batch: &mut WriteBatch) -> Applied {
+    fn finish(&mut self, m: Migration, at_ms: u64, batch: &mut WriteBatch) -> Applied {
+        Applied::Migration(self.end(m, at_ms, batch))
+    }
+
+    /// [`Self::finish`], answering the migration as it ended.
+    fn end(&mut self, mut m: Migration, at_ms: u64, batch: &mut WriteBatch) -> Migration {
         m.finished_ms = Some(at_ms);
         self.layout.previous = None;
         self.layout.version += 1;
@@ -561,7 +605,7 @@ impl MetaState {
         }
         self.put_layout(batch);
         self.put_migration(m.clone(), batch);
-        Applied::Migration(m)
+        m
     }
 
     /// The migration under way, if any (at most one runs at a time).
@@ -815,8 +859,13 @@ mod tests {
         // Three nodes hold every key three times at a factor of 3 or more.
         let mut s = state(3);
         set_rf(&mut s, 3, "mig-a").unwrap();
-        // Not while the tenant's keys move by the factor it replaces.
+        // Not while the tenant's keys move by the factor it replaces; asking for the same
+        // one again is answered with the migration under way.
         assert!(matches!(set_rf(&mut s, 5, "mig-b"), Err(CoreError::FailedPrecondition(_))));
+        let Applied::ReplicationFactor { migration: Some(m), .. } = set_rf(&mut s, 3, "mig-b").unwrap() else {
+            panic!("a retry is not answered with the migration")
+        };
+        assert_eq!((m.id.as_str(), m.finished_ms), ("mig-a", None));
         for n in ["n0", "n1", "n2"] {
             progress(&mut s, "mig-a", n).unwrap();
         }
@@ -830,6 +879,35 @@ mod tests {
             panic!()
         };
         assert_eq!(same.rf_version, new.rf_version);
+    }
+
+    #[test]
+    fn setting_the_old_factor_back_cancels_a_change_that_cannot_finish() {
+        let mut s = state(3);
+        set_rf(&mut s, 2, "mig-a").unwrap();
+        // n2 is dead and never reports: setting the factor back ends the migration.
+        progress(&mut s, "mig-a", "n0").unwrap();
+        let Applied::ReplicationFactor { old: 2, new, migration: Some(m) } = set_rf(&mut s, 1, "mig-b").unwrap() else {
+            panic!("not cancelled")
+        };
+        assert_eq!((m.id.as_str(), m.status()), ("mig-a", "cancelled"));
+        assert_eq!((new.replication_factor, new.rf_version), (1, 3));
+        assert_eq!((s.layout.version, s.layout.rf_change.clone(), s.running()), (3, None, None));
+        // Now a node can be removed, and the factor changed again.
+        let remove = Command::RemoveNode { id: "n2".into(), force: true, migration: "mig-c".into(), at_ms: 7 };
+        s.apply(&remove, &mut WriteBatch::default()).unwrap();
+    }
+
+    #[test]
+    fn a_command_logged_by_an_older_version_applies_alike_on_every_node() {
+        let mut s = state(3);
+        let legacy = Command::SetReplicationFactor { id: "t".into(), replication_factor: 2, migration: None, at_ms: 4 };
+        let Applied::ReplicationFactor { new, migration: None, .. } =
+            s.apply(&legacy, &mut WriteBatch::default()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((new.replication_factor, new.rf_version, s.layout.version), (2, 0, 1));
     }
 
     #[test]
