@@ -52,6 +52,30 @@ async fn wait_done(c: &mut CoordinatorServiceClient<Channel>, id: &str) -> kv::G
     }
 }
 
+/// Starts n1..n3 as one cluster, on the first three of `dirs` and `addrs`.
+fn start_three(dirs: &[tempfile::TempDir], addrs: &[String]) -> Vec<common::Daemon> {
+    let members = (0..3).map(|i| format!("n{}={}", i + 1, addrs[i])).collect::<Vec<_>>().join(",");
+    (0..3)
+        .map(|i| {
+            let id = format!("n{}", i + 1);
+            common::Daemon::start_at(dirs[i].path(), &addrs[i], &["--node-id", &id, "--initial-cluster", &members])
+        })
+        .collect()
+}
+
+/// Creates tenant `acme` with factor `rf` and writes `n` keys to it; returns them.
+async fn acme_with_keys(c: &mut CoordinatorServiceClient<Channel>, rf: i32, n: usize) -> Vec<(String, String)> {
+    let t = kv::CreateTenantRequest { tenant_id: "acme".into(), replication_factor: rf };
+    c.create_tenant(t).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        c.write_key_value(write(&k, &v)).await.unwrap();
+        acked.push((k, v));
+    }
+    acked
+}
+
 async fn nodes(c: &mut CoordinatorServiceClient<Channel>) -> Vec<kv::StorageNodeInfo> {
     c.list_storage_nodes(kv::ListStorageNodesRequest {}).await.unwrap().into_inner().nodes
 }
@@ -60,25 +84,12 @@ async fn nodes(c: &mut CoordinatorServiceClient<Channel>) -> Vec<kv::StorageNode
 async fn a_node_joins_and_another_leaves_while_clients_write() {
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs = common::free_addrs(4);
-    let first3 = (0..3).map(|i| format!("n{}={}", i + 1, addrs[i])).collect::<Vec<_>>().join(",");
     // A joining node needs to know only itself: the leader's messages say where it is.
     let only4 = format!("n4={}", addrs[3]);
-    let mut daemons: Vec<common::Daemon> = (0..3)
-        .map(|i| {
-            let id = format!("n{}", i + 1);
-            common::Daemon::start_at(dirs[i].path(), &addrs[i], &["--node-id", &id, "--initial-cluster", &first3])
-        })
-        .collect();
+    let mut daemons = start_three(&dirs, &addrs);
     let mut c1 = CoordinatorServiceClient::new(daemons[0].channel().await);
     // Two replicas per key, so a fourth node takes over a share of every node's keys.
-    let t = kv::CreateTenantRequest { tenant_id: "acme".into(), replication_factor: 2 };
-    c1.create_tenant(t).await.unwrap();
-    let mut acked = Vec::new();
-    for i in 0..150 {
-        let (k, v) = (format!("k{i}"), format!("v{i}"));
-        c1.write_key_value(write(&k, &v)).await.unwrap();
-        acked.push((k, v));
-    }
+    let mut acked = acme_with_keys(&mut c1, 2, 150).await;
 
     // Bad input is refused before anything changes.
     let (host, port) = addrs[3].rsplit_once(':').unwrap();
@@ -245,23 +256,10 @@ async fn write_retrying(c: &mut CoordinatorServiceClient<Channel>, k: &str, v: &
 async fn a_replication_factor_change_moves_keys_to_their_new_replicas() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs = common::free_addrs(3);
-    let all3 = (0..3).map(|i| format!("n{}={}", i + 1, addrs[i])).collect::<Vec<_>>().join(",");
-    let mut daemons: Vec<common::Daemon> = (0..3)
-        .map(|i| {
-            let id = format!("n{}", i + 1);
-            common::Daemon::start_at(dirs[i].path(), &addrs[i], &["--node-id", &id, "--initial-cluster", &all3])
-        })
-        .collect();
+    let mut daemons = start_three(&dirs, &addrs);
     let mut c1 = CoordinatorServiceClient::new(daemons[0].channel().await);
     let mut c2 = CoordinatorServiceClient::new(daemons[1].channel().await);
-    let t = kv::CreateTenantRequest { tenant_id: "acme".into(), replication_factor: 1 };
-    c1.create_tenant(t).await.unwrap();
-    let mut acked = Vec::new();
-    for i in 0..120 {
-        let (k, v) = (format!("k{i}"), format!("v{i}"));
-        c1.write_key_value(write(&k, &v)).await.unwrap();
-        acked.push((k, v));
-    }
+    let mut acked = acme_with_keys(&mut c1, 1, 120).await;
     for (rf, code) in [(0, Code::InvalidArgument), (11, Code::InvalidArgument)] {
         assert_eq!(c1.update_replication_factor(set_rf(rf)).await.unwrap_err().code(), code, "rf {rf}");
     }
