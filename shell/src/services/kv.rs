@@ -211,7 +211,8 @@ impl CoordinatorService for Coordinator {
         }
         let (old, t, m) = self.kv.set_replication_factor(&r.tenant_id, rf as u32, until).await.map_err(to_status)?;
         // When keys move to their new replica sets, `migration_id` names the migration
-        // (`GetMigrationStatus`); empty when none move (the sets are the same either way).
+        // (`GetMigrationStatus`), as it does the one a factor set back cancels; empty when no
+        // key moves (the sets are the same either way).
         Ok(Response::new(wire::UpdateReplicationFactorResponse {
             success: true,
             tenant_id: t.id,
