@@ -949,7 +949,15 @@ impl<P: Peers> KvCoordinator<P> {
                     false => vec![target.to_owned()],
                     true => {
                         let until = self.peers.now_ms() + PEER_TIMEOUT_MS;
-                        let tenant = self.tenant(&h.tenant, until).await.map_err(|e| Unreachable(e.to_string()))?;
+                        let tenant = self
+                            .tenant_as_of(&h.tenant, until, placement.version)
+                            .await
+                            .map_err(|e| Unreachable(e.to_string()))?;
+                        if tenant.rf_version > placement.version {
+                            // Its factor moved by a layout this node does not serve by yet: the
+                            // next round places it by that layout.
+                            return Ok(sent);
+                        }
                         Targets::new(&placement, &tenant, &h.key, Consistency::All).nodes
                     }
                 };
