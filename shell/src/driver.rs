@@ -624,20 +624,31 @@ mod tests {
         }
     }
 
+    /// Spawns `call`, lets it run as far as it can, and checks it is still waiting (else
+    /// fails with `what`, what answering now would mean).
+    async fn held<T: Send + 'static>(
+        call: impl Future<Output = T> + Send + 'static,
+        what: &str,
+    ) -> tokio::task::JoinHandle<T> {
+        let task = tokio::spawn(call);
+        settle().await;
+        assert!(!task.is_finished(), "{what}");
+        task
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_coordination_waits_for_its_ceilings_sync_and_then_no_longer_for_others() {
         use tessera_core::kv::{KvRequest, KvResponse};
         let (_store, gate, handle, run) = gated_kv_driver();
         // The first coordination reserves a block of counters: no answer until it is durable.
         let h = handle.clone();
-        let first = tokio::spawn(async move { h.call(coordinate("a", false)).await });
-        settle().await;
-        assert!(!first.is_finished(), "answered before its ceiling was synced");
+        let first =
+            held(async move { h.call(coordinate("a", false)).await }, "answered before its ceiling was synced").await;
         // Nor is the next one, from the same block, answered while that sync is held.
         let h = handle.clone();
-        let second = tokio::spawn(async move { h.call(coordinate("b", false)).await });
-        settle().await;
-        assert!(!second.is_finished(), "answered before its block's ceiling was synced");
+        let second =
+            held(async move { h.call(coordinate("b", false)).await }, "answered before its block's ceiling was synced")
+                .await;
         gate.add_permits(1);
         assert!(matches!(second.await.unwrap().unwrap(), Ok(KvResponse::Coordinated { .. })));
         let Ok(KvResponse::Coordinated { versions, .. }) = first.await.unwrap().unwrap() else {
@@ -666,9 +677,9 @@ mod tests {
         // The first one raises the counters' ceiling: its answer waits for that sync, and
         // its copy is durable by then.
         let h = handle.clone();
-        let first = tokio::spawn(async move { h.call_early(coordinate("a", true)).await });
-        settle().await;
-        assert!(!first.is_finished(), "answered before its ceiling was synced");
+        let first =
+            held(async move { h.call_early(coordinate("a", true)).await }, "answered before its ceiling was synced")
+                .await;
         gate.add_permits(1);
         let (out, durable) = first.await.unwrap().unwrap();
         assert!(matches!(out, Ok(KvResponse::Coordinated { .. })));
@@ -682,14 +693,11 @@ mod tests {
         let Ok(KvResponse::Coordinated { versions, .. }) = out else { panic!("not coordinated") };
         let read = KvRequest::Read { tenant: "t".into(), key: "b".into() };
         assert!(matches!(handle.call(read).await.unwrap(), Ok(KvResponse::Versions(v)) if v == versions));
-        let waiting = tokio::spawn(durable.wait());
-        settle().await;
-        assert!(!waiting.is_finished(), "durable before its sync");
+        let waiting = held(durable.wait(), "durable before its sync").await;
         // A plain call of the same request still waits for the sync.
         let h = handle.clone();
-        let plain = tokio::spawn(async move { h.call(coordinate("c", true)).await });
-        settle().await;
-        assert!(!plain.is_finished(), "a plain call answered before its sync");
+        let plain =
+            held(async move { h.call(coordinate("c", true)).await }, "a plain call answered before its sync").await;
         gate.add_permits(1);
         waiting.await.unwrap().unwrap();
         gate.add_permits(1);

@@ -479,19 +479,26 @@ pub async fn final_check(world: &Arc<World>) {
     }
 }
 
-/// The newest layout any initial node has applied (the checker's view, not a client's).
-pub async fn newest_layout(world: &Arc<World>) -> Option<Layout> {
-    let mut best: Option<Layout> = None;
+/// What each initial node's metadata machine answers `req` with (those that answer within
+/// 100 ms; the checker's view, not a client's).
+async fn meta_answers(world: &Arc<World>, req: MetaRequest) -> Vec<MetaResponse> {
+    let mut out = Vec::new();
     for n in 0..world.opts.nodes {
         let Some(h) = world.meta_handle(n) else { continue };
-        let call = madsim::time::timeout(Duration::from_millis(100), h.call(MetaRequest::Layout));
-        if let Ok(Ok(Ok(MetaResponse::Layout(l)))) = call.await
-            && best.as_ref().is_none_or(|b| l.version > b.version)
-        {
-            best = Some(l);
+        if let Ok(Ok(Ok(r))) = madsim::time::timeout(Duration::from_millis(100), h.call(req.clone())).await {
+            out.push(r);
         }
     }
-    best
+    out
+}
+
+/// The newest layout any initial node has applied.
+pub async fn newest_layout(world: &Arc<World>) -> Option<Layout> {
+    let layouts = meta_answers(world, MetaRequest::Layout).await.into_iter().filter_map(|r| match r {
+        MetaResponse::Layout(l) => Some(l),
+        _ => None,
+    });
+    layouts.max_by_key(|l| l.version)
 }
 
 /// The newest layout once it satisfies `pred`, asking every 100 ms until `until_ms`.
@@ -531,18 +538,12 @@ async fn change_layout(world: &Arc<World>, req: MetaRequest, done: impl Fn(&Layo
 
 /// The key-value tenant's factor as the initial nodes have it applied (the highest one seen).
 async fn factor(world: &Arc<World>) -> Option<u32> {
-    let mut best = None;
-    for n in 0..world.opts.nodes {
-        let Some(h) = world.meta_handle(n) else { continue };
-        let call = madsim::time::timeout(
-            Duration::from_millis(100),
-            h.call(MetaRequest::Tenant { id: TENANT.into(), current: false }),
-        );
-        if let Ok(Ok(Ok(MetaResponse::Tenant(Some(t))))) = call.await {
-            best = best.max(Some(t.replication_factor));
-        }
-    }
-    best
+    let req = MetaRequest::Tenant { id: TENANT.into(), current: false };
+    let factors = meta_answers(world, req).await.into_iter().filter_map(|r| match r {
+        MetaResponse::Tenant(Some(t)) => Some(t.replication_factor),
+        _ => None,
+    });
+    factors.max()
 }
 
 /// Asks a random initial node to set the key-value tenant's factor to `rf` until one attempt

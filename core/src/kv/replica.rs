@@ -322,6 +322,25 @@ impl KvMachine {
         batch.put(KEYSPACE, k, r.encode());
     }
 
+    /// A kept coordination's writes: `versions` merged into the key as this replica's copy,
+    /// with the write's record while it lives. Returns what the replica holds after.
+    #[allow(clippy::too_many_arguments)]
+    fn keep_copy(
+        store: &dyn StoreRead,
+        batch: &mut WriteBatch,
+        now: u64,
+        tenant: &str,
+        key: &str,
+        current: Option<Vec<Version>>,
+        versions: &[Version],
+        rec: Option<&IdemRecord>,
+    ) -> Result<Vec<Version>, StoreError> {
+        if let Some(r) = rec.filter(|r| r.expires_ms > now) {
+            Self::remember(batch, tenant, r);
+        }
+        Self::merge(store, batch, tenant, key, current, versions)
+    }
+
     fn handle(&mut self, now: u64, req: KvRequest, store: &dyn StoreRead) -> CoreResult<(KvResponse, WriteBatch)> {
         let mut batch = WriteBatch::default();
         match req {
@@ -352,10 +371,7 @@ impl KvMachine {
                         let versions = match keep && !held {
                             true => {
                                 self.pending.remove(&(tenant.clone(), i.key.clone()));
-                                if rec.expires_ms > now {
-                                    Self::remember(&mut batch, &tenant, &rec);
-                                }
-                                Self::merge(store, &mut batch, &tenant, &key, current, &versions)?
+                                Self::keep_copy(store, &mut batch, now, &tenant, &key, current, &versions, Some(&rec))?
                             }
                             false => versions,
                         };
@@ -383,10 +399,8 @@ impl KvMachine {
                 if keep {
                     // This replica's copy, merged as an `Apply` would merge it (its record
                     // is new: a replay found above returned already).
-                    let merged = Self::merge(store, &mut batch, &tenant, &key, current, &versions)?;
-                    if let Some(r) = rec.as_ref().filter(|r| r.expires_ms > now) {
-                        Self::remember(&mut batch, &tenant, r);
-                    }
+                    let merged =
+                        Self::keep_copy(store, &mut batch, now, &tenant, &key, current, &versions, rec.as_ref())?;
                     self.keeps = true;
                     return Ok((
                         KvResponse::Coordinated { clock, versions: merged, duplicate: false, idem: rec },
@@ -780,18 +794,8 @@ mod mint_tests {
         assert!(matches!(&replay.replies[0].1, Ok(KvResponse::Coordinated { duplicate: true, .. })));
         assert!(!replay.early);
         // The same key for another write is refused.
-        let reuse = step(
-            &mut m,
-            &store,
-            2,
-            KvRequest::Coordinate {
-                tenant: "t".into(),
-                key: "k".into(),
-                value: Some(b"other".to_vec()),
-                idem: Some(IdemKey { key: "i1".into(), request_hash: vec![2], fresh: false }),
-                keep: true,
-            },
-        );
+        let other = Some(IdemKey { key: "i1".into(), request_hash: vec![2], fresh: false });
+        let reuse = step(&mut m, &store, 2, write(b"other", other, true));
         assert!(matches!(&reuse.replies[0].1, Err(CoreError::FailedPrecondition(_))));
         // From a durable block: early, and it supersedes what the replica held.
         m.durable(3);
