@@ -181,6 +181,18 @@ async fn a_node_joins_and_another_leaves_while_clients_write() {
     let n4 = listed.iter().find(|n| n.node_id == "n4").unwrap();
     assert_eq!((n4.status.as_str(), n4.virtual_nodes, n4.port), ("active", 64, port));
     assert!(n4.keys_count > 0, "keys moved to n4: {listed:?}");
+    // The old owners drop the copies of the keys n4 took from them (after a grace): then
+    // every key is stored exactly twice, and each still reads back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = nodes(&mut c1).await;
+        let held: i64 = listed.iter().map(|n| n.keys_count).sum();
+        if held == 2 * acked.len() as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{held} copies held of {} keys at RF 2: {listed:?}", acked.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for (k, v) in &acked {
         let r = c4.read_key_value(read(k)).await.unwrap().into_inner();
         assert_eq!(r.value, v.as_bytes(), "{k} after the add");

@@ -430,3 +430,46 @@ fn the_fence_floor_only_rises_and_survives_a_restart() {
     let mut again = KvMachine::new(config);
     assert_eq!(step(&mut again, &store, 4, KvRequest::Fence { version: 0 }), KvResponse::Fence(5));
 }
+
+#[test]
+fn a_discard_removes_only_unchanged_copies_and_none_after_a_newer_write_was_placed() {
+    use tessera_core::kv::vclock::digest;
+    let store = MemStore::new();
+    let config = KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 };
+    let mut m = KvMachine::new(config.clone());
+    let v =
+        |n: u64, b: &[u8]| Version { clock: VClock([("n2".to_owned(), n)].into()), ts_ms: n, value: Some(b.to_vec()) };
+    let apply = |key: &str, version: Version| KvRequest::Apply {
+        tenant: "t".into(),
+        key: key.into(),
+        versions: vec![version],
+        idem: None,
+    };
+    for k in ["a", "b", "c"] {
+        step(&mut m, &store, 1, apply(k, v(1, b"x")));
+    }
+    let seen = digest(&[v(1, b"x")]);
+    // "b" changed after it was looked at: it stays, with its new version.
+    step(&mut m, &store, 2, apply("b", v(2, b"y")));
+    let stale = |keys: &[&str]| keys.iter().map(|k| ("t".to_owned(), (*k).to_owned(), seen.clone())).collect();
+    let out = step(&mut m, &store, 3, KvRequest::Discard { layout: 4, keys: stale(&["a", "b", "zz"]) });
+    assert_eq!(out, KvResponse::Discarded(1));
+    let read = |m: &mut KvMachine, k: &str| step(m, &store, 4, KvRequest::Read { tenant: "t".into(), key: k.into() });
+    assert_eq!(read(&mut m, "a"), KvResponse::Versions(vec![]));
+    assert_eq!(read(&mut m, "b"), KvResponse::Versions(vec![v(2, b"y")]));
+    assert!(matches!(step(&mut m, &store, 5, KvRequest::Stats), KvResponse::Stats { keys: 2, .. }));
+    // A write placed by layout 5 was recorded (durably, so also after a restart): copies found
+    // stale by layout 4 stay, even unchanged ones.
+    assert_eq!(step(&mut m, &store, 6, KvRequest::Placed { version: 5 }), KvResponse::Placed(5));
+    assert_eq!(step(&mut m, &store, 6, KvRequest::Placed { version: 3 }), KvResponse::Placed(5));
+    let mut again = KvMachine::new(config);
+    let refused = again.step(7, 0, KvRequest::Discard { layout: 4, keys: stale(&["c"]) }, &store).unwrap();
+    assert!(matches!(refused.replies[0].1, Err(tessera_core::CoreError::FailedPrecondition(_))));
+    assert!(refused.writes.is_empty());
+    assert_eq!(read(&mut again, "c"), KvResponse::Versions(vec![v(1, b"x")]));
+    assert_eq!(
+        step(&mut again, &store, 8, KvRequest::Discard { layout: 5, keys: stale(&["c"]) }),
+        KvResponse::Discarded(1)
+    );
+    assert!(matches!(step(&mut again, &store, 9, KvRequest::Stats), KvResponse::Stats { keys: 1, .. }));
+}

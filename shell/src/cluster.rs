@@ -146,6 +146,9 @@ impl Cluster {
         if let Err(e) = self.view.admit(&req, layout) {
             return Ok(Err(e));
         }
+        if let Err(e) = self.record_placed(self.view.to_record(&req, layout)).await? {
+            return Ok(Err(e));
+        }
         let out = self.local.call(req).await?;
         self.view.observe(&out);
         Ok(out)
@@ -161,6 +164,9 @@ impl Cluster {
         if let Err(e) = self.view.admit(&req, layout) {
             return Ok((Err(e), None));
         }
+        if let Err(e) = self.record_placed(self.view.to_record(&req, layout)).await? {
+            return Ok((Err(e), None));
+        }
         let (out, durable) = self.local.call_early(req).await?;
         self.view.observe(&out);
         Ok((out, Some(durable)))
@@ -174,16 +180,21 @@ impl Cluster {
     ) -> Result<Vec<CoreResult<KvResponse>>, DriverError> {
         let mut out: Vec<Option<CoreResult<KvResponse>>> = Vec::with_capacity(reqs.len());
         let mut admitted = Vec::with_capacity(reqs.len());
+        let mut record = None;
         for (req, layout) in reqs {
             match self.view.admit(&req, layout) {
                 Ok(()) => {
+                    record = record.max(self.view.to_record(&req, layout));
                     admitted.push(req);
                     out.push(None);
                 }
                 Err(e) => out.push(Some(Err(e))),
             }
         }
-        let mut answers = self.local.call_many(admitted).await?.into_iter();
+        let mut answers = match self.record_placed(record).await? {
+            Ok(()) => self.local.call_many(admitted).await?.into_iter(),
+            Err(e) => vec![Err(e); admitted.len()].into_iter(),
+        };
         Ok(out
             .into_iter()
             .map(|o| {
@@ -194,6 +205,15 @@ impl Cluster {
                 a
             })
             .collect())
+    }
+
+    /// Has the replica record `version` as a layout that placed a write here, first, when
+    /// [`ViewCell::to_record`] asks for it.
+    async fn record_placed(&self, version: Option<u64>) -> Result<CoreResult<()>, DriverError> {
+        let Some(version) = version else { return Ok(Ok(())) };
+        let out = self.local.call(KvRequest::Placed { version }).await?;
+        self.view.observe(&out);
+        Ok(out.map(|_| ()))
     }
 
     /// Where this node's data lives (its volume's usage is part of its stats).
@@ -523,8 +543,9 @@ pub async fn mirror_migrations(cluster: Arc<Cluster>, status: crate::services::s
 const HAND_OVER_EVERY: Duration = Duration::from_secs(1);
 
 /// Hands this node's keys to their new owners whenever a layout change under way says it
-/// owes them, forever (a background task). A pass that fails is tried again from the last
-/// key on record; sending a key twice is harmless (replicas merge).
+/// owes them, and once a change has finished removes the copies it no longer replicates,
+/// forever (a background task). A pass that fails is tried again from the last key on
+/// record; sending a key twice is harmless (replicas merge).
 pub async fn hand_over(coordinator: Arc<KvCoordinator<Cluster>>) {
     loop {
         tokio::time::sleep(HAND_OVER_EVERY).await;
@@ -532,6 +553,11 @@ pub async fn hand_over(coordinator: Arc<KvCoordinator<Cluster>>) {
             Ok(Some(n)) => tracing::info!(keys = n, "hand-over done"),
             Ok(None) => {}
             Err(e) => tracing::info!(error = %e, "hand-over paused; will retry"),
+        }
+        match coordinator.clean_up_pass().await {
+            Ok(Some(0)) | Ok(None) => {}
+            Ok(Some(n)) => tracing::info!(keys = n, "removed the copies of keys this node no longer replicates"),
+            Err(e) => tracing::info!(error = %e, "removal of stale copies paused; will retry"),
         }
     }
 }

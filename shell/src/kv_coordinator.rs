@@ -14,6 +14,7 @@
 //! reconciled versions, and repairs the stale ones in the background.
 
 mod anti_entropy;
+mod clean_up;
 
 pub use anti_entropy::AntiEntropyReport;
 
@@ -103,12 +104,15 @@ pub struct ViewCell {
     /// this node handed keys over by. It holds across a restart that brings the node back on
     /// an older layout than the one it handed over by.
     floor: AtomicU64,
+    /// The newest layout version on record in the replica as having placed a write here
+    /// (`KvRequest::Placed`), as last seen.
+    placed: AtomicU64,
 }
 
 impl ViewCell {
     pub fn new(layout: Layout) -> ViewCell {
         let view = Arc::new(View { placement: Arc::new(Placement::new(&layout)), layout });
-        ViewCell { view: RwLock::new(view), floor: AtomicU64::new(0) }
+        ViewCell { view: RwLock::new(view), floor: AtomicU64::new(0), placed: AtomicU64::new(0) }
     }
 
     pub fn get(&self) -> Arc<View> {
@@ -126,11 +130,24 @@ impl ViewCell {
         check_layout(req, sender, self.fence())
     }
 
-    /// Takes note of the replica's answer: a fence floor it reports holds from now on.
+    /// Takes note of the replica's answer: a fence floor it reports holds from now on, and
+    /// a placing layout it has on record needs no recording again.
     pub fn observe(&self, reply: &CoreResult<KvResponse>) {
-        if let Ok(KvResponse::Fence(v)) = reply {
-            self.floor.fetch_max(*v, Ordering::SeqCst);
+        match reply {
+            Ok(KvResponse::Fence(v)) => _ = self.floor.fetch_max(*v, Ordering::SeqCst),
+            Ok(KvResponse::Placed(v)) => _ = self.placed.fetch_max(*v, Ordering::SeqCst),
+            _ => {}
         }
+    }
+
+    /// The layout version the replica must record (`KvRequest::Placed`, awaited) before it
+    /// takes `req`, placed by `sender`: a request that may store a copy, placed by a layout
+    /// newer than any on record. Then a removal of copies found stale by an older layout,
+    /// queued in the driver behind or ahead of it, cannot undo a copy this node acknowledged
+    /// (see `KvRequest::Discard`). Rare: once per layout change.
+    pub fn to_record(&self, req: &KvRequest, sender: u64) -> Option<u64> {
+        let stores = matches!(req, KvRequest::Coordinate { .. } | KvRequest::Apply { .. });
+        (stores && sender > self.placed.load(Ordering::SeqCst)).then_some(sender)
     }
 
     /// Serves by `layout` from now on if it is newer than the one in use; returns the
@@ -151,7 +168,10 @@ impl ViewCell {
 /// layout than the replica's own is refused, since it may leave out the key's new owners
 /// after this replica has handed its keys to them. The coordinator retries once it follows.
 pub fn check_layout(req: &KvRequest, sender: u64, mine: u64) -> CoreResult<()> {
-    let keyed = matches!(req, KvRequest::Coordinate { .. } | KvRequest::Apply { .. } | KvRequest::Read { .. });
+    let keyed = matches!(
+        req,
+        KvRequest::Coordinate { .. } | KvRequest::Apply { .. } | KvRequest::Read { .. } | KvRequest::Discard { .. }
+    );
     if keyed && sender < mine {
         return Err(CoreError::Unavailable(format!(
             "the coordinator placed this request by layout version {sender}, but the replica already serves by \
@@ -253,6 +273,7 @@ pub struct KvCoordinator<P: Peers> {
     hand_over_grace_ms: u64,
     /// Trees built to answer peers' anti-entropy questions, by peer.
     trees: Mutex<BTreeMap<String, anti_entropy::KeptTree>>,
+    clean_up: Mutex<clean_up::CleanUp>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -267,6 +288,7 @@ impl<P: Peers> KvCoordinator<P> {
             rng: Mutex::new(Rng::new(seed)),
             hand_over_grace_ms: HAND_OVER_GRACE_MS,
             trees: Mutex::new(BTreeMap::new()),
+            clean_up: Mutex::new(clean_up::CleanUp::default()),
         }
     }
 
@@ -1021,5 +1043,24 @@ mod tests {
         // A lower report does not lower it.
         cell.observe(&Ok(KvResponse::Fence(1)));
         assert_eq!(cell.fence(), 3);
+    }
+
+    #[test]
+    fn a_write_placed_by_a_newer_layout_is_recorded_once_before_it_is_stored() {
+        let members = vec![("n1".to_owned(), "h:1".to_owned(), 8)];
+        let cell = ViewCell::new(Layout::initial(&members));
+        let apply = KvRequest::Apply { tenant: "t".into(), key: "k".into(), versions: vec![], idem: None };
+        let read = KvRequest::Read { tenant: "t".into(), key: "k".into() };
+        assert_eq!(cell.to_record(&apply, 4), Some(4));
+        // Reads store nothing: a removal may go ahead of them.
+        assert_eq!(cell.to_record(&read, 4), None);
+        cell.observe(&Ok(KvResponse::Placed(4)));
+        assert_eq!(cell.to_record(&apply, 4), None);
+        assert_eq!(cell.to_record(&apply, 3), None);
+        assert_eq!(cell.to_record(&apply, 5), Some(5));
+        // A removal decided by a layout older than the node serves by is refused.
+        let discard = KvRequest::Discard { layout: 0, keys: vec![] };
+        assert!(matches!(cell.admit(&discard, 0), Err(CoreError::Unavailable(_))));
+        assert!(cell.admit(&discard, 1).is_ok());
     }
 }

@@ -103,9 +103,27 @@ async fn serve(world: &World, to: usize, req: KvRequest, layout: u64) -> Option<
     if let Err(e) = peers.view().admit(&req, layout) {
         return Some(Err(e));
     }
+    if let Err(e) = record_placed(world, to, &peers, &req, layout).await? {
+        return Some(Err(e));
+    }
     let out = world.kv_handle(to)?.call(req).await.ok()?;
     peers.view().observe(&out);
     Some(out)
+}
+
+/// Has node `to`'s replica record the layout that placed `req` first, when its view asks for
+/// it (as tesserad's peer service does). `None`: the node is down.
+async fn record_placed(
+    world: &World,
+    to: usize,
+    peers: &SimPeers,
+    req: &KvRequest,
+    layout: u64,
+) -> Option<CoreResult<()>> {
+    let Some(version) = peers.view().to_record(req, layout) else { return Some(Ok(())) };
+    let out = world.kv_handle(to)?.call(KvRequest::Placed { version }).await.ok()?;
+    peers.view().observe(&out);
+    Some(out.map(|_| ()))
 }
 
 /// A message from node `from` to node `to` and its answer, through the faulty network: each
@@ -194,6 +212,9 @@ impl Peers for SimPeers {
             if let Err(e) = peers.view().admit(&req, layout) {
                 return Ok((Err(e), None));
             }
+            if let Err(e) = record_placed(&world, me, &peers, &req, layout).await.ok_or_else(down)? {
+                return Ok((Err(e), None));
+            }
             let (out, durable) =
                 world.kv_handle(me).ok_or_else(down)?.call_early(req).await.map_err(|e| Unreachable(e.to_string()))?;
             peers.view().observe(&out);
@@ -247,7 +268,8 @@ impl Peers for SimPeers {
 }
 
 /// Offers held hints to their nodes every 100 ms (tesserad: 500 ms), hands keys over to
-/// new owners every 200 ms when a layout change says so (tesserad: 1 s), and runs an
+/// new owners every 200 ms when a layout change says so and removes stale copies once it
+/// has finished (tesserad: 1 s), and runs an
 /// anti-entropy pass every 400 ms (tesserad: 10 s).
 pub async fn hand_off(coord: Coordinator) {
     let mut round = 0u64;
@@ -257,6 +279,10 @@ pub async fn hand_off(coord: Coordinator) {
         round += 1;
         if round.is_multiple_of(2) {
             let _ = coord.hand_over_pass().await;
+            if let Ok(Some(n @ 1..)) = coord.clean_up_pass().await {
+                let me = coord.peers().me().to_owned();
+                coord.peers().world.event(format!("{me} removed {n} stale copies"));
+            }
         }
         if round.is_multiple_of(4) {
             let r = coord.anti_entropy_pass().await;
@@ -451,6 +477,7 @@ pub async fn final_check(world: &Arc<World>) {
             world.violation(format!("kv: replicas of {key} did not converge: {per_node:?}"));
         }
     }
+    stale_copies_go(world, &ring, rf, &keys).await;
     for (key, acked) in &keys {
         let mut seen = None;
         for attempt in 0..10 {
@@ -476,6 +503,34 @@ pub async fn final_check(world: &Arc<World>) {
             }
             Some(_) => {}
         }
+    }
+}
+
+/// Within 10 s of the checks above, no node of the settled ring holds a copy of a key it does
+/// not replicate (each removes its stale copies once a change has finished).
+async fn stale_copies_go(world: &Arc<World>, ring: &tessera_core::kv::Ring, rf: u32, keys: &[(String, u64)]) {
+    let until = world.elapsed_ms() + 10_000;
+    loop {
+        let mut stale = Vec::new();
+        for (node, _) in ring.nodes() {
+            let Some(n) = node.strip_prefix('n').and_then(|i| i.parse::<usize>().ok()) else { continue };
+            let Some(h) = world.kv_handle(n) else { continue };
+            for (key, _) in keys.iter().filter(|(k, _)| !ring.replicas(TENANT, k, rf as usize).contains(&node)) {
+                let read = KvRequest::Read { tenant: TENANT.into(), key: key.clone() };
+                if matches!(h.call(read).await, Ok(Ok(KvResponse::Versions(v))) if !v.is_empty()) {
+                    stale.push(format!("{node}:{key}"));
+                }
+            }
+        }
+        if stale.is_empty() {
+            return;
+        }
+        if world.elapsed_ms() >= until {
+            let n = stale.len();
+            stale.truncate(5);
+            return world.violation(format!("kv: {n} stale copies left 10 s after the layout settled, e.g. {stale:?}"));
+        }
+        madsim::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -8,6 +8,7 @@
 //! h <target> 0 <seq:u64>        -> hint for a replica that did not answer
 //! #keys, #hints, #hseq          -> counters
 //! #mint                         -> ceiling of the clock counters this node may hand out
+//! #fence, #placed               -> layout versions (see below)
 //! ```
 
 fn part(k: &mut Vec<u8>, s: &str) {
@@ -72,3 +73,6 @@ pub const MINT_CEILING: &[u8] = b"#mint";
 /// The newest layout version this node handed keys over by: after a restart it refuses
 /// requests placed by an older one, even before it follows that layout again.
 pub const FENCE_FLOOR: &[u8] = b"#fence";
+/// The newest layout version a write stored here was placed by: copies found stale by an
+/// older layout are not removed any more (see `KvRequest::Discard`).
+pub const PLACED: &[u8] = b"#placed";

@@ -156,6 +156,20 @@ pub enum KvRequest {
     },
     /// The nodes this replica keeps hints for (at most 1000), members or not.
     HintTargets,
+    /// Records, durably before the answer, that this replica is about to store a write
+    /// placed by layout `version` (see [`KvRequest::Discard`]); answers the newest on record.
+    Placed {
+        version: u64,
+    },
+    /// Removes this node's copies of `keys` (tenant, key, digest of the versions seen), which
+    /// it does not replicate under the settled layout `layout`. A key goes only if its versions
+    /// still have that digest (nothing reached it since), and none goes once a write placed by
+    /// a newer layout was recorded here ([`KvRequest::Placed`]): that layout may make this
+    /// node an owner again, and a copy it acknowledged must stay. Answers how many went.
+    Discard {
+        layout: u64,
+        keys: Vec<(String, String, Vec<u8>)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +195,10 @@ pub enum KvResponse {
     /// The layout fence floor stored on this node.
     Fence(u64),
     Targets(Vec<String>),
+    /// The newest layout version a write was placed by, as on record here.
+    Placed(u64),
+    /// How many copies a `Discard` removed.
+    Discarded(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -497,6 +515,34 @@ impl KvMachine {
                 Ok((KvResponse::Fence(floor.max(version)), batch))
             }
             KvRequest::HintTargets => Ok((KvResponse::Targets(Self::hint_targets(store)?), batch)),
+            KvRequest::Placed { version } => {
+                let placed = count(store, keys::PLACED)?;
+                if version > placed {
+                    batch.put(KEYSPACE, keys::PLACED.to_vec(), version.to_be_bytes().to_vec());
+                }
+                Ok((KvResponse::Placed(placed.max(version)), batch))
+            }
+            KvRequest::Discard { layout, keys: stale } => {
+                let placed = count(store, keys::PLACED)?;
+                if placed > layout {
+                    return Err(CoreError::FailedPrecondition(format!(
+                        "this replica took a write placed by layout version {placed}, newer than version {layout} \
+                         the copies were found stale by; they stay"
+                    )));
+                }
+                let mut gone = 0u64;
+                for (tenant, key, seen) in stale {
+                    if Self::versions(store, &tenant, &key)?.is_some_and(|v| digest(&v) == seen) {
+                        batch.delete(KEYSPACE, keys::value(&tenant, &key));
+                        gone += 1;
+                    }
+                }
+                if gone > 0 {
+                    let n = count(store, keys::KEY_COUNT)?.saturating_sub(gone);
+                    batch.put(KEYSPACE, keys::KEY_COUNT.to_vec(), n.to_be_bytes().to_vec());
+                }
+                Ok((KvResponse::Discarded(gone), batch))
+            }
             KvRequest::Stats => Ok((
                 KvResponse::Stats { keys: count(store, keys::KEY_COUNT)?, hints: count(store, keys::HINT_COUNT)? },
                 batch,

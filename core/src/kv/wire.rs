@@ -100,6 +100,10 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
         KvRequest::Digests { after, limit } => scan(e.u8(11), after, *limit),
         KvRequest::Fence { version } => e.u8(12).u64(*version),
         KvRequest::HintTargets => e.u8(13),
+        KvRequest::Placed { version } => e.u8(14).u64(*version),
+        KvRequest::Discard { layout, keys } => {
+            keys.iter().fold(e.u8(15).u64(*layout).u64(keys.len() as u64), |e, (t, k, d)| e.str(t).str(k).bytes(d))
+        }
     }
     .finish()
 }
@@ -144,6 +148,16 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
         }
         12 => KvRequest::Fence { version: d.u64()? },
         13 => KvRequest::HintTargets,
+        14 => KvRequest::Placed { version: d.u64()? },
+        15 => {
+            let layout = d.u64()?;
+            let n = d.u64()?;
+            let mut keys = Vec::with_capacity(n.min(1000) as usize);
+            for _ in 0..n {
+                keys.push((d.string()?, d.string()?, d.bytes()?.to_vec()));
+            }
+            KvRequest::Discard { layout, keys }
+        }
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown request tag {t}") }),
     };
     d.end()?;
@@ -189,6 +203,8 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
         }
         Ok(KvResponse::Fence(v)) => e.u8(10).u64(*v),
         Ok(KvResponse::Targets(ts)) => ts.iter().fold(e.u8(11).u64(ts.len() as u64), |e, t| e.str(t)),
+        Ok(KvResponse::Placed(v)) => e.u8(12).u64(*v),
+        Ok(KvResponse::Discarded(n)) => e.u8(13).u64(*n),
         Ok(KvResponse::Digests(ds)) => {
             let mut e = e.u8(9).u64(ds.len() as u64);
             for (t, k, d) in ds {
@@ -262,6 +278,8 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
             }
             Ok(KvResponse::Targets(ts))
         }
+        12 => Ok(KvResponse::Placed(d.u64()?)),
+        13 => Ok(KvResponse::Discarded(d.u64()?)),
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown reply tag {t}") }),
     };
     d.end()?;
@@ -315,6 +333,8 @@ mod tests {
             KvRequest::Digests { after: None, limit: 7 },
             KvRequest::Fence { version: 4 },
             KvRequest::HintTargets,
+            KvRequest::Placed { version: 6 },
+            KvRequest::Discard { layout: 5, keys: vec![("t".into(), "k".into(), vec![1; 16])] },
         ];
         for r in reqs {
             assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
@@ -336,6 +356,8 @@ mod tests {
             Ok(KvResponse::Digests(vec![("t".into(), "k".into(), vec![3; 16])])),
             Ok(KvResponse::Fence(9)),
             Ok(KvResponse::Targets(vec!["n2".into(), "n9".into()])),
+            Ok(KvResponse::Placed(6)),
+            Ok(KvResponse::Discarded(2)),
             Err(CoreError::AlreadyExists("tenant exists".into())),
         ];
         for r in replies {
