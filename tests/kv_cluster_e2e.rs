@@ -194,6 +194,20 @@ async fn peer_service_refuses_bad_input_and_keeps_serving() {
         Err(CoreError::Unavailable(m)) => assert!(m.contains("layout version 0"), "{m}"),
         other => panic!("a stale layout was served: {other:?}"),
     }
+    // What only a node's own background work sends its replica is refused from a peer, alone
+    // or in a batch: a peer could otherwise remove copies, or stop their removal for good.
+    for own in [
+        KvRequest::Placed { version: u64::MAX },
+        KvRequest::Discard { layout: 1, keys: vec![("t".into(), "k".into(), vec![0; 16])] },
+        KvRequest::Fence { version: 9 },
+    ] {
+        let body = wire::encode_request(&own);
+        let e = p.call(peer::PeerRequest { from: "x".into(), body: body.clone(), layout: 1 }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("own replica only"), "{}", e.message());
+        let e = p.call_batch(batch(vec![body], vec![1])).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
     // Anti-entropy tree questions: garbage and out-of-range nodes are INVALID_ARGUMENT, a
     // question placed by another layout is UNAVAILABLE, a good one is answered.
     use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};

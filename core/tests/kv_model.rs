@@ -473,3 +473,31 @@ fn a_discard_removes_only_unchanged_copies_and_none_after_a_newer_write_was_plac
     );
     assert!(matches!(step(&mut again, &store, 9, KvRequest::Stats), KvResponse::Stats { keys: 1, .. }));
 }
+
+#[test]
+fn a_replay_whose_copy_was_discarded_is_coordinated_again() {
+    use tessera_core::kv::IdemKey;
+    use tessera_core::kv::vclock::digest;
+    let store = MemStore::new();
+    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 60_000 });
+    let idem = IdemKey { key: "once".into(), request_hash: vec![7], fresh: false };
+    let req = |value: &[u8]| KvRequest::Coordinate {
+        tenant: "t".into(),
+        key: "k".into(),
+        value: Some(value.to_vec()),
+        idem: Some(idem.clone()),
+        keep: true,
+    };
+    let KvResponse::Coordinated { versions, .. } = write(&mut m, &store, 1, req(b"v")) else { panic!() };
+    // The node stops replicating the key and discards its copy; the record stays.
+    let keys = vec![("t".to_owned(), "k".to_owned(), digest(&versions))];
+    assert_eq!(step(&mut m, &store, 2, KvRequest::Discard { layout: 1, keys }), KvResponse::Discarded(1));
+    // A later replay here (the node an owner again) must not answer "done" with nothing held.
+    let KvResponse::Coordinated { versions, duplicate, .. } = write(&mut m, &store, 3, req(b"v")) else { panic!() };
+    assert!(!duplicate);
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0].value.as_deref(), Some(&b"v"[..]));
+    // While the copy is held, a replay is a duplicate, as before.
+    let KvResponse::Coordinated { duplicate, .. } = write(&mut m, &store, 4, req(b"v")) else { panic!() };
+    assert!(duplicate);
+}

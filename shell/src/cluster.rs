@@ -143,12 +143,11 @@ impl Cluster {
     /// the replica's answer) if this node serves by a newer layout or handed keys over by
     /// one (its stored fence floor), see [`crate::kv_coordinator::check_layout`].
     pub async fn serve_local(&self, req: KvRequest, layout: u64) -> Result<CoreResult<KvResponse>, DriverError> {
-        if let Err(e) = self.view.admit(&req, layout) {
+        let one = [(req, layout)];
+        if let Some(Err(e)) = self.admit(&one).await?.pop() {
             return Ok(Err(e));
         }
-        if let Err(e) = self.record_placed(self.view.to_record(&req, layout)).await? {
-            return Ok(Err(e));
-        }
+        let [(req, _)] = one;
         let out = self.local.call(req).await?;
         self.view.observe(&out);
         Ok(out)
@@ -161,12 +160,11 @@ impl Cluster {
         req: KvRequest,
         layout: u64,
     ) -> Result<(CoreResult<KvResponse>, Option<Durable>), DriverError> {
-        if let Err(e) = self.view.admit(&req, layout) {
+        let one = [(req, layout)];
+        if let Some(Err(e)) = self.admit(&one).await?.pop() {
             return Ok((Err(e), None));
         }
-        if let Err(e) = self.record_placed(self.view.to_record(&req, layout)).await? {
-            return Ok((Err(e), None));
-        }
+        let [(req, _)] = one;
         let (out, durable) = self.local.call_early(req).await?;
         self.view.observe(&out);
         Ok((out, Some(durable)))
@@ -178,23 +176,19 @@ impl Cluster {
         &self,
         reqs: Vec<(KvRequest, u64)>,
     ) -> Result<Vec<CoreResult<KvResponse>>, DriverError> {
+        let verdicts = self.admit(&reqs).await?;
         let mut out: Vec<Option<CoreResult<KvResponse>>> = Vec::with_capacity(reqs.len());
         let mut admitted = Vec::with_capacity(reqs.len());
-        let mut record = None;
-        for (req, layout) in reqs {
-            match self.view.admit(&req, layout) {
+        for ((req, _), verdict) in reqs.into_iter().zip(verdicts) {
+            match verdict {
                 Ok(()) => {
-                    record = record.max(self.view.to_record(&req, layout));
                     admitted.push(req);
                     out.push(None);
                 }
                 Err(e) => out.push(Some(Err(e))),
             }
         }
-        let mut answers = match self.record_placed(record).await? {
-            Ok(()) => self.local.call_many(admitted).await?.into_iter(),
-            Err(e) => vec![Err(e); admitted.len()].into_iter(),
-        };
+        let mut answers = self.local.call_many(admitted).await?.into_iter();
         Ok(out
             .into_iter()
             .map(|o| {
@@ -207,13 +201,9 @@ impl Cluster {
             .collect())
     }
 
-    /// Has the replica record `version` as a layout that placed a write here, first, when
-    /// [`ViewCell::to_record`] asks for it.
-    async fn record_placed(&self, version: Option<u64>) -> Result<CoreResult<()>, DriverError> {
-        let Some(version) = version else { return Ok(Ok(())) };
-        let out = self.local.call(KvRequest::Placed { version }).await?;
-        self.view.observe(&out);
-        Ok(out.map(|_| ()))
+    /// The fence's verdict on each request for this node's replica ([`ViewCell::admit_all`]).
+    async fn admit(&self, reqs: &[(KvRequest, u64)]) -> Result<Vec<CoreResult<()>>, DriverError> {
+        self.view.admit_all(reqs, |placed| self.local.call(placed)).await
     }
 
     /// Where this node's data lives (its volume's usage is part of its stats).
@@ -543,9 +533,8 @@ pub async fn mirror_migrations(cluster: Arc<Cluster>, status: crate::services::s
 const HAND_OVER_EVERY: Duration = Duration::from_secs(1);
 
 /// Hands this node's keys to their new owners whenever a layout change under way says it
-/// owes them, and once a change has finished removes the copies it no longer replicates,
-/// forever (a background task). A pass that fails is tried again from the last key on
-/// record; sending a key twice is harmless (replicas merge).
+/// owes them, forever (a background task). A pass that fails is tried again from the last
+/// key on record; sending a key twice is harmless (replicas merge).
 pub async fn hand_over(coordinator: Arc<KvCoordinator<Cluster>>) {
     loop {
         tokio::time::sleep(HAND_OVER_EVERY).await;
@@ -554,6 +543,15 @@ pub async fn hand_over(coordinator: Arc<KvCoordinator<Cluster>>) {
             Ok(None) => {}
             Err(e) => tracing::info!(error = %e, "hand-over paused; will retry"),
         }
+    }
+}
+
+/// Once a layout change has finished, removes the copies this node no longer replicates,
+/// forever (a background task of its own: a pass waiting on the metadata group holds up no
+/// hand-over).
+pub async fn clean_up(coordinator: Arc<KvCoordinator<Cluster>>) {
+    loop {
+        tokio::time::sleep(HAND_OVER_EVERY).await;
         match coordinator.clean_up_pass().await {
             Ok(Some(0)) | Ok(None) => {}
             Ok(Some(n)) => tracing::info!(keys = n, "removed the copies of keys this node no longer replicates"),

@@ -140,14 +140,38 @@ impl ViewCell {
         }
     }
 
-    /// The layout version the replica must record (`KvRequest::Placed`, awaited) before it
-    /// takes `req`, placed by `sender`: a request that may store a copy, placed by a layout
-    /// newer than any on record. Then a removal of copies found stale by an older layout,
-    /// queued in the driver behind or ahead of it, cannot undo a copy this node acknowledged
-    /// (see `KvRequest::Discard`). Rare: once per layout change.
+    /// The layout version the replica must record (`KvRequest::Placed`) before it takes
+    /// `req`, placed by `sender`: a request that may store a copy, placed by a layout newer
+    /// than any on record.
     pub fn to_record(&self, req: &KvRequest, sender: u64) -> Option<u64> {
         let stores = matches!(req, KvRequest::Coordinate { .. } | KvRequest::Apply { .. });
         (stores && sender > self.placed.load(Ordering::SeqCst)).then_some(sender)
+    }
+
+    /// The replica's guard for requests, each with the layout version it was placed by: which
+    /// it may take (the caller queues those in its driver at once, in order), and why not the
+    /// others. When one that may store a copy was placed by a layout newer than any on record,
+    /// the replica records that layout first, through `record` (a `KvRequest::Placed` to its
+    /// driver, awaited): a removal of copies found stale by an older layout, queued behind or
+    /// ahead, then cannot undo a copy this node acknowledged (see `KvRequest::Discard`). Rare:
+    /// once per layout change. The fence is checked again after it, as the node may have
+    /// followed a newer layout, and handed keys over by it, meanwhile.
+    pub async fn admit_all<E, F, Fut>(&self, reqs: &[(KvRequest, u64)], record: F) -> Result<Vec<CoreResult<()>>, E>
+    where
+        F: FnOnce(KvRequest) -> Fut,
+        Fut: Future<Output = Result<CoreResult<KvResponse>, E>>,
+    {
+        let admit = || reqs.iter().map(|(r, sender)| self.admit(r, *sender)).collect::<Vec<_>>();
+        let first = admit();
+        let newest =
+            reqs.iter().zip(&first).filter(|(_, ok)| ok.is_ok()).filter_map(|((r, s), _)| self.to_record(r, *s)).max();
+        let Some(version) = newest else { return Ok(first) };
+        let out = record(KvRequest::Placed { version }).await?;
+        self.observe(&out);
+        if let Err(e) = out {
+            return Ok(first.into_iter().map(|a| a.and(Err(e.clone()))).collect());
+        }
+        Ok(first.into_iter().zip(admit()).map(|(a, b)| a.and(b)).collect())
     }
 
     /// Serves by `layout` from now on if it is newer than the one in use; returns the
@@ -1062,5 +1086,38 @@ mod tests {
         let discard = KvRequest::Discard { layout: 0, keys: vec![] };
         assert!(matches!(cell.admit(&discard, 0), Err(CoreError::Unavailable(_))));
         assert!(cell.admit(&discard, 1).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_write_is_fenced_again_after_its_layout_was_recorded() {
+        let members = vec![("n1".to_owned(), "h:1".to_owned(), 8)];
+        let cell = ViewCell::new(Layout::initial(&members));
+        let apply =
+            |sender| (KvRequest::Apply { tenant: "t".into(), key: "k".into(), versions: vec![], idem: None }, sender);
+        let read = (KvRequest::Read { tenant: "t".into(), key: "k".into() }, 1);
+        // Nothing to record: no call.
+        let none =
+            cell.admit_all(std::slice::from_ref(&read), |_| async { Err::<CoreResult<KvResponse>, ()>(()) }).await;
+        assert_eq!(none, Ok(vec![Ok(())]));
+        // While the replica records layout 1, the node follows layout 2 (and may hand keys over
+        // by it): the write placed by 1 is refused after all, the one placed by 2 goes.
+        let next = Layout { version: 2, ..Layout::initial(&members) };
+        let verdicts = cell
+            .admit_all(&[apply(1), apply(2), read], |placed| {
+                assert_eq!(placed, KvRequest::Placed { version: 2 });
+                cell.follow(next);
+                async { Ok::<_, ()>(Ok(KvResponse::Placed(2))) }
+            })
+            .await
+            .unwrap();
+        assert!(matches!(verdicts[..], [Err(CoreError::Unavailable(_)), Ok(()), Err(CoreError::Unavailable(_))]));
+        // Recorded: not again.
+        assert_eq!(cell.to_record(&apply(2).0, 2), None);
+        // A replica that cannot record refuses what it was to take.
+        let failed = cell
+            .admit_all(&[apply(3)], |_| async { Ok::<_, ()>(Err(CoreError::Unavailable("disk".into()))) })
+            .await
+            .unwrap();
+        assert!(matches!(failed[..], [Err(CoreError::Unavailable(_))]));
     }
 }

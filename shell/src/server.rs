@@ -235,6 +235,12 @@ pub async fn run(
         .await
         .context("reading the layout fence floor")?
         .context("reading the layout fence floor")?;
+    // And the newest layout that placed a write here, so that it is not recorded again.
+    cluster
+        .serve_local(tessera_core::kv::KvRequest::Placed { version: 0 }, 0)
+        .await
+        .context("reading the newest placing layout")?
+        .context("reading the newest placing layout")?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -258,6 +264,7 @@ pub async fn run(
     let anti_entropy = tokio::spawn(crate::cluster::anti_entropy(coordinator.coordinator()));
     let follow = tokio::spawn(crate::cluster::follow_layout(cluster.clone()));
     let hand_over = tokio::spawn(crate::cluster::hand_over(coordinator.coordinator()));
+    let clean_up = tokio::spawn(crate::cluster::clean_up(coordinator.coordinator()));
 
     if let Some(maddr) = config.metrics_listen {
         let m = metrics.clone();
@@ -328,7 +335,7 @@ pub async fn run(
         .context("gRPC server")?;
 
     // The background tasks hold the cluster (and its driver handles): stop them first.
-    for task in [handoff, anti_entropy, follow, hand_over, mirror] {
+    for task in [handoff, anti_entropy, follow, hand_over, clean_up, mirror] {
         task.abort();
         let _ = task.await;
     }

@@ -100,10 +100,8 @@ async fn delay(world: &World) {
 /// node is down.
 async fn serve(world: &World, to: usize, req: KvRequest, layout: u64) -> Option<CoreResult<KvResponse>> {
     let peers = world.coordinator(to).map(|(c, _)| c.peers().clone())?;
-    if let Err(e) = peers.view().admit(&req, layout) {
-        return Some(Err(e));
-    }
-    if let Err(e) = record_placed(world, to, &peers, &req, layout).await? {
+    let (req, verdict) = admit(world, to, &peers, req, layout).await?;
+    if let Err(e) = verdict {
         return Some(Err(e));
     }
     let out = world.kv_handle(to)?.call(req).await.ok()?;
@@ -111,19 +109,20 @@ async fn serve(world: &World, to: usize, req: KvRequest, layout: u64) -> Option<
     Some(out)
 }
 
-/// Has node `to`'s replica record the layout that placed `req` first, when its view asks for
-/// it (as tesserad's peer service does). `None`: the node is down.
-async fn record_placed(
+/// The fence's verdict on `req` for node `to`'s replica (`ViewCell::admit_all`, as tesserad's
+/// peer service has it). `None`: the node is down.
+async fn admit(
     world: &World,
     to: usize,
     peers: &SimPeers,
-    req: &KvRequest,
+    req: KvRequest,
     layout: u64,
-) -> Option<CoreResult<()>> {
-    let Some(version) = peers.view().to_record(req, layout) else { return Some(Ok(())) };
-    let out = world.kv_handle(to)?.call(KvRequest::Placed { version }).await.ok()?;
-    peers.view().observe(&out);
-    Some(out.map(|_| ()))
+) -> Option<(KvRequest, CoreResult<()>)> {
+    let one = [(req, layout)];
+    let handle = world.kv_handle(to)?;
+    let verdict = peers.view().admit_all(&one, |placed| handle.call(placed)).await.ok()?.pop()?;
+    let [(req, _)] = one;
+    Some((req, verdict))
 }
 
 /// A message from node `from` to node `to` and its answer, through the faulty network: each
@@ -209,10 +208,8 @@ impl Peers for SimPeers {
         Box::pin(async move {
             let down = || Unreachable("this node's replica is down".into());
             let peers = world.coordinator(me).map(|(c, _)| c.peers().clone()).ok_or_else(down)?;
-            if let Err(e) = peers.view().admit(&req, layout) {
-                return Ok((Err(e), None));
-            }
-            if let Err(e) = record_placed(&world, me, &peers, &req, layout).await.ok_or_else(down)? {
+            let (req, verdict) = admit(&world, me, &peers, req, layout).await.ok_or_else(down)?;
+            if let Err(e) = verdict {
                 return Ok((Err(e), None));
             }
             let (out, durable) =
@@ -268,8 +265,7 @@ impl Peers for SimPeers {
 }
 
 /// Offers held hints to their nodes every 100 ms (tesserad: 500 ms), hands keys over to
-/// new owners every 200 ms when a layout change says so and removes stale copies once it
-/// has finished (tesserad: 1 s), and runs an
+/// new owners every 200 ms when a layout change says so (tesserad: 1 s), and runs an
 /// anti-entropy pass every 400 ms (tesserad: 10 s).
 pub async fn hand_off(coord: Coordinator) {
     let mut round = 0u64;
@@ -279,10 +275,6 @@ pub async fn hand_off(coord: Coordinator) {
         round += 1;
         if round.is_multiple_of(2) {
             let _ = coord.hand_over_pass().await;
-            if let Ok(Some(n @ 1..)) = coord.clean_up_pass().await {
-                let me = coord.peers().me().to_owned();
-                coord.peers().world.event(format!("{me} removed {n} stale copies"));
-            }
         }
         if round.is_multiple_of(4) {
             let r = coord.anti_entropy_pass().await;
@@ -293,6 +285,18 @@ pub async fn hand_off(coord: Coordinator) {
                     r.peers, r.ranges_differing, r.segments_differing, r.keys_compared, r.repaired
                 ));
             }
+        }
+    }
+}
+
+/// Removes stale copies every 200 ms once a layout change has finished (tesserad: 1 s), in
+/// a task of its own as in tesserad.
+pub async fn clean_up(coord: Coordinator) {
+    loop {
+        madsim::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(Some(n @ 1..)) = coord.clean_up_pass().await {
+            let me = coord.peers().me().to_owned();
+            coord.peers().world.event(format!("{me} removed {n} stale copies"));
         }
     }
 }

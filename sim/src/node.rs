@@ -188,10 +188,16 @@ impl SimNode {
                     let peers = Arc::new(crate::kv_model::SimPeers::new(boot.world.clone(), index, skew_ms, layout));
                     // The fence floor stored before a restart holds before the node serves.
                     let kv = lock(&kv_slot).clone();
-                    let floor = match kv {
+                    let floor = match &kv {
                         Some(kv) => kv.call(tessera_core::kv::KvRequest::Fence { version: 0 }).await.ok(),
                         None => None,
                     };
+                    // And the newest layout that placed a write here (not recorded again).
+                    if let Some(kv) = &kv
+                        && let Ok(out) = kv.call(tessera_core::kv::KvRequest::Placed { version: 0 }).await
+                    {
+                        peers.view().observe(&out);
+                    }
                     match floor {
                         Some(out @ Ok(_)) => peers.view().observe(&out),
                         // As tesserad: a node that cannot read its floor does not serve.
@@ -206,6 +212,7 @@ impl SimNode {
                         .with_hand_over_grace(crate::kv_model::HAND_OVER_GRACE_MS);
                     let coord = Arc::new(coord);
                     *lock(&coord_slot) = Some(coord.clone());
+                    madsim::task::spawn(crate::kv_model::clean_up(coord.clone()));
                     madsim::task::spawn(crate::kv_model::hand_off(coord));
                     boot.world.event(format!("{} up", boot.name));
                     // madsim ends a node whose initial task returns (as a process whose main

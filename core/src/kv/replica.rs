@@ -23,7 +23,7 @@ use crate::ready::{ClientToken, Machine, Ready};
 use crate::store::{StoreError, StoreRead, WriteBatch};
 
 use super::keys;
-use super::vclock::{VClock, Version, context, decode_versions, digest, encode_versions, reconcile};
+use super::vclock::{Causal, VClock, Version, context, decode_versions, digest, encode_versions, reconcile};
 
 pub(super) const KEYSPACE: &str = crate::store::KV;
 
@@ -170,6 +170,14 @@ pub enum KvRequest {
         layout: u64,
         keys: Vec<(String, String, Vec<u8>)>,
     },
+}
+
+impl KvRequest {
+    /// Requests a node's own background work sends its replica, never a peer's: the fence,
+    /// the placing layout on record, and the removal of stale copies.
+    pub fn local_only(&self) -> bool {
+        matches!(self, KvRequest::Fence { .. } | KvRequest::Placed { .. } | KvRequest::Discard { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,7 +377,16 @@ impl KvMachine {
                     // again, merging is idempotent, so a write that missed its quorum the first
                     // time can still reach it), or of one coordinated here whose record is
                     // still on its way (send that version again).
-                    let known = match self.idem(store, now, &tenant, &i.key)? {
+                    // A record comes with its write's version, which stays or is superseded; a
+                    // record without either is left from copies this replica discarded (it
+                    // stopped replicating the key): as good as none.
+                    let has_write = |rec: &IdemRecord| {
+                        current
+                            .iter()
+                            .flatten()
+                            .any(|v| matches!(v.clock.compare(&rec.clock), Causal::After | Causal::Equal))
+                    };
+                    let known = match self.idem(store, now, &tenant, &i.key)?.filter(has_write) {
                         Some(rec) => Some((rec, current.clone().unwrap_or_default(), true)),
                         None => self
                             .pending
@@ -530,13 +547,15 @@ impl KvMachine {
                          the copies were found stale by; they stay"
                     )));
                 }
-                let mut gone = 0u64;
+                let mut gone = std::collections::BTreeSet::new();
                 for (tenant, key, seen) in stale {
-                    if Self::versions(store, &tenant, &key)?.is_some_and(|v| digest(&v) == seen) {
-                        batch.delete(KEYSPACE, keys::value(&tenant, &key));
-                        gone += 1;
+                    let k = keys::value(&tenant, &key);
+                    if !gone.contains(&k) && Self::versions(store, &tenant, &key)?.is_some_and(|v| digest(&v) == seen) {
+                        batch.delete(KEYSPACE, k.clone());
+                        gone.insert(k);
                     }
                 }
+                let gone = gone.len() as u64;
                 if gone > 0 {
                     let n = count(store, keys::KEY_COUNT)?.saturating_sub(gone);
                     batch.put(KEYSPACE, keys::KEY_COUNT.to_vec(), n.to_be_bytes().to_vec());

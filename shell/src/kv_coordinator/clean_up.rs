@@ -32,8 +32,9 @@ pub(super) struct CleanUp {
 impl<P: Peers> KvCoordinator<P> {
     /// Removes this node's copies of the keys it does not replicate under the settled layout
     /// it serves by, once per layout and after the hand-over grace. Returns how many went when
-    /// this pass finished the job, `None` when there was nothing to do yet (or any more). A pass
-    /// that fails or sees the layout move on stops; the next one starts over.
+    /// this pass went through, `None` when there was nothing to do yet (or any more). A pass
+    /// that fails or sees the layout move on stops; the next one starts over, as does the next
+    /// after a pass that kept copies changed since its scan.
     pub async fn clean_up_pass(&self) -> CoreResult<Option<u64>> {
         let me = self.peers.me().to_owned();
         let placement = self.peers.placement();
@@ -54,7 +55,7 @@ impl<P: Peers> KvCoordinator<P> {
             }
         }
         let until = || self.peers.now_ms() + PEER_TIMEOUT_MS;
-        let (mut after, mut gone) = (None, 0);
+        let (mut after, mut gone, mut kept_some) = (None, 0, false);
         loop {
             let ask = |after| KvRequest::Digests { after, limit: PAGE };
             let page = self
@@ -73,18 +74,30 @@ impl<P: Peers> KvCoordinator<P> {
                     // Its factor moved by a layout this node does not serve by yet.
                     return Ok(None);
                 }
-                if !placement.read_set(&tenant, &key, t.replication_factor as usize).contains(&me) {
+                // Settled: the current ring alone places the key.
+                if !placement.current.replicas(&tenant, &key, t.replication_factor as usize).contains(&me.as_str()) {
                     stale.push((tenant, key, digest));
                 }
+            }
+            if self.peers.placement().version != version {
+                return Ok(None);
             }
             if stale.is_empty() {
                 continue;
             }
+            let sent = stale.len() as u64;
             let req = KvRequest::Discard { layout: version, keys: stale };
             match self.peers.send_at(&me, req, version, PEER_TIMEOUT_MS).await {
-                Ok(Ok(KvResponse::Discarded(n))) => gone += n,
+                Ok(Ok(KvResponse::Discarded(n))) => {
+                    gone += n;
+                    // A copy that changed since the scan stays; the next pass looks again.
+                    kept_some |= n < sent;
+                }
                 // Refused: the node serves by a newer layout, or took a write placed by one.
-                Ok(Err(CoreError::Unavailable(_) | CoreError::FailedPrecondition(_))) => return Ok(None),
+                Ok(Err(e @ (CoreError::Unavailable(_) | CoreError::FailedPrecondition(_)))) => {
+                    tracing::debug!(error = %e, "stale copies kept");
+                    return Ok(None);
+                }
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(other)) => {
                     return Err(CoreError::Unavailable(format!("unexpected answer to a discard: {other:?}")));
@@ -96,7 +109,7 @@ impl<P: Peers> KvCoordinator<P> {
         if c.version != version {
             return Ok(None);
         }
-        c.done = true;
+        c.done = !kept_some;
         Ok(Some(gone))
     }
 }

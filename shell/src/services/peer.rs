@@ -36,12 +36,23 @@ impl Peer {
     }
 }
 
+/// A peer's request to this node's replica; those only the node itself sends are refused.
+fn decode(from: &str, body: &[u8]) -> Result<KvRequest, Status> {
+    let kv =
+        wire::decode_request(body).map_err(|e| Status::invalid_argument(format!("peer request from {from:?}: {e}")))?;
+    if kv.local_only() {
+        return Err(Status::invalid_argument(format!(
+            "peer request from {from:?}: {kv:?} is for a node's own replica only"
+        )));
+    }
+    Ok(kv)
+}
+
 #[tonic::async_trait]
 impl PeerService for Peer {
     async fn call(&self, req: Request<peer::PeerRequest>) -> Result<Response<peer::PeerReply>, Status> {
         let r = req.into_inner();
-        let kv = wire::decode_request(&r.body)
-            .map_err(|e| Status::invalid_argument(format!("peer request from {:?}: {e}", r.from)))?;
+        let kv = decode(&r.from, &r.body)?;
         let stats = matches!(kv, KvRequest::Stats);
         let body = Self::serve(self.cluster.clone(), kv, r.layout).await?;
         let mut reply = peer::PeerReply { body, disk_usage_percent: 0.0 };
@@ -68,9 +79,7 @@ impl PeerService for Peer {
         }
         let mut reqs = Vec::with_capacity(r.bodies.len());
         for (body, layout) in r.bodies.into_iter().zip(r.layouts) {
-            let kv = wire::decode_request(&body)
-                .map_err(|e| Status::invalid_argument(format!("peer request from {:?}: {e}", r.from)))?;
-            reqs.push((kv, layout));
+            reqs.push((decode(&r.from, &body)?, layout));
         }
         // The whole batch goes to the driver at once, so it shares one group commit.
         let answers = self.cluster.serve_local_many(reqs).await.map_err(driver_status)?;
