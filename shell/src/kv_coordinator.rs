@@ -24,6 +24,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use sha2::{Digest, Sha256};
 use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::quorum::{Consistency, resolve_read};
@@ -721,61 +723,52 @@ impl<P: Peers> KvCoordinator<P> {
             [(_, need)] => *need,
             _ => replicas.len(),
         };
-        let (tx, mut rx) = mpsc::channel(replicas.len().max(1));
         // One replica's versions, or None when it did not answer with them.
         let read_one = |i: usize| {
             let (p, node) = (self.peers.clone(), replicas[i].clone());
             let req = KvRequest::Read { tenant: tenant_id.to_owned(), key: key.to_owned() };
             let left = self.left(until_ms);
             async move {
-                match p.send_at(&node, req, layout, left).await {
+                let v = match p.send_at(&node, req, layout, left).await {
                     Ok(Ok(KvResponse::Versions(v))) => Some(v),
                     _ => None,
-                }
+                };
+                (i, v)
             }
         };
-        let ask = |i: usize| {
-            let (read, tx) = (read_one(i), tx.clone());
-            self.peers.spawn(Box::pin(async move {
-                let _ = tx.send((i, read.await)).await;
-            }));
-        };
-        let mut in_flight = 0;
+        // Polled here, not spawned: the answers wake this task alone, and a read leaves
+        // nothing behind that must finish after it.
+        let mut asked = FuturesUnordered::new();
         let mut local = None;
         for i in queue.by_ref().take(first) {
             match replicas[i] == self.peers.me() {
                 true => local = Some(i),
-                false => ask(i),
+                false => asked.push(read_one(i)),
             }
-            in_flight += 1;
         }
+        // This node's replica answers from its store at once: asked last, once the others'
+        // requests are on their way.
         if let Some(i) = local {
-            // This node's replica answers from its store at once (the others are asked
-            // already): read it here rather than in a task of its own.
-            let _ = tx.send((i, read_one(i).await)).await;
+            asked.push(read_one(i));
         }
         let mut answered = vec![false; replicas.len()];
         let mut replies: Vec<(String, Vec<Version>)> = Vec::new();
         let mut failed = 0;
-        while !targets.met(&answered) && in_flight > 0 {
-            match rx.recv().await {
+        while !targets.met(&answered) {
+            match asked.next().await {
                 Some((i, Some(v))) => {
-                    in_flight -= 1;
                     answered[i] = true;
                     replies.push((replicas[i].clone(), v));
                 }
                 Some((_, None)) => {
-                    in_flight -= 1;
                     failed += 1;
                     if let Some(next) = queue.next() {
-                        ask(next);
-                        in_flight += 1;
+                        asked.push(read_one(next));
                     }
                 }
                 None => break,
             }
         }
-        drop(tx);
         if !targets.met(&answered) {
             return Err(CoreError::Unavailable(format!(
                 "{} answered the read (for {}; {failed} failed)",
