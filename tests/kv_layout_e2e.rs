@@ -272,6 +272,14 @@ async fn a_replication_factor_change_moves_keys_to_their_new_replicas() {
     let mut c1 = CoordinatorServiceClient::new(daemons[0].channel().await);
     let mut c2 = CoordinatorServiceClient::new(daemons[1].channel().await);
     let mut acked = acme_with_keys(&mut c1, 1, 120).await;
+    // Another tenant's keys (stored after acme's) do not move, nor count in its progress.
+    let zeta = kv::CreateTenantRequest { tenant_id: "zeta".into(), replication_factor: 3 };
+    c1.create_tenant(zeta).await.unwrap();
+    for i in 0..100 {
+        c1.write_key_value(kv::WriteKeyValueRequest { tenant_id: "zeta".into(), ..write(&format!("z{i}"), "z") })
+            .await
+            .unwrap();
+    }
     for (rf, code) in [(0, Code::InvalidArgument), (11, Code::InvalidArgument)] {
         assert_eq!(c1.update_replication_factor(set_rf(rf)).await.unwrap_err().code(), code, "rf {rf}");
     }
@@ -293,9 +301,15 @@ async fn a_replication_factor_change_moves_keys_to_their_new_replicas() {
     }
     let done = wait_done(&mut c2, &up.migration_id).await;
     assert_eq!((done.r#type.as_str(), done.node_id.as_str()), ("replication_factor", "acme"));
-    // Every key is stored twice now: once where it was, once where the rise put it.
+    // Progress counts acme's keys only: each node's, when its hand-over began (at most two
+    // copies of each; zeta's 300 copies would exceed that).
+    let p = done.progress.unwrap();
+    assert_eq!(p.percentage, 100.0);
+    assert!(p.total_keys >= 120 && p.total_keys <= 2 * acked.len() as i64, "{p:?}");
+    // Every key is stored twice now: once where it was, once where the rise put it (and
+    // zeta's three times, as before).
     let held: u64 = nodes(&mut c1).await.iter().map(|n| n.keys_count as u64).sum();
-    assert_eq!(held, 2 * acked.len() as u64);
+    assert_eq!(held, 2 * acked.len() as u64 + 300);
 
     // The same factor again moves nothing; nor does a rise past the number of nodes.
     let same = c1.update_replication_factor(set_rf(2)).await.unwrap().into_inner();

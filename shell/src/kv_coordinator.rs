@@ -832,8 +832,15 @@ impl<P: Peers> KvCoordinator<P> {
             Ok(Ok(KvResponse::Fence(_))) => {}
             _ => return Err(CoreError::Unavailable("this node's replica did not store the layout fence".into())),
         }
-        let total = match self.peers.send(&me, KvRequest::Stats, PEER_TIMEOUT_MS).await {
-            Ok(Ok(KvResponse::Stats { keys, .. })) => keys,
+        // A factor change moves one tenant's keys: they are stored together, from just
+        // before its first key (no key is empty) to the first key of another tenant.
+        let only = (m.kind == MigrationKind::ReplicationFactor).then(|| m.node.clone());
+        let count = match &only {
+            Some(t) => KvRequest::TenantKeys { tenant: t.clone() },
+            None => KvRequest::Stats,
+        };
+        let total = match self.peers.send(&me, count, PEER_TIMEOUT_MS).await {
+            Ok(Ok(KvResponse::Stats { keys, .. } | KvResponse::Count(keys))) => keys,
             _ => return Err(CoreError::Unavailable("this node's replica did not report its key count".into())),
         };
         let report = |moved: u64, done: bool, after: &Option<(String, String)>| MetaRequest::Progress {
@@ -849,9 +856,6 @@ impl<P: Peers> KvCoordinator<P> {
         let from = m.progress.get(&me).cloned().unwrap_or_default();
         let (mut after, mut moved) = (from.after, from.moved);
         let (mut handed, mut reported) = (after.clone(), moved);
-        // A factor change moves one tenant's keys: they are stored together, from just
-        // before its first key (no key is empty) to the first key of another tenant.
-        let only = (m.kind == MigrationKind::ReplicationFactor).then(|| m.node.clone());
         if let Some(t) = &only
             && after.is_none()
         {

@@ -156,6 +156,11 @@ pub enum KvRequest {
     },
     /// The nodes this replica keeps hints for (at most 1000), members or not.
     HintTargets,
+    /// How many keys of `tenant` this node holds (a factor change's hand-over reports its
+    /// progress against it).
+    TenantKeys {
+        tenant: String,
+    },
     /// Records, durably before the answer, that this replica is about to store a write
     /// placed by layout `version` (see [`KvRequest::Discard`]); answers the newest on record.
     Placed {
@@ -207,6 +212,8 @@ pub enum KvResponse {
     Placed(u64),
     /// How many copies a `Discard` removed.
     Discarded(u64),
+    /// How many keys a `TenantKeys` found.
+    Count(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -532,6 +539,7 @@ impl KvMachine {
                 Ok((KvResponse::Fence(floor.max(version)), batch))
             }
             KvRequest::HintTargets => Ok((KvResponse::Targets(Self::hint_targets(store)?), batch)),
+            KvRequest::TenantKeys { tenant } => Ok((KvResponse::Count(Self::tenant_keys(store, &tenant)?), batch)),
             KvRequest::Placed { version } => {
                 let placed = count(store, keys::PLACED)?;
                 if version > placed {
@@ -566,6 +574,20 @@ impl KvMachine {
                 KvResponse::Stats { keys: count(store, keys::KEY_COUNT)?, hints: count(store, keys::HINT_COUNT)? },
                 batch,
             )),
+        }
+    }
+
+    /// How many keys of `tenant` the store holds, counted a page at a time.
+    fn tenant_keys(store: &dyn StoreRead, tenant: &str) -> Result<u64, StoreError> {
+        let prefix = keys::value(tenant, "");
+        let (mut n, mut after) = (0u64, None);
+        loop {
+            let rows = store.prefix(KEYSPACE, &prefix, after.as_deref(), 1000)?;
+            n += rows.len() as u64;
+            match rows.into_iter().last() {
+                Some((k, _)) => after = Some(k),
+                None => return Ok(n),
+            }
         }
     }
 
@@ -706,6 +728,7 @@ impl Machine for KvMachine {
                 | KvRequest::Stats
                 | KvRequest::Scan { .. }
                 | KvRequest::Digests { .. }
+                | KvRequest::TenantKeys { .. }
         );
         (self.token, self.early, self.keeps) = (token, false, false);
         let mut ready = Ready::answer(token, self.handle(now, input, store))?;
@@ -741,6 +764,9 @@ impl Machine for KvMachine {
                 Self::versions(store, tenant, key).map(|v| KvResponse::Versions(v.unwrap_or_default()))
             }
             KvRequest::HintTargets => Self::hint_targets(store).map(KvResponse::Targets).map_err(Into::into),
+            KvRequest::TenantKeys { tenant } => {
+                Self::tenant_keys(store, tenant).map(KvResponse::Count).map_err(Into::into)
+            }
             KvRequest::Digests { after, limit } => {
                 Self::scan(store, after.clone(), *limit, |versions| digest(&versions))
                     .map(KvResponse::Digests)
