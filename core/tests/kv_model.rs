@@ -475,29 +475,85 @@ fn a_discard_removes_only_unchanged_copies_and_none_after_a_newer_write_was_plac
 }
 
 #[test]
-fn a_replay_whose_copy_was_discarded_is_coordinated_again() {
+fn a_replay_whose_copy_was_discarded_goes_to_another_replica_and_reuse_stays_refused() {
+    use tessera_core::CoreError;
     use tessera_core::kv::IdemKey;
     use tessera_core::kv::vclock::digest;
     let store = MemStore::new();
     let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 60_000 });
-    let idem = IdemKey { key: "once".into(), request_hash: vec![7], fresh: false };
-    let req = |value: &[u8]| KvRequest::Coordinate {
+    let idem = |hash: u8| IdemKey { key: "once".into(), request_hash: vec![hash], fresh: false };
+    let req = |key: &str, hash: u8| KvRequest::Coordinate {
         tenant: "t".into(),
-        key: "k".into(),
-        value: Some(value.to_vec()),
-        idem: Some(idem.clone()),
+        key: key.into(),
+        value: Some(b"v".to_vec()),
+        idem: Some(idem(hash)),
         keep: true,
     };
-    let KvResponse::Coordinated { versions, .. } = write(&mut m, &store, 1, req(b"v")) else { panic!() };
-    // The node stops replicating the key and discards its copy; the record stays.
-    let keys = vec![("t".to_owned(), "k".to_owned(), digest(&versions))];
-    assert_eq!(step(&mut m, &store, 2, KvRequest::Discard { layout: 1, keys }), KvResponse::Discarded(1));
-    // A later replay here (the node an owner again) must not answer "done" with nothing held.
-    let KvResponse::Coordinated { versions, duplicate, .. } = write(&mut m, &store, 3, req(b"v")) else { panic!() };
-    assert!(!duplicate);
-    assert_eq!(versions.len(), 1);
-    assert_eq!(versions[0].value.as_deref(), Some(&b"v"[..]));
-    // While the copy is held, a replay is a duplicate, as before.
-    let KvResponse::Coordinated { duplicate, .. } = write(&mut m, &store, 4, req(b"v")) else { panic!() };
+    let KvResponse::Coordinated { versions, .. } = write(&mut m, &store, 1, req("k", 7)) else { panic!() };
+    // While the copy is held, a replay is a duplicate.
+    let KvResponse::Coordinated { duplicate, .. } = write(&mut m, &store, 2, req("k", 7)) else { panic!() };
     assert!(duplicate);
+    // The key used again for another write (another key, whose versions say nothing of the
+    // record's) is refused.
+    step(
+        &mut m,
+        &store,
+        3,
+        KvRequest::Apply {
+            tenant: "t".into(),
+            key: "other".into(),
+            versions: vec![Version {
+                clock: VClock([("n2".to_owned(), 3)].into()),
+                ts_ms: 3,
+                value: Some(b"o".to_vec()),
+            }],
+            idem: None,
+        },
+    );
+    let reuse = m.step(4, 0, req("other", 8), &store).unwrap();
+    assert!(matches!(reuse.replies[0].1, Err(CoreError::FailedPrecondition(_))), "{:?}", reuse.replies);
+    // The node stops replicating the key and discards its copy; the record stays. A later
+    // replay here (the node an owner again) is neither answered "done" with nothing held nor
+    // coordinated anew on nothing: another replica answers it.
+    let keys = vec![("t".to_owned(), "k".to_owned(), digest(&versions))];
+    assert_eq!(step(&mut m, &store, 5, KvRequest::Discard { layout: 1, keys }), KvResponse::Discarded(1));
+    let replay = m.step(6, 0, req("k", 7), &store).unwrap();
+    assert!(matches!(replay.replies[0].1, Err(CoreError::Unavailable(_))), "{:?}", replay.replies);
+    assert!(replay.writes.is_empty());
+    // Once the write is handed back, the replay is a duplicate again.
+    step(&mut m, &store, 7, KvRequest::Apply { tenant: "t".into(), key: "k".into(), versions, idem: None });
+    let KvResponse::Coordinated { duplicate, .. } = write(&mut m, &store, 8, req("k", 7)) else { panic!() };
+    assert!(duplicate);
+}
+
+#[test]
+fn tenant_keys_count_one_tenant_a_page_at_a_time() {
+    let store = MemStore::new();
+    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let v = Version { clock: VClock([("n2".to_owned(), 1)].into()), ts_ms: 1, value: Some(b"x".to_vec()) };
+    let mut batch = Vec::new();
+    for (tenant, n) in [("ab", 10_005), ("abc", 7), ("a", 3)] {
+        for i in 0..n {
+            let versions = vec![v.clone()];
+            batch.push(KvRequest::Apply { tenant: tenant.into(), key: format!("k{i:05}"), versions, idem: None });
+        }
+    }
+    for req in batch {
+        step(&mut m, &store, 1, req);
+    }
+    let count = |m: &mut KvMachine, tenant: &str| {
+        let (mut total, mut after, mut pages) = (0, None, 0);
+        loop {
+            pages += 1;
+            match step(m, &store, 2, KvRequest::TenantKeys { tenant: tenant.into(), after }) {
+                KvResponse::Count(n, Some(last)) => (total, after) = (total + n, Some(last)),
+                KvResponse::Count(n, None) => return (total + n, pages),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(count(&mut m, "ab"), (10_005, 2));
+    assert_eq!(count(&mut m, "abc"), (7, 1));
+    assert_eq!(count(&mut m, "a"), (3, 1));
+    assert_eq!(count(&mut m, "nobody"), (0, 1));
 }

@@ -835,14 +835,7 @@ impl<P: Peers> KvCoordinator<P> {
         // A factor change moves one tenant's keys: they are stored together, from just
         // before its first key (no key is empty) to the first key of another tenant.
         let only = (m.kind == MigrationKind::ReplicationFactor).then(|| m.node.clone());
-        let count = match &only {
-            Some(t) => KvRequest::TenantKeys { tenant: t.clone() },
-            None => KvRequest::Stats,
-        };
-        let total = match self.peers.send(&me, count, PEER_TIMEOUT_MS).await {
-            Ok(Ok(KvResponse::Stats { keys, .. } | KvResponse::Count(keys))) => keys,
-            _ => return Err(CoreError::Unavailable("this node's replica did not report its key count".into())),
-        };
+        let total = self.keys_held(only.as_deref()).await?;
         let report = |moved: u64, done: bool, after: &Option<(String, String)>| MetaRequest::Progress {
             migration: m.id.clone(),
             node: me.clone(),
@@ -894,6 +887,32 @@ impl<P: Peers> KvCoordinator<P> {
         }
         self.meta(report(moved, true, &handed), until()).await?;
         Ok(Some(moved))
+    }
+
+    /// How many keys this node holds: all of them, or `tenant`'s (counted a page at a time).
+    async fn keys_held(&self, tenant: Option<&str>) -> CoreResult<u64> {
+        let me = self.peers.me().to_owned();
+        let unknown = || CoreError::Unavailable("this node's replica did not report its key count".into());
+        let Some(tenant) = tenant else {
+            return match self.peers.send(&me, KvRequest::Stats, PEER_TIMEOUT_MS).await {
+                Ok(Ok(KvResponse::Stats { keys, .. })) => Ok(keys),
+                _ => Err(unknown()),
+            };
+        };
+        let (mut total, mut after) = (0, None);
+        loop {
+            let req = KvRequest::TenantKeys { tenant: tenant.to_owned(), after };
+            match self.peers.send(&me, req, PEER_TIMEOUT_MS).await {
+                Ok(Ok(KvResponse::Count(n, last))) => {
+                    total += n;
+                    match last {
+                        Some(k) => after = Some(k),
+                        None => return Ok(total),
+                    }
+                }
+                _ => return Err(unknown()),
+            }
+        }
     }
 
     /// Sends one key this node holds to the owners it gains under `placement`.

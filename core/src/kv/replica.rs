@@ -33,6 +33,8 @@ pub const MAX_HINTS: u64 = 100_000;
 pub const HINT_MAX_AGE_MS: u64 = 3 * 60 * 60 * 1000;
 /// Most versions one apply may carry (siblings of one key).
 pub const MAX_SIBLINGS: usize = 64;
+/// Most keys one `TenantKeys` counts: a page served on the caller's thread stays short.
+const COUNT_PAGE: u64 = 10_000;
 /// Most expired records or hints one sweep removes; a full sweep asks for the next at once.
 const SWEEP_BATCH: usize = 1000;
 /// Clock counters reserved per stored ceiling: one write per this many coordinations.
@@ -156,10 +158,11 @@ pub enum KvRequest {
     },
     /// The nodes this replica keeps hints for (at most 1000), members or not.
     HintTargets,
-    /// How many keys of `tenant` this node holds (a factor change's hand-over reports its
-    /// progress against it).
+    /// How many keys of `tenant` this node holds after `after`, up to 10 000 (a factor
+    /// change's hand-over reports its progress against their sum).
     TenantKeys {
         tenant: String,
+        after: Option<String>,
     },
     /// Records, durably before the answer, that this replica is about to store a write
     /// placed by layout `version` (see [`KvRequest::Discard`]); answers the newest on record.
@@ -212,8 +215,8 @@ pub enum KvResponse {
     Placed(u64),
     /// How many copies a `Discard` removed.
     Discarded(u64),
-    /// How many keys a `TenantKeys` found.
-    Count(u64),
+    /// How many keys a `TenantKeys` found, and the last of them when there may be more.
+    Count(u64, Option<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -384,16 +387,26 @@ impl KvMachine {
                     // again, merging is idempotent, so a write that missed its quorum the first
                     // time can still reach it), or of one coordinated here whose record is
                     // still on its way (send that version again).
-                    // A record comes with its write's version, which stays or is superseded; a
-                    // record without either is left from copies this replica discarded (it
-                    // stopped replicating the key): as good as none.
-                    let has_write = |rec: &IdemRecord| {
-                        current
+                    let held = self.idem(store, now, &tenant, &i.key)?;
+                    // A record comes with its write's version, which stays or is superseded. One
+                    // of this very write without either is left from copies this replica
+                    // discarded (it stopped replicating the key, and is an owner again): it does
+                    // not know the write's fate, so another replica answers the replay (one
+                    // holding the write, or one that coordinates it on what it has seen).
+                    if let Some(rec) = &held
+                        && rec.request_hash == i.request_hash
+                        && !current
                             .iter()
                             .flatten()
                             .any(|v| matches!(v.clock.compare(&rec.clock), Causal::After | Causal::Equal))
-                    };
-                    let known = match self.idem(store, now, &tenant, &i.key)?.filter(has_write) {
+                    {
+                        return Err(CoreError::Unavailable(format!(
+                            "this replica no longer holds the write of idempotency key {:?} (it stopped \
+                             replicating the key for a while); another replica answers the retry",
+                            i.key
+                        )));
+                    }
+                    let known = match held {
                         Some(rec) => Some((rec, current.clone().unwrap_or_default(), true)),
                         None => self
                             .pending
@@ -539,7 +552,10 @@ impl KvMachine {
                 Ok((KvResponse::Fence(floor.max(version)), batch))
             }
             KvRequest::HintTargets => Ok((KvResponse::Targets(Self::hint_targets(store)?), batch)),
-            KvRequest::TenantKeys { tenant } => Ok((KvResponse::Count(Self::tenant_keys(store, &tenant)?), batch)),
+            KvRequest::TenantKeys { tenant, after } => {
+                let (n, last) = Self::tenant_keys(store, &tenant, after.as_deref())?;
+                Ok((KvResponse::Count(n, last), batch))
+            }
             KvRequest::Placed { version } => {
                 let placed = count(store, keys::PLACED)?;
                 if version > placed {
@@ -577,18 +593,25 @@ impl KvMachine {
         }
     }
 
-    /// How many keys of `tenant` the store holds, counted a page at a time.
-    fn tenant_keys(store: &dyn StoreRead, tenant: &str) -> Result<u64, StoreError> {
+    /// How many keys of `tenant` the store holds after `after`, up to [`COUNT_PAGE`] (a page
+    /// at a time), and the last one counted when that many were.
+    fn tenant_keys(
+        store: &dyn StoreRead,
+        tenant: &str,
+        after: Option<&str>,
+    ) -> Result<(u64, Option<String>), StoreError> {
         let prefix = keys::value(tenant, "");
-        let (mut n, mut after) = (0u64, None);
-        loop {
-            let rows = store.prefix(KEYSPACE, &prefix, after.as_deref(), 1000)?;
+        let (mut n, mut cursor) = (0u64, after.map(|k| keys::value(tenant, k)));
+        while n < COUNT_PAGE {
+            let rows = store.prefix(KEYSPACE, &prefix, cursor.as_deref(), 1000)?;
             n += rows.len() as u64;
             match rows.into_iter().last() {
-                Some((k, _)) => after = Some(k),
-                None => return Ok(n),
+                Some((k, _)) => cursor = Some(k),
+                None => return Ok((n, None)),
             }
         }
+        let last = cursor.as_deref().and_then(keys::split_value).map(|(_, k)| k);
+        Ok((n, last))
     }
 
     /// Up to `limit` (at most 1000) keys after `after` in (tenant, key) order, each with
@@ -764,9 +787,9 @@ impl Machine for KvMachine {
                 Self::versions(store, tenant, key).map(|v| KvResponse::Versions(v.unwrap_or_default()))
             }
             KvRequest::HintTargets => Self::hint_targets(store).map(KvResponse::Targets).map_err(Into::into),
-            KvRequest::TenantKeys { tenant } => {
-                Self::tenant_keys(store, tenant).map(KvResponse::Count).map_err(Into::into)
-            }
+            KvRequest::TenantKeys { tenant, after } => Self::tenant_keys(store, tenant, after.as_deref())
+                .map(|(n, last)| KvResponse::Count(n, last))
+                .map_err(Into::into),
             KvRequest::Digests { after, limit } => {
                 Self::scan(store, after.clone(), *limit, |versions| digest(&versions))
                     .map(KvResponse::Digests)

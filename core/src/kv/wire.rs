@@ -101,7 +101,10 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
         KvRequest::Fence { version } => e.u8(12).u64(*version),
         KvRequest::HintTargets => e.u8(13),
         KvRequest::Placed { version } => e.u8(14).u64(*version),
-        KvRequest::TenantKeys { tenant } => e.u8(16).str(tenant),
+        KvRequest::TenantKeys { tenant, after } => match after {
+            Some(k) => e.u8(16).str(tenant).u8(1).str(k),
+            None => e.u8(16).str(tenant).u8(0),
+        },
         KvRequest::Discard { layout, keys } => {
             keys.iter().fold(e.u8(15).u64(*layout).u64(keys.len() as u64), |e, (t, k, d)| e.str(t).str(k).bytes(d))
         }
@@ -150,7 +153,14 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
         12 => KvRequest::Fence { version: d.u64()? },
         13 => KvRequest::HintTargets,
         14 => KvRequest::Placed { version: d.u64()? },
-        16 => KvRequest::TenantKeys { tenant: d.string()? },
+        16 => {
+            let tenant = d.string()?;
+            let after = match d.u8()? {
+                0 => None,
+                _ => Some(d.string()?),
+            };
+            KvRequest::TenantKeys { tenant, after }
+        }
         15 => {
             let layout = d.u64()?;
             let n = d.u64()?;
@@ -207,7 +217,10 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
         Ok(KvResponse::Targets(ts)) => ts.iter().fold(e.u8(11).u64(ts.len() as u64), |e, t| e.str(t)),
         Ok(KvResponse::Placed(v)) => e.u8(12).u64(*v),
         Ok(KvResponse::Discarded(n)) => e.u8(13).u64(*n),
-        Ok(KvResponse::Count(n)) => e.u8(14).u64(*n),
+        Ok(KvResponse::Count(n, last)) => match last {
+            Some(k) => e.u8(14).u64(*n).u8(1).str(k),
+            None => e.u8(14).u64(*n).u8(0),
+        },
         Ok(KvResponse::Digests(ds)) => {
             let mut e = e.u8(9).u64(ds.len() as u64);
             for (t, k, d) in ds {
@@ -283,7 +296,14 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
         }
         12 => Ok(KvResponse::Placed(d.u64()?)),
         13 => Ok(KvResponse::Discarded(d.u64()?)),
-        14 => Ok(KvResponse::Count(d.u64()?)),
+        14 => {
+            let n = d.u64()?;
+            let last = match d.u8()? {
+                0 => None,
+                _ => Some(d.string()?),
+            };
+            Ok(KvResponse::Count(n, last))
+        }
         t => return Err(StoreError::Corrupt { keyspace: WHAT, reason: format!("unknown reply tag {t}") }),
     };
     d.end()?;
@@ -338,7 +358,8 @@ mod tests {
             KvRequest::Fence { version: 4 },
             KvRequest::HintTargets,
             KvRequest::Placed { version: 6 },
-            KvRequest::TenantKeys { tenant: "t".into() },
+            KvRequest::TenantKeys { tenant: "t".into(), after: None },
+            KvRequest::TenantKeys { tenant: "t".into(), after: Some("k".into()) },
             KvRequest::Discard { layout: 5, keys: vec![("t".into(), "k".into(), vec![1; 16])] },
         ];
         for r in reqs {
@@ -363,7 +384,8 @@ mod tests {
             Ok(KvResponse::Targets(vec!["n2".into(), "n9".into()])),
             Ok(KvResponse::Placed(6)),
             Ok(KvResponse::Discarded(2)),
-            Ok(KvResponse::Count(3)),
+            Ok(KvResponse::Count(3, None)),
+            Ok(KvResponse::Count(3, Some("k".into()))),
             Err(CoreError::AlreadyExists("tenant exists".into())),
         ];
         for r in replies {

@@ -40,8 +40,10 @@ impl<P: Peers> KvCoordinator<P> {
         let placement = self.peers.placement();
         let version = placement.version;
         // A node removed from the ring keeps what it held: it may be the last copy of writes
-        // a forced removal gave up on, for an operator to recover. The first layout made
-        // nothing stale: a cluster that never changed scans nothing.
+        // a forced removal gave up on, for an operator to recover. A cluster whose layout
+        // never changed scans nothing: only a change makes copies stale (except a factor
+        // lowered in place by a binary from before factor migrations, whose copies stay until
+        // the next change).
         let settled = placement.previous.is_none() && placement.rf_change.is_none();
         if !settled || version <= 1 || !self.peers.members().contains(&me) {
             return Ok(None);
