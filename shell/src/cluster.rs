@@ -143,11 +143,10 @@ impl Cluster {
     /// the replica's answer) if this node serves by a newer layout or handed keys over by
     /// one (its stored fence floor), see [`crate::kv_coordinator::check_layout`].
     pub async fn serve_local(&self, req: KvRequest, layout: u64) -> Result<CoreResult<KvResponse>, DriverError> {
-        let one = [(req, layout)];
-        if let Some(Err(e)) = self.admit(&one).await?.pop() {
+        let (req, verdict) = self.view.admit_one(req, layout, |placed| self.local.call(placed)).await?;
+        if let Err(e) = verdict {
             return Ok(Err(e));
         }
-        let [(req, _)] = one;
         let out = self.local.call(req).await?;
         self.view.observe(&out);
         Ok(out)
@@ -160,11 +159,10 @@ impl Cluster {
         req: KvRequest,
         layout: u64,
     ) -> Result<(CoreResult<KvResponse>, Option<Durable>), DriverError> {
-        let one = [(req, layout)];
-        if let Some(Err(e)) = self.admit(&one).await?.pop() {
+        let (req, verdict) = self.view.admit_one(req, layout, |placed| self.local.call(placed)).await?;
+        if let Err(e) = verdict {
             return Ok((Err(e), None));
         }
-        let [(req, _)] = one;
         let (out, durable) = self.local.call_early(req).await?;
         self.view.observe(&out);
         Ok((out, Some(durable)))
@@ -176,7 +174,7 @@ impl Cluster {
         &self,
         reqs: Vec<(KvRequest, u64)>,
     ) -> Result<Vec<CoreResult<KvResponse>>, DriverError> {
-        let verdicts = self.admit(&reqs).await?;
+        let verdicts = self.view.admit_all(&reqs, |placed| self.local.call(placed)).await?;
         let mut out: Vec<Option<CoreResult<KvResponse>>> = Vec::with_capacity(reqs.len());
         let mut admitted = Vec::with_capacity(reqs.len());
         for ((req, _), verdict) in reqs.into_iter().zip(verdicts) {
@@ -199,11 +197,6 @@ impl Cluster {
                 a
             })
             .collect())
-    }
-
-    /// The fence's verdict on each request for this node's replica ([`ViewCell::admit_all`]).
-    async fn admit(&self, reqs: &[(KvRequest, u64)]) -> Result<Vec<CoreResult<()>>, DriverError> {
-        self.view.admit_all(reqs, |placed| self.local.call(placed)).await
     }
 
     /// Where this node's data lives (its volume's usage is part of its stats).

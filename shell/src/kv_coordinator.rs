@@ -176,6 +176,25 @@ impl ViewCell {
         Ok(first.into_iter().zip(admit()).map(|(a, b)| a.and(b)).collect())
     }
 
+    /// [`ViewCell::admit_all`] for one request, handed back with its verdict.
+    pub async fn admit_one<E, F, Fut>(
+        &self,
+        req: KvRequest,
+        sender: u64,
+        record: F,
+    ) -> Result<(KvRequest, CoreResult<()>), E>
+    where
+        F: FnOnce(KvRequest) -> Fut,
+        Fut: Future<Output = Result<CoreResult<KvResponse>, E>>,
+    {
+        let one = [(req, sender)];
+        // One verdict per request; none would be a bug, refused rather than let through.
+        let verdict = self.admit_all(&one, record).await?.pop();
+        let verdict = verdict.unwrap_or_else(|| Err(CoreError::Unavailable("the fence gave no verdict".into())));
+        let [(req, _)] = one;
+        Ok((req, verdict))
+    }
+
     /// Serves by `layout` from now on if it is newer than the one in use; returns the
     /// version it replaced and the new view.
     pub fn follow(&self, layout: Layout) -> Option<(u64, Arc<View>)> {
@@ -832,8 +851,7 @@ impl<P: Peers> KvCoordinator<P> {
             Ok(Ok(KvResponse::Fence(_))) => {}
             _ => return Err(CoreError::Unavailable("this node's replica did not store the layout fence".into())),
         }
-        // A factor change moves one tenant's keys: they are stored together, from just
-        // before its first key (no key is empty) to the first key of another tenant.
+        // A factor change moves one tenant's keys, and counts only those.
         let only = (m.kind == MigrationKind::ReplicationFactor).then(|| m.node.clone());
         let total = self.keys_held(only.as_deref()).await?;
         let report = |moved: u64, done: bool, after: &Option<(String, String)>| MetaRequest::Progress {
@@ -849,6 +867,8 @@ impl<P: Peers> KvCoordinator<P> {
         let from = m.progress.get(&me).cloned().unwrap_or_default();
         let (mut after, mut moved) = (from.after, from.moved);
         let (mut handed, mut reported) = (after.clone(), moved);
+        // That tenant's keys are stored together, from just before its first key (no key is
+        // empty) to the first key of another tenant.
         if let Some(t) = &only
             && after.is_none()
         {

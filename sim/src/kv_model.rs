@@ -109,7 +109,7 @@ async fn serve(world: &World, to: usize, req: KvRequest, layout: u64) -> Option<
     Some(out)
 }
 
-/// The fence's verdict on `req` for node `to`'s replica (`ViewCell::admit_all`, as tesserad's
+/// The fence's verdict on `req` for node `to`'s replica (`ViewCell::admit_one`, as tesserad's
 /// peer service has it). `None`: the node is down.
 async fn admit(
     world: &World,
@@ -118,11 +118,8 @@ async fn admit(
     req: KvRequest,
     layout: u64,
 ) -> Option<(KvRequest, CoreResult<()>)> {
-    let one = [(req, layout)];
     let handle = world.kv_handle(to)?;
-    let verdict = peers.view().admit_all(&one, |placed| handle.call(placed)).await.ok()?.pop()?;
-    let [(req, _)] = one;
-    Some((req, verdict))
+    peers.view().admit_one(req, layout, |placed| handle.call(placed)).await.ok()
 }
 
 /// A message from node `from` to node `to` and its answer, through the faulty network: each
