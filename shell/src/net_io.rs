@@ -8,6 +8,11 @@
 //! with strace: 2.2 writes per read answered). [`OneWrite`] declines vectored writes, so h2
 //! copies payloads of up to 1 KiB into its buffer, and gathers what h2 writes until it
 //! flushes; larger payloads go out with what is gathered in one vectored write.
+//!
+//! A flush also waits for one pass of the scheduler, so that the answers of streams that
+//! finish together share a write (like Go gRPC's writer, which writes once its queue is
+//! empty). Measured on a 3-node cluster under 32 clients: write syscalls per put on the
+//! coordinator 1.70 -> 1.12, per read 1.33 -> 1.05.
 
 use std::io;
 use std::pin::Pin;
@@ -26,11 +31,13 @@ pub struct OneWrite {
     gathered: Vec<u8>,
     /// How much of `gathered` has reached the socket already.
     sent: usize,
+    /// The pending flush has waited its one pass (see `poll_flush`).
+    deferred: bool,
 }
 
 impl OneWrite {
     pub fn new(io: TcpStream) -> Self {
-        Self { io, gathered: Vec::new(), sent: 0 }
+        Self { io, gathered: Vec::new(), sent: 0, deferred: false }
     }
 
     /// Writes out what is gathered, with `then` after it in the same syscall, until nothing
@@ -83,7 +90,16 @@ impl AsyncWrite for OneWrite {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // Corked for one pass of the scheduler: the connection task goes to the back of the
+        // run queue, behind the handlers that finish with it (a group commit or a peer's
+        // batch releases many answers at once), and their answers leave in this same write.
+        if !this.deferred && this.sent < this.gathered.len() {
+            this.deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         ready!(this.drain(cx, &[]))?;
+        this.deferred = false;
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
@@ -139,6 +155,35 @@ mod tests {
         let mut got = vec![0u8; 21];
         r.read_exact(&mut got).await.expect("read");
         assert_eq!(got, b"headers data trailers");
+    }
+
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_waits_one_pass_so_answers_finished_meanwhile_share_its_write() {
+        let (mut w, mut r) = pair().await;
+        w.write_all(b"first ").await.expect("write");
+        let wakes = std::sync::Arc::new(Wakes(Default::default()));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut w).poll_flush(&mut cx).is_pending(), "the first poll of a flush waits");
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1, "and asks to be polled again at once");
+        w.write_all(b"second").await.expect("write");
+        let mut probe = [0u8; 1];
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), r.read(&mut probe)).await;
+        assert!(early.is_err(), "bytes left before the flush was polled again");
+        w.flush().await.expect("flush");
+        let mut got = vec![0u8; 12];
+        r.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, b"first second");
+        // With nothing gathered, a flush does not wait.
+        assert!(Pin::new(&mut w).poll_flush(&mut cx).is_ready());
     }
 
     #[tokio::test]
