@@ -224,7 +224,7 @@ pub async fn run(
     let cluster = Cluster::new(
         config.node_id.clone(),
         &layout,
-        kv_handle.clone(),
+        kv_handle,
         meta_handle.clone(),
         config.data_dir.clone(),
         transport,
