@@ -231,3 +231,69 @@ async fn peer_service_refuses_bad_input_and_keeps_serving() {
     assert_eq!(w.replica_count, 1);
     node.terminate();
 }
+
+/// A node bootstrapped into another cluster (here: another `--initial-cluster-token`) is
+/// refused by its would-be peers, so the two never mix metadata or keys; started afresh with
+/// the right token, it forms the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_cluster_is_refused_until_it_starts_afresh_in_this_one() {
+    use tessera_proto::tessera::peer::v1 as peer;
+    use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs = common::free_addrs(2);
+    let cluster = format!("n1={},n2={}", addrs[0], addrs[1]);
+    let start = |i: usize, token: &str| {
+        let id = format!("n{}", i + 1);
+        let flags = ["--node-id", &id, "--initial-cluster", &cluster, "--initial-cluster-token", token];
+        common::Daemon::start_at(dirs[i].path(), &addrs[i], &flags)
+    };
+    let n1 = start(0, "prod");
+    let n2 = start(1, "staging");
+    let id = |i: usize| std::fs::read_to_string(dirs[i].path().join("cluster-id")).unwrap().trim().to_owned();
+    let (id1, id2) = (id(0), id(1));
+    assert_ne!(id1, id2, "another token, another cluster");
+
+    // n1 refuses a peer call stamped with n2's cluster; one with its own passes.
+    let mut p = PeerServiceClient::new(n1.channel().await);
+    let stamped = |cluster: &str| {
+        let mut r =
+            tonic::Request::new(peer::RaftMessages { from: "n2".into(), messages: vec![], from_addr: "".into() });
+        r.metadata_mut().insert("tessera-cluster-id", cluster.parse().unwrap());
+        r
+    };
+    let e = p.raft(stamped(&id2)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("another cluster") && e.message().contains(&id2), "{}", e.message());
+    p.raft(stamped(&id1)).await.unwrap();
+
+    // The two cannot form a metadata quorum: nothing is decided.
+    let mut c = CoordinatorServiceClient::new(n1.channel().await);
+    let mut t = tonic::Request::new(kv::CreateTenantRequest { tenant_id: "acme".into(), replication_factor: 2 });
+    t.set_timeout(Duration::from_secs(3));
+    let made = tokio::time::timeout(Duration::from_secs(10), c.create_tenant(t)).await;
+    assert!(!matches!(made, Ok(Ok(_))), "a tenant was created across two clusters: {made:?}");
+
+    // Restarted with the right token, n2 keeps the id it was born with...
+    drop(n2);
+    let n2 = start(1, "prod");
+    assert_eq!(id(1), id2);
+    n2.terminate();
+    // ... and once its data directory is new, it joins n1's cluster.
+    std::fs::remove_dir_all(dirs[1].path()).unwrap();
+    std::fs::create_dir_all(dirs[1].path()).unwrap();
+    let _n2 = start(1, "prod");
+    assert_eq!(id(1), id1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = kv::CreateTenantRequest { tenant_id: "acme".into(), replication_factor: 2 };
+        match c.create_tenant(t).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().replication_factor, 2);
+                break;
+            }
+            Err(e) if e.code() == Code::AlreadyExists => break,
+            Err(e) => assert!(Instant::now() < deadline, "the cluster did not form: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

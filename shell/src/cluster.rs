@@ -16,10 +16,10 @@ use tessera_core::kv::wire;
 use tessera_core::kv::{KvMachine, KvRequest, KvResponse};
 use tessera_core::meta::{Layout, MetaMachine, MetaRequest, MetaResponse, Placement};
 use tessera_proto::tessera::peer::v1 as peer;
-use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
+use crate::cluster_id::{ClusterId, PeerClient, peer_client};
 use crate::driver::{DriverError, Durable, HandleFor};
 use crate::kv_coordinator::{BoxFuture, KeptResult, KvCoordinator, PeerResult, Peers, Unreachable, View, ViewCell};
 use crate::raft_transport::RaftTransport;
@@ -45,7 +45,7 @@ pub struct Member {
 #[derive(Clone)]
 struct Link {
     addr: String,
-    client: PeerServiceClient<Channel>,
+    client: PeerClient,
     queue: mpsc::Sender<Queued>,
 }
 
@@ -57,6 +57,8 @@ pub struct Cluster {
     meta: MetaHandle,
     links: Mutex<BTreeMap<String, Link>>,
     raft: Arc<RaftTransport>,
+    /// Stamped on every call to a peer (see `cluster_id`).
+    cluster_id: Arc<ClusterId>,
 }
 
 /// Parses `n1=host:port,n2=host:port`.
@@ -99,6 +101,7 @@ impl Cluster {
         meta: MetaHandle,
         data_dir: std::path::PathBuf,
         raft: Arc<RaftTransport>,
+        cluster_id: Arc<ClusterId>,
     ) -> Arc<Cluster> {
         Arc::new(Cluster {
             me,
@@ -108,6 +111,7 @@ impl Cluster {
             meta,
             links: Mutex::new(BTreeMap::new()),
             raft,
+            cluster_id,
         })
     }
 
@@ -222,7 +226,7 @@ impl Cluster {
         }
         let ch = peer_endpoint(&addr).map_err(|e| Unreachable(format!("{node} at {addr:?}: {e}")))?.connect_lazy();
         // Anti-entropy answers carry up to a few MiB of key digests (and one segment more).
-        let client = PeerServiceClient::new(ch).max_decoding_message_size(64 << 20);
+        let client = peer_client(ch, &self.cluster_id).max_decoding_message_size(64 << 20);
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(self.me.clone(), client.clone(), rx));
         let link = Link { addr, client, queue: tx };
@@ -398,7 +402,7 @@ const BATCHES_IN_FLIGHT: usize = 1;
 /// Drains one peer's queue into `CallBatch` messages: whatever has queued up while earlier
 /// batches were in flight goes in the next one, so batches grow with load and a lone request
 /// goes out at once.
-async fn batcher(me: String, client: PeerServiceClient<Channel>, mut rx: mpsc::Receiver<Queued>) {
+async fn batcher(me: String, client: PeerClient, mut rx: mpsc::Receiver<Queued>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };

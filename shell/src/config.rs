@@ -12,6 +12,7 @@ use tessera_core::upload::UploadConfig;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./tessera-data";
+pub const DEFAULT_CLUSTER_TOKEN: &str = "tessera";
 
 /// tesserad: one daemon serving Tessera's gRPC APIs on one port, on embedded storage (fjall).
 #[derive(Debug, Parser)]
@@ -43,6 +44,10 @@ pub struct Flags {
     /// only name this node) [default: new]
     #[arg(long, env = "TESSERA_INITIAL_CLUSTER_STATE", value_parser = ["new", "existing"])]
     pub initial_cluster_state: Option<String>,
+    /// Mixed into a new cluster's id with --initial-cluster: give two clusters with the same
+    /// member list different tokens [default: tessera]
+    #[arg(long, env = "TESSERA_INITIAL_CLUSTER_TOKEN")]
+    pub initial_cluster_token: Option<String>,
 }
 
 /// The TOML file's shape. Every key is optional.
@@ -70,6 +75,7 @@ pub struct FileConfig {
     pub node_id: Option<String>,
     pub initial_cluster: Option<String>,
     pub initial_cluster_state: Option<String>,
+    pub initial_cluster_token: Option<String>,
     #[serde(default)]
     pub status: StatusSection,
     #[serde(default)]
@@ -104,6 +110,8 @@ pub struct Config {
     pub members: Vec<crate::cluster::Member>,
     /// Join a running cluster (`--initial-cluster-state existing`) rather than start one.
     pub join: bool,
+    /// `--initial-cluster-token` (see `cluster_id`).
+    pub cluster_token: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +191,10 @@ impl Config {
             node_id,
             members,
             join,
+            cluster_token: flags
+                .initial_cluster_token
+                .or(file.initial_cluster_token)
+                .unwrap_or_else(|| DEFAULT_CLUSTER_TOKEN.to_owned()),
         })
     }
 }

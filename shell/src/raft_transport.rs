@@ -5,14 +5,13 @@
 //! retransmits, and a lagging follower is caught up by the leader.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tessera_proto::tessera::peer::v1 as peer;
-use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
+use crate::cluster_id::{ClusterId, PeerClient, peer_client};
 use crate::driver::Outbox;
 
 /// Messages one peer's queue holds before new ones are dropped.
@@ -32,6 +31,8 @@ pub struct RaftTransport {
     /// The server's runtime: messages are handed over on the metadata driver's own thread,
     /// whose runtime has no network.
     rt: tokio::runtime::Handle,
+    /// Stamped on every call (see `cluster_id`).
+    cluster_id: Arc<ClusterId>,
 }
 
 /// A peer's address and the queue its sender task drains.
@@ -44,13 +45,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl RaftTransport {
     /// A transport to `peers` (`(id, host:port)`; this node is skipped). Call it on the
     /// server's runtime.
-    pub fn new(me: &str, me_addr: &str, peers: &[(String, String)]) -> RaftTransport {
+    pub fn new(me: &str, me_addr: &str, peers: &[(String, String)], cluster_id: Arc<ClusterId>) -> RaftTransport {
         let t = RaftTransport {
             me: me.to_owned(),
             me_addr: me_addr.to_owned(),
             addresses: Mutex::default(),
             queues: Mutex::default(),
             rt: tokio::runtime::Handle::current(),
+            cluster_id,
         };
         t.set_addresses(peers.iter().cloned());
         t
@@ -92,7 +94,9 @@ impl RaftTransport {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let (me, me_addr, peer) = (self.me.clone(), self.me_addr.clone(), to.to_owned());
-        self.rt.spawn(async move { sender(me, me_addr, peer, PeerServiceClient::new(ch.connect_lazy()), rx).await });
+        let id = self.cluster_id.clone();
+        // The channel is made on the server's runtime: this thread has no network.
+        self.rt.spawn(async move { sender(me, me_addr, peer, peer_client(ch.connect_lazy(), &id), rx).await });
         queues.insert(to.to_owned(), (addr, tx.clone()));
         Some(tx)
     }
@@ -108,13 +112,7 @@ impl Outbox<Vec<u8>> for RaftTransport {
     }
 }
 
-async fn sender(
-    me: String,
-    me_addr: String,
-    to: String,
-    mut client: PeerServiceClient<Channel>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-) {
+async fn sender(me: String, me_addr: String, to: String, mut client: PeerClient, mut rx: mpsc::Receiver<Vec<u8>>) {
     while let Some(first) = rx.recv().await {
         let mut messages = vec![first];
         while messages.len() < BATCH {
@@ -126,6 +124,9 @@ async fn sender(
         let call = client.raft(peer::RaftMessages { from: me.clone(), messages, from_addr: me_addr.clone() });
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => {}
+            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                tracing::warn!(peer = %to, error = %s.message(), "raft messages refused")
+            }
             Ok(Err(s)) => tracing::debug!(peer = %to, error = %s.message(), "raft messages not delivered"),
             Err(_) => tracing::debug!(peer = %to, "raft messages timed out"),
         }

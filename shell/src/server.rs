@@ -23,6 +23,7 @@ use tessera_proto::tessera::status::v1::status_producer_service_server::StatusPr
 use tonic::transport::server::TcpIncoming;
 
 use crate::cluster::Cluster;
+use crate::cluster_id::ClusterId;
 use crate::config::Config;
 use crate::driver::{BlockingWork, Clock, Driver, DriverConfig, HandleFor};
 use crate::fjall_store::FjallStore;
@@ -217,7 +218,12 @@ pub async fn run(
         .map(|m| m.addr.clone())
         .or_else(|| config.members.iter().find(|m| m.id == config.node_id).map(|m| m.addr.clone()))
         .unwrap_or_else(|| config.listen.to_string());
-    let transport = Arc::new(crate::raft_transport::RaftTransport::new(&config.node_id, &me_addr, &peers));
+    let cluster_id = Arc::new(
+        ClusterId::open(&config.data_dir, config.join, &config.cluster_token, &config.members, rng.next_u64())
+            .context("opening the cluster id")?,
+    );
+    let transport =
+        Arc::new(crate::raft_transport::RaftTransport::new(&config.node_id, &me_addr, &peers, cluster_id.clone()));
     let (meta_handle, t) =
         spawn_driver_with("meta", machine, init, store.clone(), &metrics, failed_tx, Some(transport.clone()))?;
     drivers.push(t);
@@ -228,6 +234,7 @@ pub async fn run(
         meta_handle.clone(),
         config.data_dir.clone(),
         transport,
+        cluster_id.clone(),
     );
     // The fence floor this node stored before a restart holds before it serves anything.
     cluster
@@ -259,7 +266,7 @@ pub async fn run(
     let uploads = UploadService::new(upload_handle, status_handle_for_uploads).with_prestage(store.clone());
     let metacat = Metacat::new(catalog_handle);
     let coordinator = Coordinator::new(cluster.clone(), rng.next_u64());
-    let peer = Peer::new(meta_handle, cluster.clone(), coordinator.coordinator());
+    let peer = Peer::new(meta_handle, cluster.clone(), coordinator.coordinator(), cluster_id);
     let handoff = tokio::spawn(crate::cluster::hand_off(coordinator.coordinator()));
     let anti_entropy = tokio::spawn(crate::cluster::anti_entropy(coordinator.coordinator()));
     let follow = tokio::spawn(crate::cluster::follow_layout(cluster.clone()));

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::errors::{driver_status, to_status};
 use crate::cluster::{Cluster, MetaHandle};
+use crate::cluster_id::ClusterId;
 use crate::kv_coordinator::KvCoordinator;
 
 #[derive(Clone)]
@@ -22,11 +23,18 @@ pub struct Peer {
     cluster: Arc<Cluster>,
     /// This node's coordinator, which answers anti-entropy questions.
     coordinator: Arc<KvCoordinator<Cluster>>,
+    /// Checked on every call (see `cluster_id`).
+    cluster_id: Arc<ClusterId>,
 }
 
 impl Peer {
-    pub fn new(meta: MetaHandle, cluster: Arc<Cluster>, coordinator: Arc<KvCoordinator<Cluster>>) -> Self {
-        Self { meta, cluster, coordinator }
+    pub fn new(
+        meta: MetaHandle,
+        cluster: Arc<Cluster>,
+        coordinator: Arc<KvCoordinator<Cluster>>,
+        cluster_id: Arc<ClusterId>,
+    ) -> Self {
+        Self { meta, cluster, coordinator, cluster_id }
     }
 
     /// The replica's encoded answer to one request placed by layout version `layout`.
@@ -51,6 +59,7 @@ fn decode(from: &str, body: &[u8]) -> Result<KvRequest, Status> {
 #[tonic::async_trait]
 impl PeerService for Peer {
     async fn call(&self, req: Request<peer::PeerRequest>) -> Result<Response<peer::PeerReply>, Status> {
+        self.cluster_id.check(&req, false)?;
         let r = req.into_inner();
         let kv = decode(&r.from, &r.body)?;
         let stats = matches!(kv, KvRequest::Stats);
@@ -63,6 +72,7 @@ impl PeerService for Peer {
     }
 
     async fn call_batch(&self, req: Request<peer::PeerBatch>) -> Result<Response<peer::PeerBatchReply>, Status> {
+        self.cluster_id.check(&req, false)?;
         let r = req.into_inner();
         if r.bodies.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -87,6 +97,7 @@ impl PeerService for Peer {
     }
 
     async fn tree(&self, req: Request<peer::PeerRequest>) -> Result<Response<peer::PeerReply>, Status> {
+        self.cluster_id.check(&req, false)?;
         let r = req.into_inner();
         let query = TreeQuery::decode(&r.body)
             .map_err(|e| Status::invalid_argument(format!("anti-entropy question from {:?}: {e}", r.from)))?;
@@ -95,6 +106,7 @@ impl PeerService for Peer {
     }
 
     async fn raft(&self, req: Request<peer::RaftMessages>) -> Result<Response<peer::RaftAck>, Status> {
+        self.cluster_id.check(&req, true)?;
         let r = req.into_inner();
         if r.messages.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
