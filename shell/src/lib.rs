@@ -17,6 +17,7 @@ mod blob_files;
 pub mod cli;
 #[cfg(feature = "server")]
 pub mod cluster;
+#[cfg(feature = "server")]
 pub mod cluster_id;
 #[cfg(feature = "server")]
 pub mod config;
