@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 use tessera_proto::tessera::peer::v1::peer_service_client::PeerServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -37,7 +38,14 @@ pub struct ClusterId {
     id: OnceLock<String>,
     /// Held while a joining node adopts an id, so the file and the memory agree.
     adopting: std::sync::Mutex<()>,
+    /// [`ClusterId::header`], made on first use.
+    header: OnceLock<Option<MetadataValue<Ascii>>>,
+    /// When a refusal was last logged: a foreign node retries several times a second.
+    warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// At most one warning about refused calls in this long.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn valid(id: &str) -> bool {
     id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
@@ -67,7 +75,13 @@ impl ClusterId {
         seed: u64,
     ) -> Result<ClusterId, ClusterIdError> {
         let path = data_dir.join(FILE);
-        let me = ClusterId { path: path.clone(), id: OnceLock::new(), adopting: Default::default() };
+        let me = ClusterId {
+            path: path.clone(),
+            id: OnceLock::new(),
+            adopting: Default::default(),
+            warned: Default::default(),
+            header: OnceLock::new(),
+        };
         match std::fs::read_to_string(&path) {
             Ok(s) => {
                 let id = s.trim().to_owned();
@@ -93,6 +107,13 @@ impl ClusterId {
 
     pub fn get(&self) -> Option<&str> {
         self.id.get().map(String::as_str)
+    }
+
+    /// The id as a header value, made once (a joining node's comes later).
+    fn header(&self) -> Option<&MetadataValue<Ascii>> {
+        let id = self.get()?;
+        // Sixteen hex digits (checked wherever an id is set) always make a header value.
+        self.header.get_or_init(|| id.parse().ok()).as_ref()
     }
 
     /// Writes the id durably (a new file, synced, renamed into place, the directory synced).
@@ -122,7 +143,11 @@ impl ClusterId {
         match self.get() {
             Some(mine) if mine == theirs => Ok(()),
             Some(mine) => {
-                tracing::warn!(mine, theirs, "refused a peer call from another cluster");
+                let mut last = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+                if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    *last = Some(std::time::Instant::now());
+                    tracing::warn!(mine, theirs, "refusing peer calls from another cluster");
+                }
                 Err(Status::failed_precondition(format!(
                     "this node belongs to cluster {mine}, the call came from cluster {theirs}: a node of \
                      another cluster (check --initial-cluster, --initial-cluster-token and the data directory)"
@@ -150,13 +175,12 @@ impl ClusterId {
 
 /// Puts this node's cluster id on each outgoing peer call.
 #[derive(Clone)]
-pub struct Stamp(pub Arc<ClusterId>);
+pub struct Stamp(Arc<ClusterId>);
 
 impl tonic::service::Interceptor for Stamp {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(id) = self.0.get() {
-            let v = id.parse().map_err(|_| Status::internal("the cluster id is not a header value"))?;
-            req.metadata_mut().insert(HEADER, v);
+        if let Some(v) = self.0.header() {
+            req.metadata_mut().insert(HEADER, v.clone());
         }
         Ok(req)
     }
@@ -225,13 +249,20 @@ mod tests {
     #[test]
     fn a_joining_node_adopts_the_id_of_its_first_raft_message_keeps_it_and_refuses_others_after() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let joiner = ClusterId::open(dir.path(), true, "t", &members(&[("n4", "h4:1")]), 1).expect("open");
+        let joiner = Arc::new(ClusterId::open(dir.path(), true, "t", &members(&[("n4", "h4:1")]), 1).expect("open"));
         assert_eq!(joiner.get(), None);
+        let mut stamp = Stamp(joiner.clone());
+        let stamped = |stamp: &mut Stamp| {
+            let r = tonic::service::Interceptor::call(stamp, Request::new(())).expect("stamp");
+            r.metadata().get(HEADER).map(|v| v.to_str().expect("ascii").to_owned())
+        };
+        assert_eq!(stamped(&mut stamp), None, "no id yet, no header");
         // A replica call does not adopt: only the metadata group's messages take a node in.
         assert!(joiner.check(&call(Some("00000000000000aa")), false).is_ok());
         assert_eq!(joiner.get(), None);
         assert!(joiner.check(&call(Some("00000000000000aa")), true).is_ok());
         assert_eq!(joiner.get(), Some("00000000000000aa"));
+        assert_eq!(stamped(&mut stamp).as_deref(), Some("00000000000000aa"), "its calls carry the id from now on");
         let e = joiner.check(&call(Some("00000000000000bb")), true).expect_err("another cluster");
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         let restarted = ClusterId::open(dir.path(), true, "t", &[], 1).expect("open");
