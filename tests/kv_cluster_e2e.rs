@@ -249,7 +249,7 @@ async fn a_node_of_another_cluster_is_refused_until_it_starts_afresh_in_this_one
     };
     let n1 = start(0, "prod");
     let n2 = start(1, "staging");
-    let id = |i: usize| std::fs::read_to_string(dirs[i].path().join("cluster-id")).unwrap().trim().to_owned();
+    let id = |i: usize| common::cluster_id(dirs[i].path());
     let (id1, id2) = (id(0), id(1));
     assert_ne!(id1, id2, "another token, another cluster");
 

@@ -149,8 +149,7 @@ async fn a_node_joins_and_another_leaves_while_clients_write() {
     let done = wait_done(&mut c1, &added.migration_id).await;
     assert_eq!((done.r#type.as_str(), done.node_id.as_str()), ("add_node", "n4"));
     // It was taken in: it holds its cluster's id, adopted from the leader's first message.
-    let cluster_id = |i: usize| std::fs::read_to_string(dirs[i].path().join("cluster-id")).unwrap();
-    assert_eq!(cluster_id(3), cluster_id(0));
+    assert_eq!(common::cluster_id(dirs[3].path()), common::cluster_id(dirs[0].path()));
     let p = done.progress.unwrap();
     assert_eq!(p.percentage, 100.0);
     assert!(p.total_keys >= 150 && p.keys_migrated >= 150, "{p:?}");

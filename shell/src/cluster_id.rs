@@ -35,11 +35,10 @@ pub enum ClusterIdError {
 
 pub struct ClusterId {
     path: PathBuf,
-    id: OnceLock<String>,
+    /// The id, and the same as the header value stamped on calls.
+    id: OnceLock<(String, MetadataValue<Ascii>)>,
     /// Held while a joining node adopts an id, so the file and the memory agree.
     adopting: std::sync::Mutex<()>,
-    /// [`ClusterId::header`], made on first use.
-    header: OnceLock<Option<MetadataValue<Ascii>>>,
     /// When a refusal was last logged: a foreign node retries several times a second.
     warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -60,7 +59,7 @@ pub fn derive(token: &str, members: &[Member]) -> String {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
-    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    tessera_core::codec::hex(&h.finalize()[..8])
 }
 
 impl ClusterId {
@@ -80,15 +79,11 @@ impl ClusterId {
             id: OnceLock::new(),
             adopting: Default::default(),
             warned: Default::default(),
-            header: OnceLock::new(),
         };
         match std::fs::read_to_string(&path) {
             Ok(s) => {
                 let id = s.trim().to_owned();
-                if !valid(&id) {
-                    return Err(ClusterIdError::Corrupt { path, id });
-                }
-                let _ = me.id.set(id);
+                me.set(id)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !join {
@@ -97,7 +92,7 @@ impl ClusterId {
                         _ => derive(token, members),
                     };
                     me.keep(&id)?;
-                    let _ = me.id.set(id);
+                    me.set(id)?;
                 }
             }
             Err(error) => return Err(ClusterIdError::Io { path, error }),
@@ -106,14 +101,23 @@ impl ClusterId {
     }
 
     pub fn get(&self) -> Option<&str> {
-        self.id.get().map(String::as_str)
+        self.id.get().map(|(id, _)| id.as_str())
     }
 
-    /// The id as a header value, made once (a joining node's comes later).
+    /// The id as a header value (none yet on a joining node).
     fn header(&self) -> Option<&MetadataValue<Ascii>> {
-        let id = self.get()?;
-        // Sixteen hex digits (checked wherever an id is set) always make a header value.
-        self.header.get_or_init(|| id.parse().ok()).as_ref()
+        self.id.get().map(|(_, v)| v)
+    }
+
+    /// Takes `id` as this node's, unless it has one already.
+    fn set(&self, id: String) -> Result<(), ClusterIdError> {
+        let corrupt = |id| ClusterIdError::Corrupt { path: self.path.clone(), id };
+        if !valid(&id) {
+            return Err(corrupt(id));
+        }
+        let v = id.parse().map_err(|_| corrupt(id.clone()))?;
+        let _ = self.id.set((id, v));
+        Ok(())
     }
 
     /// Writes the id durably (a new file, synced, renamed into place, the directory synced).
@@ -161,8 +165,9 @@ impl ClusterId {
                     ))),
                     Some(_) => Ok(()),
                     None => {
-                        self.keep(theirs).map_err(|e| Status::unavailable(format!("keeping the cluster id: {e}")))?;
-                        let _ = self.id.set(theirs.to_owned());
+                        let keep = |e| Status::unavailable(format!("keeping the cluster id: {e}"));
+                        self.keep(theirs).map_err(keep)?;
+                        self.set(theirs.to_owned()).map_err(keep)?;
                         tracing::info!(cluster = theirs, "joined: adopted the cluster id");
                         Ok(())
                     }

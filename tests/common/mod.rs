@@ -87,6 +87,11 @@ impl Drop for Daemon {
     }
 }
 
+/// The cluster id a node keeps in its data directory `dir`.
+pub fn cluster_id(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("cluster-id")).expect("read cluster-id").trim().to_owned()
+}
+
 /// `n` loopback addresses that were free a moment ago (for a cluster's fixed members).
 pub fn free_addrs(n: usize) -> Vec<String> {
     let held: Vec<std::net::TcpListener> =

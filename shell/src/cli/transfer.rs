@@ -75,7 +75,7 @@ fn file_sha256(path: &Path) -> anyhow::Result<(String, u64)> {
     loop {
         let k = f.read(&mut buf)?;
         if k == 0 {
-            return Ok((h.finalize().iter().map(|b| format!("{b:02x}")).collect(), n));
+            return Ok((tessera_core::codec::hex(&h.finalize()), n));
         }
         h.update(&buf[..k]);
         n += k as u64;
@@ -213,7 +213,7 @@ pub async fn download(ch: Channel, node_id: String, version: Option<u64>, out: &
             Ok::<_, anyhow::Error>(n)
         })
         .await?;
-    let sha: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha = tessera_core::codec::hex(&h.finalize());
     if written != doc.size || sha != doc.sha256 {
         bail!(
             "download of {node_id} is damaged: {written} bytes sha256 {sha}, expected {} bytes sha256 {}",
