@@ -19,10 +19,13 @@ pub struct Figures {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    /// CPU the load generator itself spent per operation: on a shared machine, what it
+    /// takes from the servers it measures.
+    pub client_cpu_us_per_op: f64,
 }
 
 impl Figures {
-    fn from_samples(label: String, mut lat_us: Vec<u64>, errors: u64, secs: f64) -> Self {
+    fn from_samples(label: String, mut lat_us: Vec<u64>, errors: u64, secs: f64, cpu_us: u64) -> Self {
         lat_us.sort_unstable();
         let pct = |p: f64| {
             lat_us.get(((lat_us.len() as f64 * p) as usize).min(lat_us.len().saturating_sub(1))).copied().unwrap_or(0)
@@ -35,6 +38,7 @@ impl Figures {
             p50_us: pct(0.50),
             p99_us: pct(0.99),
             p999_us: pct(0.999),
+            client_cpu_us_per_op: cpu_us as f64 / (lat_us.len() as u64 + errors).max(1) as f64,
         }
     }
 
@@ -43,8 +47,12 @@ impl Figures {
     }
 
     pub fn line(&self) -> String {
+        let cpu = match self.client_cpu_us_per_op > 0.0 {
+            true => format!(", client CPU {:.1} us/op", self.client_cpu_us_per_op),
+            false => String::new(),
+        };
         format!(
-            "{:<28} {:>10.0} ops/s  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  ({} ops, {} errors, {:.1}s)",
+            "{:<28} {:>10.0} ops/s  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  ({} ops, {} errors, {:.1}s{cpu})",
             self.label,
             self.per_sec(),
             self.p50_us,
@@ -52,7 +60,7 @@ impl Figures {
             self.p999_us,
             self.ops,
             self.errors,
-            self.secs
+            self.secs,
         )
     }
 }
@@ -100,6 +108,8 @@ pub struct Samples {
     pub lat_us: Vec<u64>,
     pub errors: u64,
     pub secs: f64,
+    /// This process's CPU time over the run, in microseconds.
+    pub cpu_us: u64,
 }
 
 impl Samples {
@@ -107,23 +117,36 @@ impl Samples {
         self.lat_us.extend(other.lat_us);
         self.errors += other.errors;
         self.secs += other.secs;
+        self.cpu_us += other.cpu_us;
     }
 
     pub fn figures(self, label: String) -> Figures {
-        Figures::from_samples(label, self.lat_us, self.errors, self.secs)
+        Figures::from_samples(label, self.lat_us, self.errors, self.secs, self.cpu_us)
     }
 }
 
+/// CPU time (user and system) this process has spent so far, in microseconds.
+fn process_cpu_us() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(usage.ru_utime) + us(usage.ru_stime)
+}
+
 /// [`drive_samples`], summed up as [`Figures`] under `label`.
-pub(crate) async fn drive<F, Fut>(
+pub(crate) async fn drive<C, F, Fut>(
     label: String,
-    chans: &[Channel],
+    chans: &[C],
     clients: usize,
     duration: Duration,
     op: F,
 ) -> anyhow::Result<Figures>
 where
-    F: Fn(Channel, usize, u64) -> Fut + Clone + Send + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     Ok(drive_samples(chans, clients, duration, op).await?.figures(label))
@@ -131,18 +154,20 @@ where
 
 /// Runs `clients` concurrent loops of `op` (given a channel, the loop's number and the
 /// iteration) until `duration` has passed; `op` answers whether the operation succeeded.
-pub(crate) async fn drive_samples<F, Fut>(
-    chans: &[Channel],
+pub(crate) async fn drive_samples<C, F, Fut>(
+    chans: &[C],
     clients: usize,
     duration: Duration,
     op: F,
 ) -> anyhow::Result<Samples>
 where
-    F: Fn(Channel, usize, u64) -> Fut + Clone + Send + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let deadline = Instant::now() + duration;
     let started = Instant::now();
+    let cpu_at_start = process_cpu_us();
     let mut tasks = Vec::new();
     for t in 0..clients {
         let client = chans[t % chans.len()].clone();
@@ -168,7 +193,8 @@ where
         lat_us.extend(l);
         errors += e;
     }
-    Ok(Samples { lat_us, errors, secs: started.elapsed().as_secs_f64() })
+    let cpu_us = process_cpu_us().saturating_sub(cpu_at_start);
+    Ok(Samples { lat_us, errors, secs: started.elapsed().as_secs_f64(), cpu_us })
 }
 
 /// Commits/s of 1-write transactions (begin, write, commit) with `clients` concurrent clients.
@@ -266,6 +292,7 @@ pub async fn upload(addr: &str, size: u64, chunk: u64, parallel: usize) -> anyho
         lat,
         0,
         secs,
+        0,
     );
     // Report bytes, not chunks: ops = MiB moved.
     f.ops = size >> 20;
@@ -395,6 +422,7 @@ pub async fn catalog(
         p50_us: 0,
         p99_us: 0,
         p999_us: 0,
+        client_cpu_us_per_op: 0.0,
     }];
     let ids = std::sync::Arc::new(ids);
 

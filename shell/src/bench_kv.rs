@@ -2,16 +2,34 @@
 //! tesserad and, in the same run, against etcd (its `etcdserverpb.KV` Put and linearizable
 //! Range), so the figure that matters is the ratio. The two take turns (see [`compare`]).
 //!
-//! The etcd client is a dozen lines over tonic's generic client: the two messages it needs
-//! are declared here with prost's derive, so no etcd proto enters the build.
+//! Both are driven through the same lean gRPC client ([`UnaryClient`]), so the load
+//! generator takes as little as it can from the servers it shares the machine with. The two
+//! etcd messages it needs are declared here with prost's derive, so no etcd proto enters
+//! the build.
 
 use std::time::Duration;
 
 use tessera_proto::proto as kv;
 use tessera_proto::proto::coordinator_service_client::CoordinatorServiceClient;
-use tonic::transport::Channel;
 
-use crate::bench::{Figures, Samples, channels, drive_samples};
+use crate::bench::{Figures, Samples, drive_samples};
+use crate::grpc_unary::UnaryClient;
+
+/// Connections per system: several, so one HTTP/2 connection's ordering is not the
+/// bottleneck.
+fn connections(load: &KvLoad) -> usize {
+    load.clients.clamp(1, 8)
+}
+
+async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<UnaryClient>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(
+            UnaryClient::connect(addr).await.map_err(|s| anyhow::anyhow!("connecting to {addr}: {}", s.message()))?,
+        );
+    }
+    Ok(out)
+}
 
 /// What to run: the same for both systems.
 #[derive(Debug, Clone)]
@@ -54,16 +72,17 @@ impl Phase {
 
 /// tesserad's side: its connections, spread evenly over `nodes` (each client keeps one
 /// connection, so one node), and the tenant `bench` (RF 3) created if missing.
-pub async fn tessera_side(nodes: &[&str], load: &KvLoad) -> anyhow::Result<Vec<Channel>> {
-    let per_node = load.clients.clamp(1, 8).div_ceil(nodes.len().max(1));
+pub async fn tessera_side(nodes: &[&str], load: &KvLoad) -> anyhow::Result<Vec<UnaryClient>> {
+    let per_node = connections(load).div_ceil(nodes.len().max(1));
     let mut chans = Vec::new();
     for addr in nodes {
-        chans.extend(channels(addr, per_node).await?);
+        chans.extend(connect(addr, per_node).await?);
     }
     // Client `t` takes connection `t % len`: interleave the nodes so clients alternate.
-    let chans: Vec<Channel> =
+    let chans: Vec<UnaryClient> =
         (0..per_node).flat_map(|i| (0..nodes.len()).map(move |n| n * per_node + i)).map(|i| chans[i].clone()).collect();
-    let mut c = CoordinatorServiceClient::new(chans[0].clone());
+    let first = nodes.first().ok_or_else(|| anyhow::anyhow!("no tesserad node to bench"))?;
+    let mut c = CoordinatorServiceClient::connect(first.to_string()).await?;
     let t = c.create_tenant(kv::CreateTenantRequest { tenant_id: "bench".into(), replication_factor: 3 }).await;
     if let Err(s) = t
         && s.code() != tonic::Code::AlreadyExists
@@ -74,13 +93,17 @@ pub async fn tessera_side(nodes: &[&str], load: &KvLoad) -> anyhow::Result<Vec<C
 }
 
 /// One run of `phase` against tesserad for `duration`.
-pub async fn tessera(chans: &[Channel], load: &KvLoad, phase: Phase, duration: Duration) -> anyhow::Result<Samples> {
+pub async fn tessera(
+    chans: &[UnaryClient],
+    load: &KvLoad,
+    phase: Phase,
+    duration: Duration,
+) -> anyhow::Result<Samples> {
     let l = load.clone();
-    drive_samples(chans, load.clients, duration, move |ch, t, i| {
+    drive_samples(chans, load.clients, duration, move |c, t, i| {
         let l = l.clone();
         async move {
             let key = format!("key-{}", key_index(&l, t, i));
-            let mut c = CoordinatorServiceClient::new(ch);
             match phase {
                 Phase::Put => {
                     let value = value(&l, i);
@@ -91,13 +114,13 @@ pub async fn tessera(chans: &[Channel], load: &KvLoad, phase: Phase, duration: D
                         consistency: l.consistency.clone(),
                         idempotency_key: String::new(),
                     };
-                    c.write_key_value(req).await.is_ok()
+                    c.call::<_, Ignored>("/proto.CoordinatorService/WriteKeyValue", &req).await.is_ok()
                 }
                 Phase::Get => {
                     let req =
                         kv::ReadKeyValueRequest { tenant_id: "bench".into(), key, consistency: l.consistency.clone() };
                     // A key the put phase never reached is NOT_FOUND: still a completed read.
-                    match c.read_key_value(req).await {
+                    match c.call::<_, Ignored>("/proto.CoordinatorService/ReadKeyValue", &req).await {
                         Ok(_) => true,
                         Err(s) => s.code() == tonic::Code::NotFound,
                     }
@@ -125,42 +148,30 @@ struct RangeRequest {
     serializable: bool,
 }
 
-/// Both responses are only counted, not read: an empty message decodes anything.
+/// Answers are only counted, not read (of either system): an empty message decodes anything.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Ignored {}
 
-async fn etcd_unary<Req: prost::Message + Default + Send + Sync + 'static>(
-    ch: Channel,
-    path: &'static str,
-    req: Req,
-) -> Result<(), tonic::Status> {
-    let mut g = tonic::client::Grpc::new(ch);
-    g.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let codec = tonic_prost::ProstCodec::<Req, Ignored>::default();
-    let path = http::uri::PathAndQuery::from_static(path);
-    g.unary(tonic::Request::new(req), path, codec).await.map(|_| ())
-}
-
 /// etcd's side: its connections.
-pub async fn etcd_side(addr: &str, load: &KvLoad) -> anyhow::Result<Vec<Channel>> {
-    channels(addr, load.clients.clamp(1, 8)).await
+pub async fn etcd_side(addr: &str, load: &KvLoad) -> anyhow::Result<Vec<UnaryClient>> {
+    connect(addr, connections(load)).await
 }
 
 /// One run of `phase` against etcd for `duration`: the same keys and values.
-pub async fn etcd(chans: &[Channel], load: &KvLoad, phase: Phase, duration: Duration) -> anyhow::Result<Samples> {
+pub async fn etcd(chans: &[UnaryClient], load: &KvLoad, phase: Phase, duration: Duration) -> anyhow::Result<Samples> {
     let l = load.clone();
-    drive_samples(chans, load.clients, duration, move |ch, t, i| {
+    drive_samples(chans, load.clients, duration, move |c, t, i| {
         let l = l.clone();
         async move {
             let key = format!("key-{}", key_index(&l, t, i)).into_bytes();
             match phase {
                 Phase::Put => {
                     let req = PutRequest { key, value: value(&l, i) };
-                    etcd_unary(ch, "/etcdserverpb.KV/Put", req).await.is_ok()
+                    c.call::<_, Ignored>("/etcdserverpb.KV/Put", &req).await.is_ok()
                 }
                 Phase::Get => {
                     let req = RangeRequest { key, serializable: false };
-                    etcd_unary(ch, "/etcdserverpb.KV/Range", req).await.is_ok()
+                    c.call::<_, Ignored>("/etcdserverpb.KV/Range", &req).await.is_ok()
                 }
             }
         }

@@ -24,6 +24,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod fjall_store;
 #[cfg(feature = "server")]
+pub mod grpc_unary;
+#[cfg(feature = "server")]
 pub mod lock;
 #[cfg(feature = "server")]
 pub mod metrics;

@@ -1,0 +1,156 @@
+//! A lean gRPC unary client over one HTTP/2 connection, for the key-value bench's load
+//! generator. tonic's `Channel` hands every call to a buffer task, and hyper's client to a
+//! task of its own per request, before h2 sees it: on two shared cores those hops cost the
+//! load generator about as much CPU as a replica spends on a read, and they weigh on every
+//! system it measures. Here the caller drives its h2 stream itself; only the connection
+//! has a task. Both systems of a comparison are driven through it alike.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tonic::{Code, Status};
+
+/// One HTTP/2 connection to a gRPC server, shared by concurrent calls (clone it).
+#[derive(Clone)]
+pub struct UnaryClient {
+    send: h2::client::SendRequest<Bytes>,
+    authority: String,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("{what}: {e}"))
+}
+
+impl UnaryClient {
+    /// Connects to `url` (`http://host:port`); plain-text HTTP/2, as tonic's clients here.
+    pub async fn connect(url: &str) -> Result<UnaryClient, Status> {
+        let authority = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/').to_owned();
+        let tcp = tokio::net::TcpStream::connect(&authority).await.map_err(|e| unavailable(&authority, e))?;
+        tcp.set_nodelay(true).map_err(|e| unavailable(&authority, e))?;
+        // Writes gathered until h2 flushes, and a flush deferred one scheduler pass, as on
+        // the server side: the requests of clients sharing the connection leave together.
+        let tcp = crate::net_io::OneWrite::new(tcp);
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(1 << 22)
+            .handshake(tcp)
+            .await
+            .map_err(|e| unavailable(&authority, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "bench connection closed");
+            }
+        });
+        Ok(UnaryClient { send, authority })
+    }
+
+    /// Calls `path` (`/package.Service/Method`) with `req`; the answer decoded, or the
+    /// server's status.
+    pub async fn call<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, Status> {
+        let len = req.encoded_len();
+        let mut frame = BytesMut::with_capacity(5 + len);
+        frame.put_u8(0);
+        frame.put_u32(u32::try_from(len).map_err(|_| Status::invalid_argument("request over 4 GiB"))?);
+        req.encode(&mut frame).map_err(|e| Status::internal(e.to_string()))?;
+        let head = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("http://{}{path}", self.authority))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut send = self.send.clone().ready().await.map_err(|e| unavailable("connection", e))?;
+        let (answer, mut stream) = send.send_request(head, false).map_err(|e| unavailable("request", e))?;
+        stream.send_data(frame.freeze(), true).map_err(|e| unavailable("request body", e))?;
+        let (parts, mut body) = answer.await.map_err(|e| unavailable("answer", e))?.into_parts();
+        if parts.status != http::StatusCode::OK {
+            return Err(Status::unknown(format!("HTTP status {}", parts.status)));
+        }
+        // A trailers-only answer (an error) carries its status in the headers.
+        if let Some(err) = status_of(&parts.headers) {
+            return Err(err);
+        }
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| unavailable("answer body", e))?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            buf.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.map_err(|e| unavailable("trailers", e))?;
+        if let Some(err) = trailers.as_ref().and_then(status_of) {
+            return Err(err);
+        }
+        if buf.len() < 5 || buf[0] != 0 {
+            return Err(Status::internal("the answer is not one uncompressed gRPC message"));
+        }
+        let mut msg = buf.freeze();
+        msg.advance(1);
+        let n = msg.get_u32() as usize;
+        if msg.len() != n {
+            return Err(Status::internal(format!("the answer's message is {} bytes, its prefix says {n}", msg.len())));
+        }
+        Resp::decode(msg).map_err(|e| Status::internal(format!("decoding the answer: {e}")))
+    }
+}
+
+/// The gRPC status in `headers`, when it is not OK.
+fn status_of(headers: &http::HeaderMap) -> Option<Status> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    if code == 0 {
+        return None;
+    }
+    let msg = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or_default();
+    Some(Status::new(Code::from(code), msg.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus};
+
+    use super::*;
+
+    /// A tonic server with gRPC health on a loopback port; its URL.
+    async fn health_server() -> String {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter.set_service_status("up", tonic_health::ServingStatus::Serving).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+        format!("http://{addr}")
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_decodes_the_answer_and_an_error_keeps_its_code_and_message() {
+        let url = health_server().await;
+        let c = UnaryClient::connect(&url).await.expect("connect");
+        let path = "/grpc.health.v1.Health/Check";
+        let up: HealthCheckResponse =
+            c.call(path, &HealthCheckRequest { service: "up".into() }).await.expect("known service");
+        assert_eq!(up.status, ServingStatus::Serving as i32);
+        // Answered trailers-only, with the status in the headers.
+        let err = c.call::<_, HealthCheckResponse>(path, &HealthCheckRequest { service: "nope".into() }).await;
+        let err = err.expect_err("an unknown service is NOT_FOUND");
+        assert_eq!(err.code(), Code::NotFound);
+        assert!(!err.message().is_empty());
+        let err = c.call::<_, HealthCheckResponse>("/no.Such/Method", &HealthCheckRequest::default()).await;
+        assert_eq!(err.expect_err("no such method").code(), Code::Unimplemented);
+        // Calls share the connection concurrently.
+        let up = HealthCheckRequest { service: "up".into() };
+        let calls = (0..16).map(|_| c.call::<_, HealthCheckResponse>(path, &up));
+        for r in futures_util::future::join_all(calls).await {
+            assert_eq!(r.expect("concurrent call").status, ServingStatus::Serving as i32);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_server_is_unavailable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let err = UnaryClient::connect(&format!("http://{addr}")).await.err().expect("nothing listens");
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+}
