@@ -152,7 +152,7 @@ where
     Ok(drive_samples(chans, clients, duration, op).await?.figures(label))
 }
 
-/// Runs `clients` concurrent loops of `op` (given a channel, the loop's number and the
+/// Runs `clients` concurrent loops of `op` (given a connection, the loop's number and the
 /// iteration) until `duration` has passed; `op` answers whether the operation succeeded.
 pub(crate) async fn drive_samples<C, F, Fut>(
     chans: &[C],
