@@ -121,8 +121,8 @@ enum BenchCmd {
         spread: Vec<String>,
         /// Threads of the load generator. One keeps its own CPU per operation lowest (about
         /// a quarter below two, measured on two cores shared with the servers)
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
     },
     /// Commits/s of 1-write transactions at each concurrency, then GetState reads/s
     State {
@@ -589,7 +589,7 @@ fn run() -> anyhow::Result<()> {
     // as many threads as it is told, one by default).
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Command::Bench(BenchCmd::Kv { threads, .. }) = &cli.command {
-        rt.worker_threads((*threads).max(1));
+        rt.worker_threads(usize::from(*threads));
     }
     let rt = rt.enable_all().build()?;
     rt.block_on(async {
