@@ -89,6 +89,18 @@ pub async fn tessera_side(nodes: &[&str], load: &KvLoad) -> anyhow::Result<Vec<U
     {
         anyhow::bail!("creating the bench tenant: {}", s.message());
     }
+    // One write first, so that a load every operation of which would fail (a bad
+    // --consistency, a cluster without quorum) says why instead of counting errors.
+    let probe = kv::WriteKeyValueRequest {
+        tenant_id: "bench".into(),
+        key: "bench-probe".into(),
+        value: value(load, 0),
+        consistency: load.consistency.clone(),
+        idempotency_key: String::new(),
+    };
+    if let Err(s) = c.write_key_value(probe).await {
+        anyhow::bail!("the bench's first write failed ({:?}): {}", s.code(), s.message());
+    }
     Ok(chans)
 }
 
