@@ -49,6 +49,17 @@ fn value(load: &KvLoad, i: u64) -> Vec<u8> {
     v
 }
 
+/// The load's write of `value` under `key` (the probe's too, so it fails as the load would).
+fn put_request(load: &KvLoad, key: String, value: Vec<u8>) -> kv::WriteKeyValueRequest {
+    kv::WriteKeyValueRequest {
+        tenant_id: "bench".into(),
+        key,
+        value,
+        consistency: load.consistency.clone(),
+        idempotency_key: String::new(),
+    }
+}
+
 /// Spreads client `t`'s `i`th operation over the key space.
 fn key_index(load: &KvLoad, t: usize, i: u64) -> u64 {
     (i.wrapping_mul(7919).wrapping_add(t as u64 * 104_729)) % load.keys.max(1)
@@ -91,13 +102,7 @@ pub async fn tessera_side(nodes: &[&str], load: &KvLoad) -> anyhow::Result<Vec<U
     }
     // One write first, so that a load every operation of which would fail (a bad
     // --consistency, a cluster without quorum) says why instead of counting errors.
-    let probe = kv::WriteKeyValueRequest {
-        tenant_id: "bench".into(),
-        key: "bench-probe".into(),
-        value: value(load, 0),
-        consistency: load.consistency.clone(),
-        idempotency_key: String::new(),
-    };
+    let probe = put_request(load, "bench-probe".into(), value(load, 0));
     if let Err(s) = c.write_key_value(probe).await {
         anyhow::bail!("the bench's first write failed ({:?}): {}", s.code(), s.message());
     }
@@ -118,14 +123,7 @@ pub async fn tessera(
             let key = format!("key-{}", key_index(&l, t, i));
             match phase {
                 Phase::Put => {
-                    let value = value(&l, i);
-                    let req = kv::WriteKeyValueRequest {
-                        tenant_id: "bench".into(),
-                        key,
-                        value,
-                        consistency: l.consistency.clone(),
-                        idempotency_key: String::new(),
-                    };
+                    let req = put_request(&l, key, value(&l, i));
                     c.call::<_, Ignored>("/proto.CoordinatorService/WriteKeyValue", &req).await.is_ok()
                 }
                 Phase::Get => {
