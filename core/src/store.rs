@@ -76,6 +76,13 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub trait StoreRead {
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// [`StoreRead::get`] of a key the caller is about to write (a merge before its write). A
+    /// store that caches what it reads may answer from its cache but need not fill it, so
+    /// keys that are only ever written take no room there.
+    fn get_for_update(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(keyspace, key)
+    }
+
     /// Up to `limit` entries with `start <= key < end` (no `end`: to the keyspace's end), in
     /// key order. Bounded so callers page instead of loading a whole keyspace.
     fn range(
@@ -115,6 +122,9 @@ pub trait Store: StoreRead {
 impl<S: StoreRead + ?Sized> StoreRead for std::sync::Arc<S> {
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         (**self).get(keyspace, key)
+    }
+    fn get_for_update(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get_for_update(keyspace, key)
     }
     fn range(
         &self,

@@ -13,6 +13,8 @@ use tessera_core::upload::UploadConfig;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./tessera-data";
 pub const DEFAULT_CLUSTER_TOKEN: &str = "tessera";
+/// Largest row cache: 1 TiB is a typo, not a plan.
+pub const MAX_ROW_CACHE_MIB: u64 = 1 << 20;
 
 /// tesserad: one daemon serving Tessera's gRPC APIs on one port, on embedded storage (fjall).
 #[derive(Debug, Parser)]
@@ -48,6 +50,9 @@ pub struct Flags {
     /// member list different tokens [default: tessera]
     #[arg(long, env = "TESSERA_INITIAL_CLUSTER_TOKEN")]
     pub initial_cluster_token: Option<String>,
+    /// Memory for the latest values of hot keys, in MiB (0: none) [default: 64]
+    #[arg(long, env = "TESSERA_ROW_CACHE_MIB")]
+    pub row_cache_mib: Option<u64>,
 }
 
 /// The TOML file's shape. Every key is optional.
@@ -57,6 +62,7 @@ pub struct Flags {
 /// data_dir = "/var/lib/tessera"
 /// metrics_listen = "127.0.0.1:9100"
 /// log = "info"
+/// row_cache_mib = 64
 ///
 /// [status.capacity]        # per meta-store; -1 (or absent) = unlimited
 /// key_generation = 1000
@@ -76,6 +82,7 @@ pub struct FileConfig {
     pub initial_cluster: Option<String>,
     pub initial_cluster_state: Option<String>,
     pub initial_cluster_token: Option<String>,
+    pub row_cache_mib: Option<u64>,
     #[serde(default)]
     pub status: StatusSection,
     #[serde(default)]
@@ -112,6 +119,8 @@ pub struct Config {
     pub join: bool,
     /// `--initial-cluster-token` (see `cluster_id`).
     pub cluster_token: String,
+    /// The store's row cache (see `row_cache`), in bytes.
+    pub row_cache_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +190,17 @@ impl Config {
                 )));
             }
         };
+        let row_cache_bytes = match flags.row_cache_mib.or(file.row_cache_mib) {
+            None => crate::fjall_store::DEFAULT_ROW_CACHE_BYTES,
+            Some(mib) if mib <= MAX_ROW_CACHE_MIB => (mib as usize) << 20,
+            Some(mib) => {
+                return Err(ConfigError::Invalid(format!(
+                    "row_cache_mib: {mib} MiB is more than the {MAX_ROW_CACHE_MIB} MiB allowed"
+                )));
+            }
+        };
         Ok(Self {
+            row_cache_bytes,
             listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
@@ -220,6 +239,13 @@ mod tests {
         assert_eq!(c.status.capacity(StoreKind::Plan), -1);
         let d = Config::resolve(flags(&[])).unwrap();
         assert_eq!(d.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(d.row_cache_bytes, crate::fjall_store::DEFAULT_ROW_CACHE_BYTES);
+        assert_eq!(Config::resolve(flags(&["--row-cache-mib", "0"])).unwrap().row_cache_bytes, 0);
+        std::fs::write(&path, "row_cache_mib = 3\n").unwrap();
+        let c = Config::resolve(flags(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(c.row_cache_bytes, 3 << 20);
+        let e = Config::resolve(flags(&["--row-cache-mib", "99999999"])).unwrap_err().to_string();
+        assert!(e.contains("row_cache_mib") && e.contains("allowed"), "{e}");
     }
 
     #[test]

@@ -15,10 +15,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use tessera_core::store::{BLOB, Entry, KEYSPACES, Op, Store, StoreError, StoreRead, WriteBatch};
+use tessera_core::store::{BLOB, Entry, KEYSPACES, KV, Op, Store, StoreError, StoreRead, WriteBatch};
 
 use crate::blob_files::BlobFiles;
 pub use crate::blob_files::Prestaged;
+use crate::row_cache::{Lookup, RowCache};
+
+/// The row cache's size unless configured (`--row-cache-mib`).
+pub const DEFAULT_ROW_CACHE_BYTES: usize = 64 << 20;
+
+/// Keys the row cache holds: a key-value key's versions, read by every read and write of it.
+fn cached(keyspace: &str, key: &[u8]) -> bool {
+    keyspace == KV && key.starts_with(tessera_core::kv::VALUE_PREFIX)
+}
 
 pub struct FjallStore {
     db: Database,
@@ -28,6 +37,14 @@ pub struct FjallStore {
     /// Set by a failed sync. Linux reports a writeback error to one fsync only: a later one
     /// by another driver could succeed although the pages it should have covered are lost.
     poisoned: AtomicBool,
+    /// Latest values of hot key-value keys; `None` when configured off.
+    rows: Option<RowCache>,
+    /// Taken by batches that touch cached keys, across their commit and their cache update,
+    /// so the cache follows fjall's commit order.
+    cache_order: std::sync::Mutex<()>,
+    /// Tests: runs once between a cache miss's read of fjall and its fill.
+    #[cfg(test)]
+    before_fill: std::sync::Mutex<Option<FillHook>>,
 }
 
 /// The journal file fjall is appending to, opened a second time so that [`Store::sync`] can
@@ -98,6 +115,15 @@ impl ActiveJournal {
     }
 }
 
+#[cfg(test)]
+type FillHook = Box<dyn FnOnce(&FjallStore) + Send>;
+
+fn op_cached(op: &Op) -> bool {
+    match op {
+        Op::Put { keyspace, key, .. } | Op::Delete { keyspace, key } => cached(keyspace, key),
+    }
+}
+
 fn io(e: fjall::Error) -> StoreError {
     match e {
         fjall::Error::Poisoned => StoreError::Poisoned,
@@ -113,8 +139,14 @@ impl FjallStore {
         }
     }
 
-    /// Opens (or creates) the store in a data directory: fjall in `db/`, blob files in `blobs/`.
+    /// Opens (or creates) the store in a data directory: fjall in `db/`, blob files in `blobs/`,
+    /// with the default row cache.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_row_cache(data_dir, DEFAULT_ROW_CACHE_BYTES)
+    }
+
+    /// [`FjallStore::open`] with a row cache of `row_cache_bytes` (0: none).
+    pub fn open_with_row_cache(data_dir: &Path, row_cache_bytes: usize) -> Result<Self, StoreError> {
         let dir = &data_dir.join("db");
         // A bounded block cache keeps tesserad's memory flat whatever it stores; the large
         // values (upload chunks) live in files, not in memtables (see `blob_files`).
@@ -127,7 +159,22 @@ impl FjallStore {
         let blob_dir = data_dir.join("blobs");
         let blobs = BlobFiles::open(blob_dir, index)?;
         let journal = ActiveJournal::open(dir)?;
-        Ok(Self { db, keyspaces, blobs, journal, poisoned: AtomicBool::new(false) })
+        let rows = (row_cache_bytes > 0).then(|| RowCache::new(row_cache_bytes));
+        Ok(Self {
+            db,
+            keyspaces,
+            blobs,
+            journal,
+            poisoned: AtomicBool::new(false),
+            rows,
+            cache_order: std::sync::Mutex::new(()),
+            #[cfg(test)]
+            before_fill: Default::default(),
+        })
+    }
+
+    fn get_uncached(&self, keyspace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.ks(keyspace)?.get(key).map_err(io)?.map(|v| v.to_vec()))
     }
 
     fn ks(&self, name: &str) -> Result<&Keyspace, StoreError> {
@@ -156,7 +203,34 @@ impl StoreRead for FjallStore {
         if keyspace == BLOB {
             return self.blobs.get(key);
         }
-        Ok(self.ks(keyspace)?.get(key).map_err(io)?.map(|v| v.to_vec()))
+        let read = || self.get_uncached(keyspace, key);
+        match &self.rows {
+            Some(rows) if cached(keyspace, key) => match rows.get(key) {
+                Lookup::Hit(v) => Ok(Some(v)),
+                Lookup::Miss(writes) => {
+                    let v = read()?;
+                    #[cfg(test)]
+                    if let Some(hook) = self.before_fill.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        hook(self);
+                    }
+                    if let Some(v) = &v {
+                        rows.fill(key, v, writes);
+                    }
+                    Ok(v)
+                }
+            },
+            _ => read(),
+        }
+    }
+
+    fn get_for_update(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.rows {
+            Some(rows) if cached(keyspace, key) => match rows.peek(key) {
+                Some(v) => Ok(Some(v)),
+                None => self.get_uncached(keyspace, key),
+            },
+            _ => self.get(keyspace, key),
+        }
     }
 
     fn range(
@@ -203,8 +277,24 @@ impl Store for FjallStore {
                 Op::Delete { keyspace, key } => b.remove(self.ks(keyspace)?, key.as_slice()),
             }
         }
-        b.commit().map_err(io)?;
+        let Some(rows) = self.rows.as_ref().filter(|_| batch.ops.iter().any(op_cached)) else {
+            b.commit().map_err(io)?;
+            self.blobs.committed(staged);
+            return Ok(());
+        };
+        let _order = self.cache_order.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = b.commit() {
+            // Not committed: what the cache holds of these keys is still the store's.
+            return Err(io(e));
+        }
         self.blobs.committed(staged);
+        for op in &batch.ops {
+            match op {
+                Op::Put { keyspace, key, value } if cached(keyspace, key) => rows.update(key, value),
+                Op::Delete { keyspace, key } if cached(keyspace, key) => rows.remove(key),
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -297,6 +387,134 @@ mod tests {
         let s = FjallStore::open(dir.path()).unwrap();
         assert_eq!(s.get(STATUS, b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(s.get(STATUS, &269u32.to_be_bytes()).unwrap(), Some(big));
+    }
+
+    /// A key-value key (cached) as the kv machine writes it.
+    fn kv_key(i: u32) -> Vec<u8> {
+        tessera_core::kv::VALUE_PREFIX.iter().copied().chain(b"acme\0".iter().copied()).chain(i.to_be_bytes()).collect()
+    }
+
+    #[test]
+    fn cached_reads_never_go_back_while_a_writer_commits() {
+        const KEYS: u32 = 2048;
+        let dir = tempfile::tempdir().unwrap();
+        // Room for a few hundred of the keys: readers miss, read fjall and fill the cache
+        // all the time while the writer moves the same keys on.
+        let s = Arc::new(FjallStore::open_with_row_cache(dir.path(), 32 << 10).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3u32)
+            .map(|r| {
+                let (s, stop) = (s.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut seen = vec![0u64; KEYS as usize];
+                    let mut i = r * 7;
+                    while !stop.load(Ordering::Relaxed) {
+                        i = (i + 13) % KEYS;
+                        let got = s.get(KV, &kv_key(i)).unwrap();
+                        let n = got.map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
+                        assert!(n >= seen[i as usize], "key {i} went back from {} to {n}", seen[i as usize]);
+                        seen[i as usize] = n;
+                    }
+                })
+            })
+            .collect();
+        for n in 1..=20_000u64 {
+            let mut b = WriteBatch::default();
+            b.put(KV, kv_key((n % u64::from(KEYS)) as u32), n.to_be_bytes().to_vec());
+            s.write(&b).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        // A fill that raced a write and won would still be cached here, older than fjall.
+        for i in 0..KEYS {
+            let stored = s.ks(KV).unwrap().get(kv_key(i)).unwrap().map(|v| v.to_vec());
+            assert_eq!(s.get(KV, &kv_key(i)).unwrap(), stored, "key {i}: the cache disagrees with the store");
+        }
+    }
+
+    #[test]
+    fn a_read_that_raced_a_write_leaves_the_newer_value_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FjallStore::open(dir.path()).unwrap();
+        let put = |s: &FjallStore, v: &[u8]| {
+            let mut b = WriteBatch::default();
+            b.put(KV, kv_key(1), v.to_vec());
+            s.write(&b).unwrap();
+        };
+        put(&s, b"old");
+        // A reader that finds the key uncached reads "old" from fjall; before it fills the
+        // cache, the writer commits "new" (and caches it).
+        s.rows.as_ref().unwrap().remove(&kv_key(1));
+        *s.before_fill.lock().unwrap() = Some(Box::new(move |s: &FjallStore| put(s, b"new")));
+        assert_eq!(s.get(KV, &kv_key(1)).unwrap(), Some(b"old".to_vec()));
+        assert_eq!(s.get(KV, &kv_key(1)).unwrap(), Some(b"new".to_vec()), "the older read was cached");
+        // The same with a delete.
+        let dir2 = tempfile::tempdir().unwrap();
+        let s2 = FjallStore::open(dir2.path()).unwrap();
+        put(&s2, b"old");
+        s2.rows.as_ref().unwrap().remove(&kv_key(1));
+        *s2.before_fill.lock().unwrap() = Some(Box::new(|s: &FjallStore| {
+            let mut b = WriteBatch::default();
+            b.delete(KV, kv_key(1));
+            s.write(&b).unwrap();
+        }));
+        assert_eq!(s2.get(KV, &kv_key(1)).unwrap(), Some(b"old".to_vec()));
+        assert_eq!(s2.get(KV, &kv_key(1)).unwrap(), None, "a deleted key's older read was cached");
+    }
+
+    #[test]
+    fn keys_only_written_take_no_room_and_a_cached_key_follows_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FjallStore::open(dir.path()).unwrap();
+        let rows = s.rows.as_ref().unwrap();
+        let put = |v: &[u8]| {
+            let mut b = WriteBatch::default();
+            b.put(KV, kv_key(1), v.to_vec());
+            s.write(&b).unwrap();
+        };
+        put(b"1");
+        // A write's merge reads its key without caching it.
+        assert_eq!(s.get_for_update(KV, &kv_key(1)).unwrap(), Some(b"1".to_vec()));
+        put(b"2");
+        assert_eq!(rows.peek(&kv_key(1)), None, "a key only written was cached");
+        // A read caches it; writes then keep it current, and a merge reads it from there.
+        assert_eq!(s.get(KV, &kv_key(1)).unwrap(), Some(b"2".to_vec()));
+        put(b"3");
+        assert_eq!(rows.peek(&kv_key(1)), Some(b"3".to_vec()));
+        assert_eq!(s.get_for_update(KV, &kv_key(1)).unwrap(), Some(b"3".to_vec()));
+        assert_eq!(s.get(KV, &kv_key(1)).unwrap(), Some(b"3".to_vec()));
+        // Keys outside the value prefix never go through the cache.
+        let mut b = WriteBatch::default();
+        b.put(KV, b"#keys".to_vec(), b"7".to_vec());
+        s.write(&b).unwrap();
+        assert_eq!(s.get(KV, b"#keys").unwrap(), Some(b"7".to_vec()));
+        assert_eq!(rows.peek(b"#keys"), None);
+    }
+
+    #[test]
+    fn a_cached_key_deleted_reads_as_absent_and_survives_reopen_uncached() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = FjallStore::open(dir.path()).unwrap();
+            let mut b = WriteBatch::default();
+            b.put(KV, kv_key(1), b"one".to_vec());
+            b.put(KV, kv_key(2), b"two".to_vec());
+            s.write(&b).unwrap();
+            assert_eq!(s.get(KV, &kv_key(1)).unwrap(), Some(b"one".to_vec()));
+            let mut b = WriteBatch::default();
+            b.delete(KV, kv_key(1));
+            s.write(&b).unwrap();
+            assert_eq!(s.get(KV, &kv_key(1)).unwrap(), None);
+            s.sync().unwrap();
+        }
+        // A new process starts cold and reads what is durable.
+        let s = FjallStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(KV, &kv_key(1)).unwrap(), None);
+        assert_eq!(s.get(KV, &kv_key(2)).unwrap(), Some(b"two".to_vec()));
+        // Scans see every key whatever the cache holds.
+        assert_eq!(s.prefix(KV, tessera_core::kv::VALUE_PREFIX, None, 10).unwrap().len(), 1);
     }
 
     fn blob_files(dir: &Path) -> Vec<String> {

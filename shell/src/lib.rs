@@ -34,6 +34,8 @@ pub mod net_io;
 #[cfg(feature = "server")]
 pub mod raft_transport;
 #[cfg(feature = "server")]
+mod row_cache;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod services;

@@ -152,7 +152,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let store = Arc::new(
-        FjallStore::open(&config.data_dir)
+        FjallStore::open_with_row_cache(&config.data_dir, config.row_cache_bytes)
             .with_context(|| format!("opening storage in {}", config.data_dir.display()))?,
     );
     let mut rng = Rng::new(os_seed());

@@ -10,6 +10,8 @@ pub mod vclock;
 pub mod wire;
 
 pub use crate::meta::TenantRecord;
+/// Where a key's versions are stored in the `kv` keyspace: the keys a store may cache.
+pub use keys::VALUE_PREFIX;
 pub use quorum::Consistency;
 pub use replica::{Hint, IdemKey, IdemRecord, KvConfig, KvMachine, KvRequest, KvResponse};
 pub use ring::Ring;

@@ -289,7 +289,16 @@ impl KvMachine {
     }
 
     fn versions(store: &dyn StoreRead, tenant: &str, key: &str) -> CoreResult<Option<Vec<Version>>> {
-        match store.get(KEYSPACE, &keys::value(tenant, key))? {
+        Self::decoded(store.get(KEYSPACE, &keys::value(tenant, key))?)
+    }
+
+    /// [`KvMachine::versions`] of a key this step is about to write.
+    fn versions_for_update(store: &dyn StoreRead, tenant: &str, key: &str) -> CoreResult<Option<Vec<Version>>> {
+        Self::decoded(store.get_for_update(KEYSPACE, &keys::value(tenant, key))?)
+    }
+
+    fn decoded(stored: Option<Vec<u8>>) -> CoreResult<Option<Vec<Version>>> {
+        match stored {
             Some(buf) => Ok(Some(decode_versions(KEYSPACE, &buf)?)),
             None => Ok(None),
         }
@@ -381,7 +390,7 @@ impl KvMachine {
         let mut batch = WriteBatch::default();
         match req {
             KvRequest::Coordinate { tenant, key, value, idem, keep } => {
-                let current = Self::versions(store, &tenant, &key)?;
+                let current = Self::versions_for_update(store, &tenant, &key)?;
                 if let Some(i) = idem.as_ref().filter(|i| !i.fresh) {
                     // A replay: of a write whose record this replica holds (send what it holds
                     // again, merging is idempotent, so a write that missed its quorum the first
@@ -473,7 +482,7 @@ impl KvMachine {
                         "apply of {key:?}: at most {MAX_SIBLINGS} versions with sane clocks"
                     )));
                 }
-                let current = Self::versions(store, &tenant, &key)?;
+                let current = Self::versions_for_update(store, &tenant, &key)?;
                 if versions.is_empty() {
                     // Nothing to merge (a replay of a key this replica never held).
                     return Ok((KvResponse::Versions(current.unwrap_or_default()), batch));
@@ -574,7 +583,9 @@ impl KvMachine {
                 let mut gone = std::collections::BTreeSet::new();
                 for (tenant, key, seen) in stale {
                     let k = keys::value(&tenant, &key);
-                    if !gone.contains(&k) && Self::versions(store, &tenant, &key)?.is_some_and(|v| digest(&v) == seen) {
+                    if !gone.contains(&k)
+                        && Self::versions_for_update(store, &tenant, &key)?.is_some_and(|v| digest(&v) == seen)
+                    {
                         batch.delete(KEYSPACE, k.clone());
                         gone.insert(k);
                     }
