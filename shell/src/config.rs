@@ -13,7 +13,7 @@ use tessera_core::upload::UploadConfig;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./tessera-data";
 pub const DEFAULT_CLUSTER_TOKEN: &str = "tessera";
-/// Largest row cache: 1 TiB is a typo, not a plan.
+/// Largest row cache (1 TiB): more is a typo, not a plan.
 pub const MAX_ROW_CACHE_MIB: u64 = 1 << 20;
 
 /// tesserad: one daemon serving Tessera's gRPC APIs on one port, on embedded storage (fjall).

@@ -124,6 +124,12 @@ fn op_cached(op: &Op) -> bool {
     }
 }
 
+fn op_key(op: &Op) -> &[u8] {
+    match op {
+        Op::Put { key, .. } | Op::Delete { key, .. } => key,
+    }
+}
+
 fn io(e: fjall::Error) -> StoreError {
     match e {
         fjall::Error::Poisoned => StoreError::Poisoned,
@@ -210,8 +216,11 @@ impl StoreRead for FjallStore {
                 Lookup::Miss(writes) => {
                     let v = read()?;
                     #[cfg(test)]
-                    if let Some(hook) = self.before_fill.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        hook(self);
+                    {
+                        let hook = self.before_fill.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        if let Some(hook) = hook {
+                            hook(self);
+                        }
                     }
                     if let Some(v) = &v {
                         rows.fill(key, v, writes);
@@ -283,18 +292,19 @@ impl Store for FjallStore {
             return Ok(());
         };
         let _order = self.cache_order.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = b.commit() {
-            // Not committed: what the cache holds of these keys is still the store's.
-            return Err(io(e));
-        }
-        self.blobs.committed(staged);
-        for op in &batch.ops {
-            match op {
-                Op::Put { keyspace, key, value } if cached(keyspace, key) => rows.update(key, value),
-                Op::Delete { keyspace, key } if cached(keyspace, key) => rows.remove(key),
-                _ => {}
+        let was: Vec<bool> = batch.ops.iter().map(|op| op_cached(op) && rows.begin_write(op_key(op))).collect();
+        let committed = b.commit();
+        for (op, was) in batch.ops.iter().zip(was) {
+            if op_cached(op) {
+                let value = match (op, &committed) {
+                    (Op::Put { value, .. }, Ok(())) => Some(value.as_slice()),
+                    _ => None,
+                };
+                rows.end_write(op_key(op), value, was);
             }
         }
+        committed.map_err(io)?;
+        self.blobs.committed(staged);
         Ok(())
     }
 
@@ -446,7 +456,9 @@ mod tests {
         put(&s, b"old");
         // A reader that finds the key uncached reads "old" from fjall; before it fills the
         // cache, the writer commits "new" (and caches it).
-        s.rows.as_ref().unwrap().remove(&kv_key(1));
+        // Out of the cache, as after a write of it.
+        let rows = s.rows.as_ref().unwrap();
+        rows.end_write(&kv_key(1), None, rows.begin_write(&kv_key(1)));
         *s.before_fill.lock().unwrap() = Some(Box::new(move |s: &FjallStore| put(s, b"new")));
         assert_eq!(s.get(KV, &kv_key(1)).unwrap(), Some(b"old".to_vec()));
         assert_eq!(s.get(KV, &kv_key(1)).unwrap(), Some(b"new".to_vec()), "the older read was cached");
@@ -454,7 +466,6 @@ mod tests {
         let dir2 = tempfile::tempdir().unwrap();
         let s2 = FjallStore::open(dir2.path()).unwrap();
         put(&s2, b"old");
-        s2.rows.as_ref().unwrap().remove(&kv_key(1));
         *s2.before_fill.lock().unwrap() = Some(Box::new(|s: &FjallStore| {
             let mut b = WriteBatch::default();
             b.delete(KV, kv_key(1));

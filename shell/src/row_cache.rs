@@ -6,18 +6,20 @@
 //! As ScyllaDB's row cache (and Cassandra's and RocksDB's) does, this keeps the latest
 //! value of recently used keys in hash maps, so a hit costs a hash and a copy.
 //!
-//! Reads fill it; writes only update keys it holds, so keys that are written and never read
-//! (a write-heavy load) cost a write one lookup here and take no room. The read a write
+//! Reads fill it; writes only refresh keys it holds, so keys that are written and never read
+//! (a write-heavy load) cost a write two lookups here and take no room. The read a write
 //! does of its own key first (its merge) is served from the cache when the key is there,
 //! and fills nothing otherwise.
 //!
-//! Coherence: the store updates the cache after each batch is committed to fjall, with
-//! batches that touch cached keys taken one at a time, so the cache follows the commit
-//! order. A reader that missed fills the cache from fjall only if no write reached the
-//! key's shard between its miss and its fill ([`Lookup::Miss`] carries the shard's write
-//! count), so a fill never installs a value older than the store's. A fill that lands
-//! between a write's commit and its cache update makes the key cached, so the update then
-//! replaces it.
+//! Coherence: a batch that touches cached keys is committed under one lock, so the cache
+//! follows fjall's commit order. Before the commit, [`RowCache::begin_write`] takes each
+//! written key out and marks its shard as written to; after it, [`RowCache::end_write`]
+//! puts the new value back (if the key was cached) and clears the mark. Meanwhile readers of
+//! the key find nothing cached and read fjall, whose own visibility never goes back. A
+//! reader that missed fills the cache from fjall only if no write is under way in the key's
+//! shard and none ended there since its miss ([`Lookup::Miss`] carries the shard's count of
+//! ended writes): so no fill installs a value older than the store's, and two readers on
+//! either side of a commit cannot leave the older value cached after the newer was read.
 //!
 //! Eviction is by generations, with nothing tracked per entry: each shard fills a current
 //! map; once that outgrows half the shard's budget it becomes the previous map and the older
@@ -47,8 +49,10 @@ struct Shard {
     current: HashMap<Vec<u8>, Vec<u8>>,
     previous: HashMap<Vec<u8>, Vec<u8>>,
     current_bytes: usize,
-    /// Writes (puts and removals) this shard has seen: a fill that raced one is dropped.
+    /// Writes this shard has seen end: a fill that raced one is dropped.
     writes: u64,
+    /// Writes begun and not yet ended: no fill is taken meanwhile.
+    in_flight: u32,
 }
 
 /// What a lookup found.
@@ -65,10 +69,10 @@ fn cost(key: &[u8], value: &[u8]) -> usize {
 }
 
 impl Shard {
-    fn insert(&mut self, key: &[u8], value: &[u8], generation_bytes: usize) {
+    fn insert(&mut self, key: &[u8], value: Vec<u8>, generation_bytes: usize) {
         self.previous.remove(key);
-        let added = cost(key, value);
-        if let Some(old) = self.current.insert(key.to_vec(), value.to_vec()) {
+        let added = cost(key, &value);
+        if let Some(old) = self.current.insert(key.to_vec(), value) {
             self.current_bytes -= cost(key, &old);
         }
         self.current_bytes += added;
@@ -76,6 +80,18 @@ impl Shard {
             self.previous = std::mem::take(&mut self.current);
             self.current_bytes = 0;
         }
+    }
+
+    /// Takes `key` out of both generations; whether it was there.
+    fn take_out(&mut self, key: &[u8]) -> bool {
+        let in_current = match self.current.remove(key) {
+            Some(old) => {
+                self.current_bytes -= cost(key, &old);
+                true
+            }
+            None => false,
+        };
+        self.previous.remove(key).is_some() || in_current
     }
 }
 
@@ -106,7 +122,7 @@ impl RowCache {
             Some(v) => {
                 let out = v.clone();
                 let limit = self.generation_bytes;
-                shard.insert(key, &v, limit);
+                shard.insert(key, v, limit);
                 Lookup::Hit(out)
             }
             None => Lookup::Miss(shard.writes),
@@ -114,52 +130,50 @@ impl RowCache {
     }
 
     /// Caches `value`, read from the store after a [`Lookup::Miss`] that saw `writes`, unless
-    /// a write reached the shard since (the value read may then be the older one).
+    /// a write is under way in the shard or one ended there since (the value read may then be
+    /// the older one).
     pub fn fill(&self, key: &[u8], value: &[u8], writes: u64) {
         if cost(key, value) > self.max_entry {
             return;
         }
         let mut shard = self.shard(key);
-        if shard.writes == writes {
+        if shard.writes == writes && shard.in_flight == 0 {
             let limit = self.generation_bytes;
-            shard.insert(key, value, limit);
+            shard.insert(key, value.to_vec(), limit);
         }
     }
 
-    /// A value just committed to the store. Replaces the cached one, if the key is cached:
-    /// keys are cached by reads, so keys that are only written never take room here.
-    pub fn update(&self, key: &[u8], value: &[u8]) {
+    /// Before a write of `key` is committed: takes the key out (readers go to the store
+    /// until [`RowCache::end_write`]) and returns whether it was cached.
+    pub fn begin_write(&self, key: &[u8]) -> bool {
+        let mut shard = self.shard(key);
+        shard.in_flight += 1;
+        shard.take_out(key)
+    }
+
+    /// After the write begun by [`RowCache::begin_write`] (`was` what it returned) is
+    /// committed (`committed`: the value put, or `None` for a delete) or has failed (`None`):
+    /// a key that was cached holds the new value again.
+    pub fn end_write(&self, key: &[u8], committed: Option<&[u8]>, was: bool) {
         let mut shard = self.shard(key);
         shard.writes += 1;
-        let cached = shard.current.contains_key(key) || shard.previous.contains_key(key);
-        if !cached {
-            return;
-        }
-        if cost(key, value) > self.max_entry {
-            if let Some(old) = shard.current.remove(key) {
-                shard.current_bytes -= cost(key, &old);
+        shard.in_flight = shard.in_flight.saturating_sub(1);
+        match committed {
+            Some(value) if was && cost(key, value) <= self.max_entry => {
+                let limit = self.generation_bytes;
+                shard.insert(key, value.to_vec(), limit);
             }
-            shard.previous.remove(key);
-            return;
+            // A key written twice in one batch: the later write decides.
+            _ => {
+                shard.take_out(key);
+            }
         }
-        let limit = self.generation_bytes;
-        shard.insert(key, value, limit);
     }
 
     /// A lookup that fills nothing: the value when cached.
     pub fn peek(&self, key: &[u8]) -> Option<Vec<u8>> {
         let shard = self.shard(key);
         shard.current.get(key).or_else(|| shard.previous.get(key)).cloned()
-    }
-
-    /// A key just deleted from the store.
-    pub fn remove(&self, key: &[u8]) {
-        let mut shard = self.shard(key);
-        shard.writes += 1;
-        if let Some(old) = shard.current.remove(key) {
-            shard.current_bytes -= cost(key, &old);
-        }
-        shard.previous.remove(key);
     }
 
     /// Bytes held, bookkeeping included.
@@ -187,39 +201,53 @@ mod tests {
         }
     }
 
+    /// A committed write, as the store makes one.
+    fn write(c: &RowCache, key: &[u8], value: Option<&[u8]>) {
+        let was = c.begin_write(key);
+        c.end_write(key, value, was);
+    }
+
     #[test]
-    fn reads_cache_writes_update_and_a_removal_forgets() {
+    fn reads_cache_writes_refresh_and_a_delete_forgets() {
         let c = RowCache::new(1 << 20);
         assert_eq!(c.get(b"k"), Lookup::Miss(0));
         // Written, never read: not cached.
-        c.update(b"k", b"v1");
+        write(&c, b"k", Some(b"v1"));
         assert!(matches!(c.get(b"k"), Lookup::Miss(_)) && c.peek(b"k").is_none());
         read(&c, b"k", b"v1");
         assert_eq!(c.get(b"k"), Lookup::Hit(b"v1".to_vec()));
-        c.update(b"k", b"v2");
+        write(&c, b"k", Some(b"v2"));
         assert_eq!(c.get(b"k"), Lookup::Hit(b"v2".to_vec()));
         assert_eq!(c.peek(b"k"), Some(b"v2".to_vec()));
-        c.remove(b"k");
+        write(&c, b"k", None);
         assert!(matches!(c.get(b"k"), Lookup::Miss(_)));
     }
 
     #[test]
     fn a_fill_that_raced_a_write_is_dropped() {
         let c = RowCache::new(1 << 20);
+        // A reader misses and reads the store; the write begins, commits and ends meanwhile.
         let Lookup::Miss(seen) = c.get(b"k") else { panic!("hit in an empty cache") };
-        // The writer commits a newer value while the reader reads the store.
-        c.update(b"k", b"new");
+        write(&c, b"k", Some(b"new"));
         c.fill(b"k", b"old", seen);
         assert!(matches!(c.get(b"k"), Lookup::Miss(_)), "the older read was cached");
-        // The fill lands between the write's commit and its cache update: the update wins.
+        // Two readers on either side of a commit: the one that read the newer value fills
+        // first, the one that read the older value last. Neither fill may leave "old".
+        read(&c, b"k", b"new");
+        let Lookup::Hit(_) = c.get(b"k") else { panic!() };
+        let was = c.begin_write(b"k");
+        let Lookup::Miss(early) = c.get(b"k") else { panic!("a key being written is still cached") };
+        // (the store commits "newer" here)
+        let Lookup::Miss(late) = c.get(b"k") else { panic!() };
+        c.fill(b"k", b"newer", late);
+        c.fill(b"k", b"new", early);
+        assert!(c.peek(b"k").is_none(), "a fill was taken while the write was under way");
+        c.end_write(b"k", Some(b"newer"), was);
+        assert_eq!(c.get(b"k"), Lookup::Hit(b"newer".to_vec()));
+        // A miss before the write began, filled after it ended, is dropped too.
+        write(&c, b"k", None);
         let Lookup::Miss(seen) = c.get(b"k") else { panic!() };
-        c.fill(b"k", b"old", seen);
-        c.update(b"k", b"new");
-        assert_eq!(c.get(b"k"), Lookup::Hit(b"new".to_vec()));
-        // A removal races the same way: the old value must not come back.
-        c.remove(b"k");
-        let Lookup::Miss(seen) = c.get(b"k") else { panic!("removed key still cached") };
-        c.remove(b"k");
+        write(&c, b"k", None);
         c.fill(b"k", b"old", seen);
         assert!(matches!(c.get(b"k"), Lookup::Miss(_)));
         // Without a race, the fill is kept.
@@ -229,29 +257,56 @@ mod tests {
     }
 
     #[test]
+    fn writes_reach_keys_in_the_older_generation() {
+        let c = RowCache::new(SHARDS * 4096);
+        let keys: Vec<[u8; 4]> = (0..2_000u32).map(|i| i.to_be_bytes()).collect();
+        for k in &keys {
+            read(&c, k, b"v1");
+        }
+        // Some keys now sit in their shard's previous generation; a write must replace or
+        // remove them there as well.
+        assert!(c.shards.iter().any(|s| !s.lock().unwrap().previous.is_empty()), "no generation aged");
+        for k in &keys {
+            write(&c, k, Some(b"v2"));
+        }
+        for k in &keys {
+            assert!(matches!(c.get(k), Lookup::Miss(_)) || c.get(k) == Lookup::Hit(b"v2".to_vec()));
+        }
+        for k in &keys {
+            write(&c, k, None);
+            assert!(matches!(c.get(k), Lookup::Miss(_)), "a deleted key is still cached");
+        }
+    }
+
+    #[test]
     fn it_stays_within_its_budget_and_keeps_keys_in_use() {
         let budget = 64 << 10;
         let c = RowCache::new(budget);
         let value = [7u8; 100];
         read(&c, b"hot", &value);
+        // Each shard holds at most its two generations: half its share each, plus the entry
+        // that made the current one overflow.
+        let bound = budget + SHARDS * cost(&0u32.to_be_bytes(), &value);
         for i in 0..10_000u32 {
             read(&c, &i.to_be_bytes(), &value);
             // Read often enough to be moved back before its generation is dropped.
             if i % 8 == 0 {
                 assert_eq!(c.get(b"hot"), Lookup::Hit(value.to_vec()), "hot key lost at {i}");
             }
-            assert!(c.bytes() <= budget + 2 * cost(b"hot", &value), "{} bytes at {i}", c.bytes());
+            assert!(c.bytes() <= bound, "{} bytes at {i}", c.bytes());
         }
-        // Cold keys written early are gone.
+        // Cold keys read early are gone.
         assert!(matches!(c.get(&0u32.to_be_bytes()), Lookup::Miss(_)));
     }
 
     #[test]
     fn a_value_too_large_to_keep_replaces_nothing_stale() {
-        let c = RowCache::new(16 << 10);
+        let c = RowCache::new(64 << 10);
         read(&c, b"k", b"small");
-        let big = vec![1u8; 16 << 10];
-        c.update(b"k", &big);
+        assert_eq!(c.peek(b"k"), Some(b"small".to_vec()));
+        // Over the largest entry (a sixteenth of a shard's share).
+        let big = vec![1u8; 1 << 10];
+        write(&c, b"k", Some(&big));
         // The small value must not be served for a key now holding the big one.
         assert!(matches!(c.get(b"k"), Lookup::Miss(_)));
         let Lookup::Miss(seen) = c.get(b"k") else { panic!() };
