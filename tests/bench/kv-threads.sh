@@ -19,24 +19,10 @@ if [ -z "${BIN:-}" ]; then
     cargo build --release -q -p tessera-shell --bins --manifest-path "$root/Cargo.toml"
     BIN="$root/target/release"
 fi
-work="$(mktemp -d "$root/target/kv-threads.XXXXXX")"
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-t=(); for _ in 1 2 3; do t+=("$(port)"); done
-members="n1=127.0.0.1:${t[0]},n2=127.0.0.1:${t[1]},n3=127.0.0.1:${t[2]}"
-for i in 0 1 2; do
-    n=$((i + 1))
-    "$BIN/tesserad" --node-id "n$n" --listen "127.0.0.1:${t[$i]}" --initial-cluster "$members" \
-        --data-dir "$work/t$n" --log warn > "$work/t$n.out" 2>&1 &
-    pids+=($!)
-done
-for _ in $(seq 100); do
-    ready=0
-    for n in 1 2 3; do grep -q listening "$work/t$n.out" 2>/dev/null && ready=$((ready + 1)); done
-    [ "$ready" -eq 3 ] && break; sleep 0.1
-done
+# shellcheck source=tesserad-cluster.sh
+. "$root/tests/bench/tesserad-cluster.sh"
+bench_scratch kv-threads
+start_tesserad "$BIN"
 
 "$BIN/tessera" --addr "http://127.0.0.1:${t[0]}" bench kv --secs "$secs" --clients "$clients" --rounds 1 \
     > "$work/bench.out" 2>&1 &

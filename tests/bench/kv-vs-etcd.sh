@@ -13,30 +13,20 @@ if ! command -v etcd >/dev/null; then
 fi
 cargo build --release -q -p tessera-shell --bins --manifest-path "$root/Cargo.toml"
 bin="$root/target/release"
-work="$(mktemp -d "$root/target/bench-kv.XXXXXX")"
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-t=(); e=(); ep=()
-for i in 1 2 3; do t+=("$(port)"); e+=("$(port)"); ep+=("$(port)"); done
-members="n1=127.0.0.1:${t[0]},n2=127.0.0.1:${t[1]},n3=127.0.0.1:${t[2]}"
+# shellcheck source=tesserad-cluster.sh
+. "$root/tests/bench/tesserad-cluster.sh"
+bench_scratch bench-kv
+start_tesserad "$bin"
+e=(); ep=()
+for _ in 1 2 3; do e+=("$(port)"); ep+=("$(port)"); done
 peers="e1=http://127.0.0.1:${ep[0]},e2=http://127.0.0.1:${ep[1]},e3=http://127.0.0.1:${ep[2]}"
 for i in 0 1 2; do
     n=$((i + 1))
-    "$bin/tesserad" --node-id "n$n" --listen "127.0.0.1:${t[$i]}" --initial-cluster "$members" \
-        --data-dir "$work/t$n" --log warn > "$work/t$n.out" 2>&1 &
-    pids+=($!)
     etcd --name "e$n" --data-dir "$work/e$n" \
         --listen-client-urls "http://127.0.0.1:${e[$i]}" --advertise-client-urls "http://127.0.0.1:${e[$i]}" \
         --listen-peer-urls "http://127.0.0.1:${ep[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${ep[$i]}" \
         --initial-cluster "$peers" --initial-cluster-state new --log-level error > "$work/e$n.log" 2>&1 &
     pids+=($!)
-done
-for _ in $(seq 100); do
-    ready=0
-    for n in 1 2 3; do grep -q listening "$work/t$n.out" 2>/dev/null && ready=$((ready + 1)); done
-    [ "$ready" -eq 3 ] && break; sleep 0.1
 done
 # etcd at its best: the client talks to the leader, so no put or read index is forwarded.
 # (Tessera has no leader: any node coordinates.) Each member's status names the leader.
