@@ -198,6 +198,11 @@ impl FjallStore {
         self.blobs.release(key, p)
     }
 
+    /// The row cache's counts, when there is one.
+    pub fn row_cache_stats(&self) -> Option<crate::row_cache::RowCacheStats> {
+        self.rows.as_ref().map(RowCache::stats)
+    }
+
     /// Bytes on disk, for metrics and node listings.
     pub fn disk_space(&self) -> u64 {
         self.db.disk_space().unwrap_or(0) + self.blobs.bytes()

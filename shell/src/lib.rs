@@ -34,7 +34,7 @@ pub mod net_io;
 #[cfg(feature = "server")]
 pub mod raft_transport;
 #[cfg(feature = "server")]
-mod row_cache;
+pub mod row_cache;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

@@ -66,6 +66,8 @@ struct Inner {
 #[derive(Default, Clone)]
 pub struct Metrics {
     inner: Arc<Mutex<Inner>>,
+    /// The store whose row cache is reported, once set.
+    store: Arc<std::sync::OnceLock<Arc<crate::fjall_store::FjallStore>>>,
 }
 
 impl Metrics {
@@ -86,6 +88,11 @@ impl Metrics {
             }
         }
         rpc.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Reports `store`'s row cache from now on.
+    pub fn watch_store(&self, store: Arc<crate::fjall_store::FjallStore>) {
+        let _ = self.store.set(store);
     }
 
     pub fn render(&self) -> String {
@@ -112,6 +119,13 @@ impl Metrics {
         let _ = writeln!(out, "tessera_commit_groups_total {}", m.groups);
         out.push_str("# HELP tessera_commit_group_requests_total Requests served by those groups.\n# TYPE tessera_commit_group_requests_total counter\n");
         let _ = writeln!(out, "tessera_commit_group_requests_total {}", m.grouped_requests);
+        if let Some(c) = self.store.get().and_then(|s| s.row_cache_stats()) {
+            out.push_str("# HELP tessera_row_cache_lookups_total Row cache lookups of key-value keys, by result.\n# TYPE tessera_row_cache_lookups_total counter\n");
+            let _ = writeln!(out, "tessera_row_cache_lookups_total{{result=\"hit\"}} {}", c.hits);
+            let _ = writeln!(out, "tessera_row_cache_lookups_total{{result=\"miss\"}} {}", c.misses);
+            out.push_str("# HELP tessera_row_cache_bytes What the row cache holds: keys, values and bookkeeping.\n# TYPE tessera_row_cache_bytes gauge\n");
+            let _ = writeln!(out, "tessera_row_cache_bytes {}", c.bytes);
+        }
         out
     }
 
@@ -204,5 +218,31 @@ where
             metrics.observe_rpc(&method, code, started.elapsed());
             res
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::store::{KV, Store, StoreRead, WriteBatch};
+
+    #[test]
+    fn the_row_cache_is_reported_once_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::fjall_store::FjallStore::open(dir.path()).unwrap());
+        let metrics = Metrics::default();
+        assert!(!metrics.render().contains("tessera_row_cache"));
+        metrics.watch_store(store.clone());
+        let key = [tessera_core::kv::VALUE_PREFIX, b"acme\0k"].concat();
+        let mut b = WriteBatch::default();
+        b.put(KV, key.clone(), b"v".to_vec());
+        store.write(&b).unwrap();
+        store.get(KV, &key).unwrap();
+        store.get(KV, &key).unwrap();
+        let text = metrics.render();
+        assert!(text.contains("tessera_row_cache_lookups_total{result=\"hit\"} 1\n"), "{text}");
+        assert!(text.contains("tessera_row_cache_lookups_total{result=\"miss\"} 1\n"), "{text}");
+        let bytes = text.lines().find_map(|l| l.strip_prefix("tessera_row_cache_bytes ")).unwrap();
+        assert!(bytes.parse::<usize>().unwrap() > key.len(), "{text}");
     }
 }

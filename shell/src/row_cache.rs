@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Shards, so readers on several threads and the writer rarely wait on one lock.
@@ -42,6 +43,17 @@ pub struct RowCache {
     generation_bytes: usize,
     /// Largest entry kept: one large value must not push out many small ones.
     max_entry: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What the cache has done and holds, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Keys, values and bookkeeping.
+    pub bytes: usize,
 }
 
 #[derive(Default)]
@@ -49,6 +61,7 @@ struct Shard {
     current: HashMap<Vec<u8>, Vec<u8>>,
     previous: HashMap<Vec<u8>, Vec<u8>>,
     current_bytes: usize,
+    previous_bytes: usize,
     /// Writes this shard has seen end: a fill that raced one is dropped.
     writes: u64,
     /// Writes begun and not yet ended: no fill is taken meanwhile.
@@ -70,7 +83,7 @@ fn cost(key: &[u8], value: &[u8]) -> usize {
 
 impl Shard {
     fn insert(&mut self, key: &[u8], value: Vec<u8>, generation_bytes: usize) {
-        self.previous.remove(key);
+        self.remove_previous(key);
         let added = cost(key, &value);
         if let Some(old) = self.current.insert(key.to_vec(), value) {
             self.current_bytes -= cost(key, &old);
@@ -78,8 +91,14 @@ impl Shard {
         self.current_bytes += added;
         if self.current_bytes > generation_bytes {
             self.previous = std::mem::take(&mut self.current);
-            self.current_bytes = 0;
+            self.previous_bytes = std::mem::take(&mut self.current_bytes);
         }
+    }
+
+    fn remove_previous(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        let old = self.previous.remove(key)?;
+        self.previous_bytes -= cost(key, &old);
+        Some(old)
     }
 
     /// Takes `key` out of both generations; whether it was there.
@@ -91,7 +110,7 @@ impl Shard {
             }
             None => false,
         };
-        self.previous.remove(key).is_some() || in_current
+        self.remove_previous(key).is_some() || in_current
     }
 }
 
@@ -104,6 +123,8 @@ impl RowCache {
             hasher: RandomState::new(),
             generation_bytes: per_shard / 2,
             max_entry: (per_shard / 16).max(1),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -115,18 +136,25 @@ impl RowCache {
 
     pub fn get(&self, key: &[u8]) -> Lookup {
         let mut shard = self.shard(key);
-        if let Some(v) = shard.current.get(key) {
-            return Lookup::Hit(v.clone());
-        }
-        match shard.previous.remove(key) {
-            Some(v) => {
-                let out = v.clone();
-                let limit = self.generation_bytes;
-                shard.insert(key, v, limit);
-                Lookup::Hit(out)
-            }
-            None => Lookup::Miss(shard.writes),
-        }
+        let found = match shard.current.get(key) {
+            Some(v) => Lookup::Hit(v.clone()),
+            None => match shard.remove_previous(key) {
+                Some(v) => {
+                    let out = v.clone();
+                    let limit = self.generation_bytes;
+                    shard.insert(key, v, limit);
+                    Lookup::Hit(out)
+                }
+                None => Lookup::Miss(shard.writes),
+            },
+        };
+        self.count(matches!(found, Lookup::Hit(_)));
+        found
+    }
+
+    fn count(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Caches `value`, read from the store after a [`Lookup::Miss`] that saw `writes`, unless
@@ -173,19 +201,21 @@ impl RowCache {
     /// A lookup that fills nothing: the value when cached.
     pub fn peek(&self, key: &[u8]) -> Option<Vec<u8>> {
         let shard = self.shard(key);
-        shard.current.get(key).or_else(|| shard.previous.get(key)).cloned()
+        let found = shard.current.get(key).or_else(|| shard.previous.get(key)).cloned();
+        self.count(found.is_some());
+        found
     }
 
-    /// Bytes held, bookkeeping included.
-    #[cfg(test)]
-    pub fn bytes(&self) -> usize {
-        self.shards
+    pub fn stats(&self) -> RowCacheStats {
+        let bytes = self
+            .shards
             .iter()
             .map(|s| {
                 let s = s.lock().unwrap_or_else(|e| e.into_inner());
-                s.current_bytes + s.previous.iter().map(|(k, v)| cost(k, v)).sum::<usize>()
+                s.current_bytes + s.previous_bytes
             })
-            .sum()
+            .sum();
+        RowCacheStats { hits: self.hits.load(Ordering::Relaxed), misses: self.misses.load(Ordering::Relaxed), bytes }
     }
 }
 
@@ -293,10 +323,23 @@ mod tests {
             if i % 8 == 0 {
                 assert_eq!(c.get(b"hot"), Lookup::Hit(value.to_vec()), "hot key lost at {i}");
             }
-            assert!(c.bytes() <= bound, "{} bytes at {i}", c.bytes());
+            let held = c.stats().bytes;
+            assert!(held <= bound, "{held} bytes at {i}");
         }
         // Cold keys read early are gone.
         assert!(matches!(c.get(&0u32.to_be_bytes()), Lookup::Miss(_)));
+        // The running byte counts are the entries' own.
+        let counted: usize = c
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap();
+                s.current.iter().chain(s.previous.iter()).map(|(k, v)| cost(k, v)).sum::<usize>()
+            })
+            .sum();
+        assert_eq!(c.stats().bytes, counted);
+        let stats = c.stats();
+        assert!(stats.hits >= 10_000 / 8 && stats.misses >= 10_000, "{stats:?}");
     }
 
     #[test]

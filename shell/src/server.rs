@@ -157,6 +157,7 @@ pub async fn run(
     );
     let mut rng = Rng::new(os_seed());
     let metrics = Metrics::default();
+    metrics.watch_store(store.clone());
     let (failed_tx, failed_rx) = tokio::sync::mpsc::channel::<String>(4);
     let mut drivers = Vec::new();
 
