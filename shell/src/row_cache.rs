@@ -7,7 +7,7 @@
 //! value of recently used keys in hash maps, so a hit costs a hash and a copy.
 //!
 //! Reads fill it; writes only refresh keys it holds, so keys that are written and never read
-//! (a write-heavy load) cost a write two lookups here and take no room. The read a write
+//! (a write-heavy load) cost a write two short shard locks here and take no room. The read a write
 //! does of its own key first (its merge) is served from the cache when the key is there,
 //! and fills nothing otherwise.
 //!
@@ -101,15 +101,15 @@ impl Shard {
         Some(old)
     }
 
+    fn remove_current(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        let old = self.current.remove(key)?;
+        self.current_bytes -= cost(key, &old);
+        Some(old)
+    }
+
     /// Takes `key` out of both generations; whether it was there.
     fn take_out(&mut self, key: &[u8]) -> bool {
-        let in_current = match self.current.remove(key) {
-            Some(old) => {
-                self.current_bytes -= cost(key, &old);
-                true
-            }
-            None => false,
-        };
+        let in_current = self.remove_current(key).is_some();
         self.remove_previous(key).is_some() || in_current
     }
 }
