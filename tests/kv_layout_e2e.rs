@@ -46,7 +46,7 @@ async fn wait_done(c: &mut CoordinatorServiceClient<Channel>, id: &str) -> kv::G
         if s.status == "completed" {
             return s;
         }
-        assert_eq!(s.status, "running");
+        assert_eq!(s.status, "in_progress");
         assert!(Instant::now() < deadline, "migration {id} did not finish: {s:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -147,7 +147,7 @@ async fn a_node_joins_and_another_leaves_while_clients_write() {
         acked.push((k, v));
     }
     let done = wait_done(&mut c1, &added.migration_id).await;
-    assert_eq!((done.r#type.as_str(), done.node_id.as_str()), ("add_node", "n4"));
+    assert_eq!((done.r#type.as_str(), done.node_id.as_str()), ("node_addition", "n4"));
     // It was taken in: it holds its cluster's id, adopted from the leader's first message.
     assert_eq!(common::cluster_id(dirs[3].path()), common::cluster_id(dirs[0].path()));
     let p = done.progress.unwrap();

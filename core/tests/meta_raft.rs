@@ -308,7 +308,7 @@ fn a_layout_change_keeps_the_old_ring_until_every_old_owner_hands_over() {
     // Adding n3 (64 vnodes): a new version whose previous ring is the old one, every old
     // owner owing a hand-over.
     let m = migration(&mut net, 2, add("n3", "127.0.0.1:7003", 64)).unwrap();
-    assert_eq!((m.kind.name(), m.node.as_str(), m.version, m.status()), ("add_node", "n3", 2, "running"));
+    assert_eq!((m.kind.name(), m.node.as_str(), m.version, m.status()), ("node_addition", "n3", 2, "in_progress"));
     assert_eq!(m.progress.keys().cloned().collect::<Vec<_>>(), ["n0", "n1", "n2"]);
     for i in 0..3 {
         let l = layout(&mut net, i);
@@ -336,7 +336,7 @@ fn a_layout_change_keeps_the_old_ring_until_every_old_owner_hands_over() {
     assert_eq!((n0.moved, n0.after.clone()), (10, Some(("t".into(), "k0010".into()))));
     migration(&mut net, 1, progress("n1", 30, 30, true)).unwrap();
     let half = migration(&mut net, 2, progress("n0", 40, 40, true)).unwrap();
-    assert_eq!((half.keys_migrated(), half.total_keys(), half.status()), (70, 70, "running"));
+    assert_eq!((half.keys_migrated(), half.total_keys(), half.status()), (70, 70, "in_progress"));
     assert!(matches!(migration(&mut net, 2, progress("n3", 1, 1, true)), Err(CoreError::InvalidArgument(_))));
     let done = migration(&mut net, 1, progress("n2", 0, 0, true)).unwrap();
     assert_eq!((done.status(), done.percentage()), ("completed", 100.0));
@@ -352,7 +352,7 @@ fn a_layout_change_keeps_the_old_ring_until_every_old_owner_hands_over() {
     let remove = |id: &str, force| MetaRequest::RemoveNode { id: id.into(), force };
     assert!(matches!(migration(&mut net, 0, remove("n7", false)), Err(CoreError::NotFound(_))));
     let m = migration(&mut net, 0, remove("n1", false)).unwrap();
-    assert_eq!((m.kind.name(), m.version), ("remove_node", 4));
+    assert_eq!((m.kind.name(), m.version), ("node_deletion", 4));
     for node in ["n0", "n1", "n2", "n3"] {
         migration(
             &mut net,
@@ -494,5 +494,5 @@ fn a_forced_removal_of_a_node_still_joining_cancels_its_add() {
     let again = MetaRequest::AddNode { id: "n7".into(), addr: "127.0.0.1:7007".into(), vnodes: 150 };
     assert!(matches!(migration(&mut net, 2, again), Err(CoreError::AlreadyExists(_))));
     let other = MetaRequest::AddNode { id: "n8".into(), addr: "127.0.0.1:7008".into(), vnodes: 150 };
-    assert_eq!(migration(&mut net, 2, other).unwrap().status(), "running");
+    assert_eq!(migration(&mut net, 2, other).unwrap().status(), "in_progress");
 }

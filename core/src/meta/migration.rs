@@ -29,11 +29,12 @@ pub enum MigrationKind {
 }
 
 impl MigrationKind {
-    /// The name `GetMigrationStatus` reports in `type`.
+    /// The name `GetMigrationStatus` reports in `type`: the origin's two names for node
+    /// changes (its clients switch on them), and ours for a factor change, which it lacks.
     pub fn name(self) -> &'static str {
         match self {
-            MigrationKind::AddNode => "add_node",
-            MigrationKind::RemoveNode => "remove_node",
+            MigrationKind::AddNode => "node_addition",
+            MigrationKind::RemoveNode => "node_deletion",
             MigrationKind::ReplicationFactor => "replication_factor",
         }
     }
@@ -104,10 +105,12 @@ impl Migration {
         (self.keys_migrated().min(total) as f64 / total as f64 * 100.0) as f32
     }
 
-    /// `running`, `completed` or `cancelled`, as `GetMigrationStatus` reports it.
+    /// `in_progress`, `completed` or `cancelled`, as `GetMigrationStatus` reports it (the
+    /// origin's names; a change starts moving keys as soon as it is recorded, so it is never
+    /// `pending`, and a hand-over that fails is retried rather than given up, so never `failed`).
     pub fn status(&self) -> &'static str {
         match (self.finished_ms, self.cancelled) {
-            (None, _) => "running",
+            (None, _) => "in_progress",
             (Some(_), false) => "completed",
             (Some(_), true) => "cancelled",
         }
