@@ -15,6 +15,8 @@ pub const DEFAULT_DATA_DIR: &str = "./tessera-data";
 pub const DEFAULT_CLUSTER_TOKEN: &str = "tessera";
 /// Largest row cache (1 TiB): more is a typo, not a plan.
 pub const MAX_ROW_CACHE_MIB: u64 = 1 << 20;
+/// Longest `idempotency_ttl_secs`: a year.
+pub const MAX_IDEMPOTENCY_TTL_SECS: u64 = 365 * 24 * 3600;
 
 /// tesserad: one daemon serving Tessera's gRPC APIs on one port, on embedded storage (fjall).
 #[derive(Debug, Parser)]
@@ -53,6 +55,10 @@ pub struct Flags {
     /// Memory for the latest values of hot keys, in MiB (0: none) [default: 64]
     #[arg(long, env = "TESSERA_ROW_CACHE_MIB")]
     pub row_cache_mib: Option<u64>,
+    /// How long a replay with the same idempotency key is recognised, for key-value writes
+    /// and catalog mutations, in seconds [default: 86400]
+    #[arg(long, env = "TESSERA_IDEMPOTENCY_TTL_SECS")]
+    pub idempotency_ttl_secs: Option<u64>,
 }
 
 /// The TOML file's shape. Every key is optional.
@@ -63,6 +69,7 @@ pub struct Flags {
 /// metrics_listen = "127.0.0.1:9100"
 /// log = "info"
 /// row_cache_mib = 64
+/// idempotency_ttl_secs = 86400   # replays of a write or mutation are recognised this long
 ///
 /// [status.capacity]        # per meta-store; -1 (or absent) = unlimited
 /// key_generation = 1000
@@ -83,6 +90,7 @@ pub struct FileConfig {
     pub initial_cluster_state: Option<String>,
     pub initial_cluster_token: Option<String>,
     pub row_cache_mib: Option<u64>,
+    pub idempotency_ttl_secs: Option<u64>,
     #[serde(default)]
     pub status: StatusSection,
     #[serde(default)]
@@ -121,6 +129,8 @@ pub struct Config {
     pub cluster_token: String,
     /// The store's row cache (see `row_cache`), in bytes.
     pub row_cache_bytes: usize,
+    /// How long idempotency records live (key-value writes and catalog mutations).
+    pub idempotency_ttl_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,8 +209,18 @@ impl Config {
                 )));
             }
         };
+        let idempotency_ttl_ms = match flags.idempotency_ttl_secs.or(file.idempotency_ttl_secs) {
+            None => tessera_core::kv::replica::DEFAULT_IDEMPOTENCY_TTL_MS,
+            Some(secs @ 1..=MAX_IDEMPOTENCY_TTL_SECS) => secs * 1000,
+            Some(secs) => {
+                return Err(ConfigError::Invalid(format!(
+                    "idempotency_ttl_secs: {secs} is out of range (1 to {MAX_IDEMPOTENCY_TTL_SECS}, a year)"
+                )));
+            }
+        };
         Ok(Self {
             row_cache_bytes,
+            idempotency_ttl_ms,
             listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
@@ -246,6 +266,25 @@ mod tests {
         assert_eq!(c.row_cache_bytes, 3 << 20);
         let e = Config::resolve(flags(&["--row-cache-mib", "99999999"])).unwrap_err().to_string();
         assert!(e.contains("row_cache_mib") && e.contains("allowed"), "{e}");
+    }
+
+    #[test]
+    fn idempotency_ttl_from_flag_env_or_file() {
+        let d = Config::resolve(flags(&[])).unwrap();
+        assert_eq!(d.idempotency_ttl_ms, 24 * 3600 * 1000);
+        let c = Config::resolve(flags(&["--idempotency-ttl-secs", "60"])).unwrap();
+        assert_eq!(c.idempotency_ttl_ms, 60_000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "idempotency_ttl_secs = 7\n").unwrap();
+        let c = Config::resolve(flags(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(c.idempotency_ttl_ms, 7000);
+        let c = Config::resolve(flags(&["--config", path.to_str().unwrap(), "--idempotency-ttl-secs", "9"])).unwrap();
+        assert_eq!(c.idempotency_ttl_ms, 9000);
+        for bad in ["0", "31536001"] {
+            let e = Config::resolve(flags(&["--idempotency-ttl-secs", bad])).unwrap_err().to_string();
+            assert!(e.contains("idempotency_ttl_secs") && e.contains("out of range"), "{e}");
+        }
     }
 
     #[test]

@@ -176,13 +176,12 @@ pub async fn run(
         spawn_driver("upload", machine, Default::default(), store.clone(), &metrics, failed_tx.clone())?;
     drivers.push(t);
     let (machine, init) =
-        CatalogMachine::open(&*store, CatalogConfig::default(), &mut rng).context("opening the catalog")?;
+        CatalogMachine::open(&*store, CatalogConfig { idempotency_ttl_ms: config.idempotency_ttl_ms }, &mut rng)
+            .context("opening the catalog")?;
     let (catalog_handle, t) = spawn_driver("catalog", machine, init, store.clone(), &metrics, failed_tx.clone())?;
     drivers.push(t);
-    let machine = KvMachine::new(KvConfig {
-        node_id: config.node_id.clone(),
-        idempotency_ttl_ms: tessera_core::kv::replica::DEFAULT_IDEMPOTENCY_TTL_MS,
-    });
+    let machine =
+        KvMachine::new(KvConfig { node_id: config.node_id.clone(), idempotency_ttl_ms: config.idempotency_ttl_ms });
     let (kv_handle, t) = spawn_driver("kv", machine, Default::default(), store.clone(), &metrics, failed_tx.clone())?;
     drivers.push(t);
     let initial = config.members.iter().map(|m| (m.id.clone(), m.addr.clone(), DEFAULT_VNODES)).collect();
