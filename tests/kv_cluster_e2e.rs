@@ -64,8 +64,14 @@ async fn three_nodes_survive_a_kill_and_catch_up_by_handoff_and_repair() {
         (write("acme", "k", "", "", ""), "empty value"),
         (write("acme", "k", "v", "most", ""), "unknown consistency"),
         (write("", "k", "v", "", ""), "no tenant"),
+        (write("acme", "k", "v", "", "op\n1"), "control character in the idempotency key"),
+        (write(&"!".repeat(100_000), "k", "v", "", ""), "huge bad tenant"),
+        (write("acme", "k", "v", &"x".repeat(100_000), ""), "huge bad consistency"),
     ] {
-        assert_eq!(c.write_key_value(req).await.unwrap_err().code(), Code::InvalidArgument, "{what}");
+        let e = c.write_key_value(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}");
+        // The bad value is shown cut: a status of 100 kB would exceed clients' header limits.
+        assert!(e.message().len() < 300, "{what}: {} bytes of message", e.message().len());
     }
     assert_eq!(c.write_key_value(write("nobody", "k", "v", "", "")).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(c.read_key_value(read("acme", "missing", "")).await.unwrap_err().code(), Code::NotFound);
@@ -200,6 +206,9 @@ async fn peer_service_refuses_bad_input_and_keeps_serving() {
         KvRequest::Placed { version: u64::MAX },
         KvRequest::Discard { layout: 1, keys: vec![("t".into(), "k".into(), vec![0; 16])] },
         KvRequest::Fence { version: 9 },
+        KvRequest::Hints { target: "x".into(), limit: 10 },
+        KvRequest::HintsDelivered { target: "x".into(), upto: u64::MAX },
+        KvRequest::Hint { target: "x".into(), tenant: "t".into(), key: "k".into(), versions: vec![], layout: 1 },
     ] {
         let body = wire::encode_request(&own);
         let e = p.call(peer::PeerRequest { from: "x".into(), body: body.clone(), layout: 1 }).await.unwrap_err();

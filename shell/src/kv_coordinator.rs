@@ -215,7 +215,11 @@ impl ViewCell {
 pub fn check_layout(req: &KvRequest, sender: u64, mine: u64) -> CoreResult<()> {
     let keyed = matches!(
         req,
-        KvRequest::Coordinate { .. } | KvRequest::Apply { .. } | KvRequest::Read { .. } | KvRequest::Discard { .. }
+        KvRequest::Coordinate { .. }
+            | KvRequest::Apply { .. }
+            | KvRequest::Read { .. }
+            | KvRequest::IdemLookup { .. }
+            | KvRequest::Discard { .. }
     );
     if keyed && sender < mine {
         return Err(CoreError::Unavailable(format!(
@@ -224,6 +228,24 @@ pub fn check_layout(req: &KvRequest, sender: u64, mine: u64) -> CoreResult<()> {
         )));
     }
     Ok(())
+}
+
+/// The SHA-256 an idempotency record keeps of its write (`value: None` is a delete), to tell
+/// a replay from another write under the same key.
+pub fn request_hash(tenant_id: &str, key: &str, value: Option<&[u8]>) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for part in [tenant_id.as_bytes(), key.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    match value {
+        Some(v) => {
+            h.update([1]);
+            h.update(v);
+        }
+        None => h.update([0]),
+    }
+    h.finalize().to_vec()
 }
 
 fn not_joined() -> CoreError {
@@ -352,6 +374,16 @@ impl<P: Peers> KvCoordinator<P> {
         until_ms.saturating_sub(self.peers.now_ms()).min(PEER_TIMEOUT_MS)
     }
 
+    /// Too few replicas answered: DEADLINE_EXCEEDED if the client's deadline ran out first
+    /// (the replicas not asked yet never were, and those asked were given only until it),
+    /// UNAVAILABLE otherwise.
+    fn shortfall(&self, until_ms: u64, what: String) -> CoreError {
+        match self.peers.now_ms() >= until_ms {
+            true => CoreError::DeadlineExceeded(format!("the deadline passed: {what}")),
+            false => CoreError::Unavailable(what),
+        }
+    }
+
     /// A fresh idempotency key for a write whose client gave none.
     fn new_idem_key(&self) -> String {
         let mut b = [0u8; 16];
@@ -469,7 +501,15 @@ impl<P: Peers> KvCoordinator<P> {
         if left == 0 {
             return Err(CoreError::DeadlineExceeded("the deadline passed before the metadata was consulted".into()));
         }
-        self.peers.meta(req, left).await
+        match self.peers.meta(req, left).await {
+            // No answer in time (no leader, or the deadline was short): a change asked for
+            // may still be applied, and a retry may find it done. UNAVAILABLE, not
+            // DEADLINE_EXCEEDED: without a leader no deadline would have been long enough.
+            Err(CoreError::Unavailable(e)) if self.peers.now_ms() >= until_ms => {
+                Err(CoreError::Unavailable(format!("{e}; a change asked for may still take effect")))
+            }
+            other => other,
+        }
     }
 
     /// Coordinates a write (`value: None` deletes) and replicates it.
@@ -482,28 +522,17 @@ impl<P: Peers> KvCoordinator<P> {
         client_key: String,
         until_ms: u64,
     ) -> CoreResult<Written> {
-        let (tenant, placement) = self.placed(tenant_id, until_ms).await?;
-        if client_key.len() > MAX_IDEM_KEY {
+        if client_key.len() > MAX_IDEM_KEY || client_key.chars().any(char::is_control) {
             return Err(CoreError::InvalidArgument(format!(
-                "idempotency_key: {} bytes, at most {MAX_IDEM_KEY}",
+                "idempotency_key: {} bytes; at most {MAX_IDEM_KEY}, with no control characters",
                 client_key.len()
             )));
         }
+        let (tenant, placement) = self.placed(tenant_id, until_ms).await?;
         let fresh = client_key.is_empty();
         let idempotency_key = if fresh { self.new_idem_key() } else { client_key };
-        let mut h = Sha256::new();
-        for part in [tenant_id.as_bytes(), key.as_bytes()] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part);
-        }
-        match &value {
-            Some(v) => {
-                h.update([1]);
-                h.update(v);
-            }
-            None => h.update([0]),
-        }
-        let idem = IdemKey { key: idempotency_key.clone(), request_hash: h.finalize().to_vec(), fresh };
+        let request_hash = request_hash(tenant_id, key, value.as_deref());
+        let idem = IdemKey { key: idempotency_key.clone(), request_hash, fresh };
         let targets = Targets::new(&placement, &tenant, key, consistency);
         let replicas = &targets.nodes;
         if replicas.is_empty() {
@@ -514,7 +543,14 @@ impl<P: Peers> KvCoordinator<P> {
         // saves a hop, as in Dynamo). While keys move, the old owners go first: they hold
         // the versions a new owner may not have been handed yet.
         let mut order: Vec<usize> = (0..replicas.len()).collect();
-        order.sort_by_key(|&i| (!targets.old_owner(i), replicas[i] != self.peers.me()));
+        // A replay goes to a replica that holds its record, wherever it came in: one that
+        // missed the first write (it was down, or the key moved to it since) would take the
+        // replay for a new write.
+        let holder = match fresh {
+            true => None,
+            false => self.record_holder(tenant_id, key, &idem, &placement, &tenant, until_ms).await?,
+        };
+        order.sort_by_key(|&i| (Some(i) != holder, !targets.old_owner(i), replicas[i] != self.peers.me()));
         let mut coordinated = None;
         let mut unreachable = Vec::new();
         let mut skipped = Vec::new();
@@ -570,12 +606,18 @@ impl<P: Peers> KvCoordinator<P> {
             }
         }
         let Some((coord, clock, versions, duplicate, idem_rec)) = coordinated else {
-            return Err(CoreError::Unavailable(format!(
-                "0 of {} replicas answered ({}): {}",
-                replicas.len(),
-                targets.shortfall(&vec![false; replicas.len()]),
-                unreachable.join("; ")
-            )));
+            return Err(self.shortfall(
+                until_ms,
+                format!(
+                    "0 of {} replicas answered ({}): {}",
+                    replicas.len(),
+                    targets.shortfall(&vec![false; replicas.len()]),
+                    match unreachable.is_empty() {
+                        true => "none was asked in time".to_owned(),
+                        false => unreachable.join("; "),
+                    }
+                ),
+            ));
         };
         let kept = kept.filter(|(i, _)| *i == coord);
         let (mut acked, held) =
@@ -595,14 +637,63 @@ impl<P: Peers> KvCoordinator<P> {
             (clock, acked) = self.supersede(tenant_id, key, value, &targets, coord, missed, until_ms).await?;
         }
         if !targets.met(&acked) {
-            return Err(CoreError::Unavailable(format!(
-                "quorum not reached: {} acknowledged the write (for {}); it may still reach the others",
-                targets.shortfall(&acked),
-                consistency.name()
-            )));
+            return Err(self.shortfall(
+                until_ms,
+                format!(
+                    "quorum not reached: {} acknowledged the write (for {}); it may still reach the others",
+                    targets.shortfall(&acked),
+                    consistency.name()
+                ),
+            ));
         }
         let acks = acked.iter().filter(|a| **a).count();
         Ok(Written { clock, acks, duplicate, idempotency_key })
+    }
+
+    /// Which of the key's replicas (an index into its targets) holds the record of the
+    /// client's idempotency key `idem`, asking them all at once and waiting for a quorum of
+    /// each replica set to say "none" (a record a quorum acknowledged is then seen). A record
+    /// of the key for another request is FAILED_PRECONDITION at once.
+    async fn record_holder(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        idem: &IdemKey,
+        placement: &Placement,
+        tenant: &TenantRecord,
+        until_ms: u64,
+    ) -> CoreResult<Option<usize>> {
+        let quorum = Targets::new(placement, tenant, key, Consistency::Quorum);
+        let layout = quorum.layout;
+        let mut asked: FuturesUnordered<_> = quorum
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let req =
+                    KvRequest::IdemLookup { tenant: tenant_id.to_owned(), key: key.to_owned(), idem: idem.key.clone() };
+                let call = self.peers.send_at(node, req, layout, self.left(until_ms));
+                async move { (i, call.await) }
+            })
+            .collect();
+        let mut answered = vec![false; quorum.nodes.len()];
+        while let Some((i, reply)) = asked.next().await {
+            let Ok(Ok(KvResponse::Idem(found))) = reply else { continue };
+            match found.filter(|r| r.expires_ms > self.peers.now_ms()) {
+                Some(r) if r.request_hash != idem.request_hash => {
+                    return Err(CoreError::FailedPrecondition(format!(
+                        "idempotency key {:?} was already used for a different write; use a new key",
+                        idem.key
+                    )));
+                }
+                Some(_) => return Ok(Some(i)),
+                None => answered[i] = true,
+            }
+            if quorum.met(&answered) {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     /// Applies `versions` on every replica, the coordinating one included unless it `kept`
@@ -726,6 +817,9 @@ impl<P: Peers> KvCoordinator<P> {
         until_ms: u64,
     ) -> CoreResult<Vec<Version>> {
         let (tenant, placement) = self.placed(tenant_id, until_ms).await?;
+        if self.left(until_ms) == 0 {
+            return Err(CoreError::DeadlineExceeded("the deadline passed before any replica was asked".into()));
+        }
         let targets = Targets::new(&placement, &tenant, key, consistency);
         let (replicas, layout) = (&targets.nodes, targets.layout);
         if replicas.is_empty() {
@@ -789,11 +883,14 @@ impl<P: Peers> KvCoordinator<P> {
             }
         }
         if !targets.met(&answered) {
-            return Err(CoreError::Unavailable(format!(
-                "{} answered the read (for {}; {failed} failed)",
-                targets.shortfall(&answered),
-                consistency.name()
-            )));
+            return Err(self.shortfall(
+                until_ms,
+                format!(
+                    "{} answered the read (for {}; {failed} failed)",
+                    targets.shortfall(&answered),
+                    consistency.name()
+                ),
+            ));
         }
         let outcome = resolve_read(&replies);
         if outcome.stale.is_empty() {

@@ -345,3 +345,69 @@ async fn a_write_whose_coordinating_node_fails_its_sync_fails_rather_than_coordi
         assert!(held(&net, n, "t3", "k").await.is_empty(), "{n} holds a version of the failed write");
     }
 }
+
+#[tokio::test]
+async fn a_deadline_that_ran_out_is_deadline_exceeded_not_unavailable() {
+    let net = start();
+    let n1 = coordinator(&net, "n1");
+    let far = n1.peers().now_ms() + 60_000;
+    // The tenant is now cached, so the next calls go straight to the replicas.
+    n1.write("t3", "k", Some(b"v".to_vec()), Consistency::Quorum, String::new(), far).await.unwrap();
+    let past = n1.peers().now_ms() - 1;
+    let err = n1.write("t3", "k", Some(b"w".to_vec()), Consistency::Quorum, String::new(), past).await.unwrap_err();
+    assert!(matches!(&err, CoreError::DeadlineExceeded(m) if m.contains("none was asked in time")), "{err:?}");
+    let err = n1.read("t3", "k", Consistency::Quorum, past).await.unwrap_err();
+    assert!(matches!(&err, CoreError::DeadlineExceeded(m) if m.contains("before any replica")), "{err:?}");
+    // With time left, the same calls go through.
+    assert_eq!(n1.read("t3", "k", Consistency::Quorum, far).await.unwrap()[0].value.as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test]
+async fn a_bad_idempotency_key_is_refused_before_the_tenant_is_looked_up() {
+    let net = start();
+    let n1 = coordinator(&net, "n1");
+    let far = n1.peers().now_ms() + 60_000;
+    for (tenant, key) in [("t3", "op\n1".to_owned()), ("nobody", "op\u{0}".to_owned()), ("nobody", "x".repeat(257))] {
+        let err = n1.write(tenant, "k", Some(b"v".to_vec()), Consistency::Quorum, key, far).await.unwrap_err();
+        assert!(matches!(&err, CoreError::InvalidArgument(m) if m.contains("idempotency_key")), "{err:?}");
+    }
+    let ok = n1.write("t3", "k", Some(b"v".to_vec()), Consistency::Quorum, "op 1/ü".into(), far).await.unwrap();
+    assert!(!ok.duplicate);
+}
+
+#[tokio::test]
+async fn a_replay_through_a_replica_that_missed_the_write_is_answered_by_one_that_holds_its_record() {
+    use tessera_core::kv::IdemKey;
+    use tessera_shell::kv_coordinator::request_hash;
+    let net = start();
+    // The first write of "op-1" reached n1 and n2 (a quorum) but not n3, which was down.
+    let idem = IdemKey { key: "op-1".into(), request_hash: request_hash("t3", "k", Some(b"v1")), fresh: false };
+    let first = KvRequest::Coordinate {
+        tenant: "t3".into(),
+        key: "k".into(),
+        value: Some(b"v1".to_vec()),
+        idem: Some(idem),
+        keep: true,
+    };
+    let KvResponse::Coordinated { clock, versions, idem: rec, .. } = replica(&net, "n1", first).await else {
+        panic!("not coordinated")
+    };
+    let apply = KvRequest::Apply { tenant: "t3".into(), key: "k".into(), versions, idem: rec };
+    replica(&net, "n2", apply).await;
+    assert!(held(&net, "n3", "t3", "k").await.is_empty());
+
+    // The client's retry comes in through n3: a duplicate, with the first write's clock,
+    // and n3 now holds that very version (not a new one of its own).
+    let n3 = coordinator(&net, "n3");
+    let far = n3.peers().now_ms() + 60_000;
+    let again = n3.write("t3", "k", Some(b"v1".to_vec()), Consistency::Quorum, "op-1".into(), far).await.unwrap();
+    assert!(again.duplicate, "the replay was taken for a new write");
+    assert_eq!(again.clock, clock);
+    for n in NODES {
+        let v = held(&net, n, "t3", "k").await;
+        assert_eq!(v.iter().map(|v| &v.clock).collect::<Vec<_>>(), vec![&clock], "{n}");
+    }
+    // The same key for another write of another key is refused wherever it comes in.
+    let e = n3.write("t3", "other", Some(b"v".to_vec()), Consistency::Quorum, "op-1".into(), far).await;
+    assert!(matches!(&e, Err(CoreError::FailedPrecondition(m)) if m.contains("op-1")), "{e:?}");
+}

@@ -19,8 +19,9 @@ impl Consistency {
             "" | "quorum" => Ok(Consistency::Quorum),
             "one" => Ok(Consistency::One),
             "all" => Ok(Consistency::All),
-            other => Err(CoreError::InvalidArgument(format!(
-                "consistency {other:?} is not one of \"one\", \"quorum\", \"all\" (empty means quorum)"
+            _ => Err(CoreError::InvalidArgument(format!(
+                "consistency {} is not one of \"one\", \"quorum\", \"all\" (empty means quorum)",
+                crate::ids::shown(s)
             ))),
         }
     }
@@ -77,6 +78,9 @@ mod tests {
         assert_eq!(Consistency::All.needed(3), 3);
         assert_eq!(Consistency::One.needed(3), 1);
         assert!(Consistency::parse("most").is_err());
+        // A huge bad value is shown cut, so the status stays small enough for any client.
+        let e = Consistency::parse(&"x".repeat(100_000)).unwrap_err().to_string();
+        assert!(e.len() < 200 && e.contains("100000 bytes"), "{e}");
         assert_eq!(Consistency::parse("").unwrap(), Consistency::Quorum);
     }
 

@@ -119,6 +119,14 @@ pub enum KvRequest {
         tenant: String,
         key: String,
     },
+    /// The record of idempotency key `idem` this replica of `key` holds, expired or not: a
+    /// coordinator asks the key's replicas before a client-keyed write, so that a replay is
+    /// answered by one that holds the record, whichever node it comes through.
+    IdemLookup {
+        tenant: String,
+        key: String,
+        idem: String,
+    },
     /// Hold versions for `target`, which did not answer.
     Hint {
         target: String,
@@ -182,9 +190,18 @@ pub enum KvRequest {
 
 impl KvRequest {
     /// Requests a node's own background work sends its replica, never a peer's: the fence,
-    /// the placing layout on record, and the removal of stale copies.
+    /// the placing layout on record, the removal of stale copies, and its hints (a peer could
+    /// otherwise read them, drop them before delivery, or plant ones that block a queue).
     pub fn local_only(&self) -> bool {
-        matches!(self, KvRequest::Fence { .. } | KvRequest::Placed { .. } | KvRequest::Discard { .. })
+        matches!(
+            self,
+            KvRequest::Fence { .. }
+                | KvRequest::Placed { .. }
+                | KvRequest::Discard { .. }
+                | KvRequest::Hint { .. }
+                | KvRequest::Hints { .. }
+                | KvRequest::HintsDelivered { .. }
+        )
     }
 }
 
@@ -217,6 +234,8 @@ pub enum KvResponse {
     Discarded(u64),
     /// How many keys a `TenantKeys` found, and the last of them when there may be more.
     Count(u64, Option<String>),
+    /// The idempotency record an `IdemLookup` found.
+    Idem(Option<IdemRecord>),
 }
 
 #[derive(Debug, Clone)]
@@ -341,10 +360,13 @@ impl KvMachine {
     }
 
     fn idem(&self, store: &dyn StoreRead, now: u64, tenant: &str, key: &str) -> CoreResult<Option<IdemRecord>> {
-        let Some(buf) = store.get(KEYSPACE, &keys::idempotency(tenant, key))? else { return Ok(None) };
-        let r = IdemRecord::decode(&buf)?;
         // Expired but not yet swept: as good as gone.
-        Ok((r.expires_ms > now).then_some(r))
+        Ok(Self::stored_idem(store, tenant, key)?.filter(|r| r.expires_ms > now))
+    }
+
+    fn stored_idem(store: &dyn StoreRead, tenant: &str, key: &str) -> CoreResult<Option<IdemRecord>> {
+        let Some(buf) = store.get(KEYSPACE, &keys::idempotency(tenant, key))? else { return Ok(None) };
+        Ok(Some(IdemRecord::decode(&buf)?))
     }
 
     /// Keeps a coordination's idempotency key in memory until its record is applied here,
@@ -501,6 +523,9 @@ impl KvMachine {
             }
             KvRequest::Read { tenant, key } => {
                 Ok((KvResponse::Versions(Self::versions(store, &tenant, &key)?.unwrap_or_default()), batch))
+            }
+            KvRequest::IdemLookup { tenant, idem, .. } => {
+                Ok((KvResponse::Idem(Self::stored_idem(store, &tenant, &idem)?), batch))
             }
             KvRequest::Hint { target, tenant, key, versions, layout } => {
                 let held = count(store, keys::HINT_COUNT)?;
@@ -757,6 +782,7 @@ impl Machine for KvMachine {
         let read_only = matches!(
             input,
             KvRequest::Read { .. }
+                | KvRequest::IdemLookup { .. }
                 | KvRequest::Hints { .. }
                 | KvRequest::HintTargets
                 | KvRequest::Stats
@@ -797,6 +823,7 @@ impl Machine for KvMachine {
             KvRequest::Read { tenant, key } => {
                 Self::versions(store, tenant, key).map(|v| KvResponse::Versions(v.unwrap_or_default()))
             }
+            KvRequest::IdemLookup { tenant, idem, .. } => Self::stored_idem(store, tenant, idem).map(KvResponse::Idem),
             KvRequest::HintTargets => Self::hint_targets(store).map(KvResponse::Targets).map_err(Into::into),
             KvRequest::TenantKeys { tenant, after } => Self::tenant_keys(store, tenant, after.as_deref())
                 .map(|(n, last)| KvResponse::Count(n, last))

@@ -142,6 +142,13 @@ pub fn winner(versions: &[Version]) -> Option<&Version> {
     versions.iter().max_by(|a, b| a.rank().cmp(&b.rank()))
 }
 
+/// The value a reader is shown: the winner among the versions that hold one. A delete
+/// hides a key only when every sibling is a delete; one concurrent with a write (across a
+/// partition, say) stands beside it as a sibling rather than hiding it.
+pub fn live_winner(versions: &[Version]) -> Option<&Version> {
+    versions.iter().filter(|v| v.value.is_some()).max_by(|a, b| a.rank().cmp(&b.rank()))
+}
+
 /// The clock a new write supersedes: everything the given versions have seen.
 pub fn context(versions: &[Version]) -> VClock {
     let mut c = VClock::default();
@@ -175,4 +182,26 @@ pub fn decode_versions(keyspace: &'static str, buf: &[u8]) -> Result<Vec<Version
 pub fn digest(versions: &[Version]) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     Sha256::digest(encode_versions(versions))[..16].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(node: &str, ts_ms: u64, value: Option<&[u8]>) -> Version {
+        Version { clock: VClock([(node.to_owned(), 1)].into()), ts_ms, value: value.map(<[u8]>::to_vec) }
+    }
+
+    #[test]
+    fn a_delete_concurrent_with_a_write_does_not_hide_it() {
+        let delete = version("a", 5, None);
+        let write = version("b", 3, Some(b"x"));
+        let both = reconcile(std::slice::from_ref(&delete), std::slice::from_ref(&write));
+        assert_eq!(both.len(), 2, "concurrent: siblings");
+        // The later delete wins the rank, but a reader is shown the write beside it.
+        assert_eq!(winner(&both), Some(&delete));
+        assert_eq!(live_winner(&both), Some(&write));
+        assert_eq!(live_winner(&[delete.clone(), version("c", 9, None)]), None);
+        assert_eq!(live_winner(&[]), None);
+    }
 }

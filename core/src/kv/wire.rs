@@ -90,6 +90,7 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
             idem_record(versions(e.u8(2).str(tenant).str(key), vs), idem)
         }
         KvRequest::Read { tenant, key } => e.u8(3).str(tenant).str(key),
+        KvRequest::IdemLookup { tenant, key, idem } => e.u8(17).str(tenant).str(key).str(idem),
         KvRequest::Hint { target, tenant, key, versions: vs, layout } => {
             versions(e.u8(6).str(target).str(tenant).str(key), vs).u64(*layout)
         }
@@ -135,6 +136,7 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
             KvRequest::Apply { tenant, key, versions, idem: read_idem_record(&mut d)? }
         }
         3 => KvRequest::Read { tenant: d.string()?, key: d.string()? },
+        17 => KvRequest::IdemLookup { tenant: d.string()?, key: d.string()?, idem: d.string()? },
         6 => {
             let (target, tenant, key) = (d.string()?, d.string()?, d.string()?);
             KvRequest::Hint { target, tenant, key, versions: read_versions(&mut d)?, layout: d.u64()? }
@@ -217,6 +219,7 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
         Ok(KvResponse::Targets(ts)) => ts.iter().fold(e.u8(11).u64(ts.len() as u64), |e, t| e.str(t)),
         Ok(KvResponse::Placed(v)) => e.u8(12).u64(*v),
         Ok(KvResponse::Discarded(n)) => e.u8(13).u64(*n),
+        Ok(KvResponse::Idem(r)) => idem_record(e.u8(15), r),
         Ok(KvResponse::Count(n, last)) => match last {
             Some(k) => e.u8(14).u64(*n).u8(1).str(k),
             None => e.u8(14).u64(*n).u8(0),
@@ -296,6 +299,7 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
         }
         12 => Ok(KvResponse::Placed(d.u64()?)),
         13 => Ok(KvResponse::Discarded(d.u64()?)),
+        15 => Ok(KvResponse::Idem(read_idem_record(&mut d)?)),
         14 => {
             let n = d.u64()?;
             let last = match d.u8()? {
@@ -352,6 +356,7 @@ mod tests {
                 versions: vec![v.clone()],
                 layout: 3,
             },
+            KvRequest::IdemLookup { tenant: "t".into(), key: "k".into(), idem: "op-1".into() },
             KvRequest::Stats,
             KvRequest::Scan { after: Some(("t".into(), "k".into())), limit: 5 },
             KvRequest::Digests { after: None, limit: 7 },
@@ -370,8 +375,10 @@ mod tests {
                 clock: v.clock.clone(),
                 versions: vec![v.clone()],
                 duplicate: true,
-                idem: Some(rec),
+                idem: Some(rec.clone()),
             }),
+            Ok(KvResponse::Idem(Some(IdemRecord { fresh: false, ..rec }))),
+            Ok(KvResponse::Idem(None)),
             Ok(KvResponse::Hints(vec![Hint {
                 seq: 4,
                 tenant: "t".into(),

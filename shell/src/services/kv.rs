@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_core::ids::{MAX_ADDR_LEN as MAX_ADDR_BYTES, shown};
 use tessera_core::kv::quorum::Consistency;
 use tessera_core::kv::ring::{DEFAULT_VNODES, MAX_VNODES};
-use tessera_core::kv::vclock::{context, winner};
+use tessera_core::kv::vclock::{context, live_winner};
 use tessera_core::kv::{DEFAULT_RF, MAX_KEY_BYTES, MAX_RF, MAX_VALUE_BYTES, MIN_RF, VClock};
 use tessera_core::meta::MetaRequest;
 use tessera_core::meta::state::FINISHED_MIGRATIONS_KEPT;
@@ -66,7 +67,8 @@ fn check_tenant_id(id: &str) -> Result<(), Status> {
     }
     if id.len() > MAX_TENANT_BYTES || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(invalid(format!(
-            "tenant_id {id:?}: 1..={MAX_TENANT_BYTES} characters of letters, digits, '-', '_' or '.'"
+            "tenant_id {}: 1..={MAX_TENANT_BYTES} characters of letters, digits, '-', '_' or '.'",
+            shown(id)
         )));
     }
     Ok(())
@@ -148,7 +150,7 @@ impl CoordinatorService for Coordinator {
         check_key(&r.key)?;
         let consistency = Consistency::parse(&r.consistency).map_err(to_status)?;
         let versions = self.kv.read(&r.tenant_id, &r.key, consistency, until).await.map_err(to_status)?;
-        let Some(win) = winner(&versions).filter(|v| v.value.is_some()) else {
+        let Some(win) = live_winner(&versions) else {
             return Err(Status::not_found(format!("key {:?} not found in tenant {:?}", r.key, r.tenant_id)));
         };
         let siblings = if versions.len() > 1 {
@@ -412,12 +414,21 @@ fn node_addr(host: &str, port: i32) -> Result<String, Status> {
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
     if host.parse::<std::net::IpAddr>().is_err() && !name {
-        return Err(invalid(format!("host: {host:?} is not a host name or IP address")));
+        return Err(invalid(format!("host: {} is not a host name or IP address", shown(host))));
     }
     if !(1..=65535).contains(&port) {
         return Err(invalid(format!("port: {port}, must be 1..=65535")));
     }
-    Ok(if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") })
+    let addr = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    // The cluster keeps addresses of up to 255 bytes (`ids::validate_addr`): say so here,
+    // about the field the client sent, rather than about an address it never wrote.
+    if addr.len() > MAX_ADDR_BYTES {
+        return Err(invalid(format!(
+            "host: {} bytes; with the port, the address must fit in {MAX_ADDR_BYTES} bytes",
+            host.len()
+        )));
+    }
+    Ok(addr)
 }
 
 /// When a running migration should finish at the pace it has kept so far; `None` before

@@ -46,11 +46,13 @@ impl Peer {
 
 /// A peer's request to this node's replica; those only the node itself sends are refused.
 fn decode(from: &str, body: &[u8]) -> Result<KvRequest, Status> {
-    let kv =
-        wire::decode_request(body).map_err(|e| Status::invalid_argument(format!("peer request from {from:?}: {e}")))?;
+    let kv = wire::decode_request(body)
+        .map_err(|e| Status::invalid_argument(format!("peer request from {}: {e}", tessera_core::ids::shown(from))))?;
     if kv.local_only() {
         return Err(Status::invalid_argument(format!(
-            "peer request from {from:?}: {kv:?} is for a node's own replica only"
+            "peer request from {}: {} is for a node's own replica only",
+            tessera_core::ids::shown(from),
+            tessera_core::ids::shown(&format!("{kv:?}"))
         )));
     }
     Ok(kv)
