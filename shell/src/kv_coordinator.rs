@@ -593,6 +593,17 @@ impl<P: Peers> KvCoordinator<P> {
                     break;
                 }
                 Ok(Ok(_)) => return Err(CoreError::Unavailable("unexpected answer from a replica".into())),
+                // Only a replica that holds the record can tell this replay from a new write:
+                // with it unable to answer, the client retries later rather than write twice.
+                Ok(Err(CoreError::Unavailable(e))) | Err(Unreachable(e)) if Some(i) == holder => {
+                    return Err(self.shortfall(
+                        until_ms,
+                        format!(
+                            "{} holds the record of idempotency key {:?} but could not answer the replay: {e}",
+                            replicas[i], idempotency_key
+                        ),
+                    ));
+                }
                 // A replica that cannot serve (its storage failed) is like one that is down.
                 Ok(Err(CoreError::Unavailable(e))) => {
                     unreachable.push(e);
@@ -653,7 +664,8 @@ impl<P: Peers> KvCoordinator<P> {
     /// Which of the key's replicas (an index into its targets) holds the record of the
     /// client's idempotency key `idem`, asking them all at once and waiting for a quorum of
     /// each replica set to say "none" (a record a quorum acknowledged is then seen). A record
-    /// of the key for another request is FAILED_PRECONDITION at once.
+    /// of the key for another request is FAILED_PRECONDITION at once; fewer answers than a
+    /// quorum is UNAVAILABLE (also for writes at `one`: their replays must be told apart too).
     async fn record_holder(
         &self,
         tenant_id: &str,
@@ -677,8 +689,20 @@ impl<P: Peers> KvCoordinator<P> {
             })
             .collect();
         let mut answered = vec![false; quorum.nodes.len()];
+        let mut failed = Vec::new();
         while let Some((i, reply)) = asked.next().await {
-            let Ok(Ok(KvResponse::Idem(found))) = reply else { continue };
+            let (found, held) = match reply {
+                Ok(Ok(KvResponse::Idem { record, held })) => (record, held),
+                Ok(Ok(_)) => return Err(CoreError::Unavailable("unexpected answer from a replica".into())),
+                Ok(Err(e)) => {
+                    failed.push(format!("{}: {e}", quorum.nodes[i]));
+                    continue;
+                }
+                Err(Unreachable(e)) => {
+                    failed.push(e);
+                    continue;
+                }
+            };
             match found.filter(|r| r.expires_ms > self.peers.now_ms()) {
                 Some(r) if r.request_hash != idem.request_hash => {
                     return Err(CoreError::FailedPrecondition(format!(
@@ -686,14 +710,25 @@ impl<P: Peers> KvCoordinator<P> {
                         idem.key
                     )));
                 }
-                Some(_) => return Ok(Some(i)),
-                None => answered[i] = true,
+                Some(_) if held => return Ok(Some(i)),
+                // None here, or a record whose write this replica no longer holds.
+                _ => answered[i] = true,
             }
             if quorum.met(&answered) {
-                break;
+                return Ok(None);
             }
         }
-        Ok(None)
+        // Too few replicas answered to rule out a record: writing now could take a replay
+        // for a new write. The write itself would need as many of them.
+        Err(self.shortfall(
+            until_ms,
+            format!(
+                "could not tell whether idempotency key {:?} was used: {} answered the lookup ({})",
+                idem.key,
+                quorum.shortfall(&answered),
+                failed.join("; ")
+            ),
+        ))
     }
 
     /// Applies `versions` on every replica, the coordinating one included unless it `kept`

@@ -24,7 +24,7 @@ use tessera_core::kv::ring::DEFAULT_VNODES;
 use tessera_core::kv::{KvRequest, KvResponse, Version};
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult};
-use tessera_shell::kv_coordinator::{BoxFuture, KeptResult, PeerResult, Peers, Unreachable, ViewCell};
+use tessera_shell::kv_coordinator::{BoxFuture, KeptResult, PeerResult, Peers, Unreachable, ViewCell, Written};
 
 use crate::model::clip;
 use crate::net::REQUEST_TIMEOUT;
@@ -42,6 +42,12 @@ pub struct KeyState {
     attempted: u64,
     /// Every sequence number acknowledged at quorum or all.
     acked: std::collections::BTreeSet<u64>,
+    /// Writes acknowledged only by a replay that found no record of them (the first attempt
+    /// got no answer, or failed, and its record reached no quorum), with the clock the
+    /// replay was acknowledged with: a copy the first attempt left on some replica is another
+    /// version of the same value, unacknowledged, and may stand beside later writes as any
+    /// unacknowledged write may.
+    twins: BTreeMap<u64, tessera_core::kv::VClock>,
 }
 
 #[derive(Debug, Default)]
@@ -371,32 +377,72 @@ async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
         s.attempted += 1;
         s.attempted
     };
-    let k = key.to_owned();
+    // Some writes carry the client's own idempotency key, and are retried with it through
+    // another node when no answer came (or the answer was lost, or just once more).
+    let idem = if world.chance(0.3) { format!("c{client}-{key}-{seq}") } else { String::new() };
+    let first = put(world, client, node, key, seq, consistency, &idem, "put").await;
+    let first_acked = matches!(first, Some(Ok(_)));
+    if idem.is_empty() || (first_acked && !world.chance(0.3)) {
+        return;
+    }
+    let other = world.rng_below(world.opts.all_nodes() as u64) as usize;
+    let again = put(world, client, other, key, seq, consistency, &idem, "replay").await;
+    // A replay of an acknowledged write is a duplicate, whichever node it comes through: the
+    // replicas that acknowledged it hold its record, and a quorum of any set meets them.
+    // (Not checked while layouts change: a hand-over moves versions, not records.)
+    if first_acked
+        && !world.opts.layout_changes
+        && let Some(Ok(w)) = &again
+        && !w.duplicate
+    {
+        world.violation(format!("kv replay of acknowledged put {key}={seq} (key {idem:?}) was taken for a new write"));
+    }
+    if !first_acked
+        && let Some(Ok(w)) = &again
+        && !w.duplicate
+    {
+        world.lock().kv.keys.entry(key.to_owned()).or_default().twins.insert(seq, w.clock.clone());
+    }
+}
+
+/// One attempt at writing `seq` to `key` through `node`; an acknowledgement is recorded in
+/// the model.
+#[allow(clippy::too_many_arguments)]
+async fn put(
+    world: &Arc<World>,
+    client: usize,
+    node: usize,
+    key: &str,
+    seq: u64,
+    consistency: Consistency,
+    idem: &str,
+    what: &str,
+) -> Option<CoreResult<Written>> {
+    let (k, i) = (key.to_owned(), idem.to_owned());
     let out = on_node(world, client, node, move |c, until| async move {
-        c.write(TENANT, &k, Some(seq.to_string().into_bytes()), consistency, String::new(), until).await
+        c.write(TENANT, &k, Some(seq.to_string().into_bytes()), consistency, i, until).await
     })
     .await;
     let shown = match &out {
+        Some(Ok(w)) if w.duplicate => format!("acked by {} ({}), duplicate", w.acks, consistency.name()),
         Some(Ok(w)) => format!("acked by {} ({})", w.acks, consistency.name()),
         Some(Err(e)) => format!("refused: {e}"),
         None => "no answer".into(),
     };
-    world.event(format!("c{client}->n{node} kv put {key}={seq} => {}", clip(&shown)));
+    world.event(format!("c{client}->n{node} kv {what} {key}={seq} => {}", clip(&shown)));
     world.lock().ops += 1;
-    if let Some(Ok(w)) = out {
+    if let Some(Ok(w)) = &out {
         let rf = world.lock().kv.smallest_factor.unwrap_or(3).min(3);
         if w.acks < consistency.needed(rf as usize) {
-            return world.violation(format!(
-                "kv put {key}={seq} acked by {} replicas at {}",
-                w.acks,
-                consistency.name()
-            ));
+            world.violation(format!("kv {what} {key}={seq} acked by {} replicas at {}", w.acks, consistency.name()));
+            return out;
         }
         let mut g = world.lock();
         let s = g.kv.keys.entry(key.to_owned()).or_default();
         s.last_acked = s.last_acked.max(seq);
         s.acked.insert(seq);
     }
+    out
 }
 
 async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
@@ -429,10 +475,21 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
         // must not both survive as siblings.
         let acked: Vec<u64> = {
             let w = world.lock();
-            let a = w.kv.keys.get(key).map(|s| s.acked.clone()).unwrap_or_default();
+            let Some(state) = w.kv.keys.get(key) else { return };
             // The same write twice (the network duplicated the request, and both copies were
-            // coordinated at once) is one write, concurrent with itself.
-            let distinct: std::collections::BTreeSet<u64> = seen.iter().copied().filter(|s| a.contains(s)).collect();
+            // coordinated at once) is one write, concurrent with itself. Of a write a replay
+            // wrote anew, only the replay's version was acknowledged.
+            let distinct: std::collections::BTreeSet<u64> = v
+                .iter()
+                .filter_map(|x| {
+                    let s: u64 = std::str::from_utf8(x.value.as_deref()?).ok()?.parse().ok()?;
+                    let acked = match state.twins.get(&s) {
+                        Some(clock) => *clock == x.clock,
+                        None => state.acked.contains(&s),
+                    };
+                    acked.then_some(s)
+                })
+                .collect();
             distinct.into_iter().collect()
         };
         if acked.len() > 1 {

@@ -234,8 +234,13 @@ pub enum KvResponse {
     Discarded(u64),
     /// How many keys a `TenantKeys` found, and the last of them when there may be more.
     Count(u64, Option<String>),
-    /// The idempotency record an `IdemLookup` found.
-    Idem(Option<IdemRecord>),
+    /// The idempotency record an `IdemLookup` found, and whether this replica also holds
+    /// that write's version or a successor (one left from copies it discarded, when it
+    /// stopped replicating the key for a while, cannot answer a replay: see `Coordinate`).
+    Idem {
+        record: Option<IdemRecord>,
+        held: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -362,6 +367,16 @@ impl KvMachine {
     fn idem(&self, store: &dyn StoreRead, now: u64, tenant: &str, key: &str) -> CoreResult<Option<IdemRecord>> {
         // Expired but not yet swept: as good as gone.
         Ok(Self::stored_idem(store, tenant, key)?.filter(|r| r.expires_ms > now))
+    }
+
+    /// The answer to an `IdemLookup` of idempotency key `idem` for a write of `key`.
+    fn idem_lookup(store: &dyn StoreRead, tenant: &str, key: &str, idem: &str) -> CoreResult<KvResponse> {
+        let Some(rec) = Self::stored_idem(store, tenant, idem)? else {
+            return Ok(KvResponse::Idem { record: None, held: false });
+        };
+        let current = Self::versions(store, tenant, key)?.unwrap_or_default();
+        let held = current.iter().any(|v| matches!(v.clock.compare(&rec.clock), Causal::After | Causal::Equal));
+        Ok(KvResponse::Idem { record: Some(rec), held })
     }
 
     fn stored_idem(store: &dyn StoreRead, tenant: &str, key: &str) -> CoreResult<Option<IdemRecord>> {
@@ -524,9 +539,7 @@ impl KvMachine {
             KvRequest::Read { tenant, key } => {
                 Ok((KvResponse::Versions(Self::versions(store, &tenant, &key)?.unwrap_or_default()), batch))
             }
-            KvRequest::IdemLookup { tenant, idem, .. } => {
-                Ok((KvResponse::Idem(Self::stored_idem(store, &tenant, &idem)?), batch))
-            }
+            KvRequest::IdemLookup { tenant, key, idem } => Ok((Self::idem_lookup(store, &tenant, &key, &idem)?, batch)),
             KvRequest::Hint { target, tenant, key, versions, layout } => {
                 let held = count(store, keys::HINT_COUNT)?;
                 if held >= MAX_HINTS {
@@ -823,7 +836,7 @@ impl Machine for KvMachine {
             KvRequest::Read { tenant, key } => {
                 Self::versions(store, tenant, key).map(|v| KvResponse::Versions(v.unwrap_or_default()))
             }
-            KvRequest::IdemLookup { tenant, idem, .. } => Self::stored_idem(store, tenant, idem).map(KvResponse::Idem),
+            KvRequest::IdemLookup { tenant, key, idem } => Self::idem_lookup(store, tenant, key, idem),
             KvRequest::HintTargets => Self::hint_targets(store).map(KvResponse::Targets).map_err(Into::into),
             KvRequest::TenantKeys { tenant, after } => Self::tenant_keys(store, tenant, after.as_deref())
                 .map(|(n, last)| KvResponse::Count(n, last))

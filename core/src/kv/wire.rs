@@ -219,7 +219,7 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
         Ok(KvResponse::Targets(ts)) => ts.iter().fold(e.u8(11).u64(ts.len() as u64), |e, t| e.str(t)),
         Ok(KvResponse::Placed(v)) => e.u8(12).u64(*v),
         Ok(KvResponse::Discarded(n)) => e.u8(13).u64(*n),
-        Ok(KvResponse::Idem(r)) => idem_record(e.u8(15), r),
+        Ok(KvResponse::Idem { record, held }) => idem_record(e.u8(15), record).u8(u8::from(*held)),
         Ok(KvResponse::Count(n, last)) => match last {
             Some(k) => e.u8(14).u64(*n).u8(1).str(k),
             None => e.u8(14).u64(*n).u8(0),
@@ -299,7 +299,7 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
         }
         12 => Ok(KvResponse::Placed(d.u64()?)),
         13 => Ok(KvResponse::Discarded(d.u64()?)),
-        15 => Ok(KvResponse::Idem(read_idem_record(&mut d)?)),
+        15 => Ok(KvResponse::Idem { record: read_idem_record(&mut d)?, held: d.u8()? != 0 }),
         14 => {
             let n = d.u64()?;
             let last = match d.u8()? {
@@ -377,8 +377,8 @@ mod tests {
                 duplicate: true,
                 idem: Some(rec.clone()),
             }),
-            Ok(KvResponse::Idem(Some(IdemRecord { fresh: false, ..rec }))),
-            Ok(KvResponse::Idem(None)),
+            Ok(KvResponse::Idem { record: Some(IdemRecord { fresh: false, ..rec }), held: true }),
+            Ok(KvResponse::Idem { record: None, held: false }),
             Ok(KvResponse::Hints(vec![Hint {
                 seq: 4,
                 tenant: "t".into(),
