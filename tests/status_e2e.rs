@@ -280,11 +280,7 @@ async fn kill9_during_producer_writes_loses_no_acknowledged_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_restart_sees_writes_and_lock_refuses_second_daemon() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let maddr = format!("127.0.0.1:{metrics_port}");
+    let maddr = common::free_addrs(1).remove(0);
     let d = Daemon::start(dir.path(), &["--metrics-listen", &maddr]);
     let mut p = StatusProducerServiceClient::new(d.channel().await);
     p.record_request(rec("keep-me", MetaStoreType::Plan, RequestProcessingStatus::Processing)).await.unwrap();

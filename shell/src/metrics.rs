@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -129,19 +128,38 @@ impl Metrics {
         out
     }
 
-    /// Serves `GET /metrics` until the process exits.
-    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(%addr, "metrics listening");
+    /// Serves `GET /metrics` on `listener` until the process exits.
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "metrics listening");
+        }
         loop {
-            let (mut sock, _) = listener.accept().await?;
+            // One failed accept (too many open files, a peer gone before it was taken) must
+            // not end the endpoint: its queued connections would be reset with it.
+            let mut sock = match listener.accept().await {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let metrics = self.clone();
             tokio::spawn(async move {
+                // The request's head, up to its blank line (or 2 KiB): a reply sent before
+                // the whole request was read would leave bytes unread at close, and the
+                // kernel answers those with a reset that can cut the reply short.
                 let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
+                let mut n = 0;
+                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..])).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                        Ok(Ok(read)) => n += read,
+                    }
+                }
+                if n == 0 {
+                    return;
+                }
                 let head = String::from_utf8_lossy(&buf[..n]);
                 let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
                     ("200 OK", metrics.render())
@@ -152,7 +170,14 @@ impl Metrics {
                     "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
-                let _ = sock.write_all(resp.as_bytes()).await;
+                if sock.write_all(resp.as_bytes()).await.is_ok() {
+                    // Our side closes first; what the client still sends (a body, say) is
+                    // read and dropped for a moment so that the close is a FIN, not a reset.
+                    let _ = sock.shutdown().await;
+                    let mut rest = [0u8; 512];
+                    let drain = async { while matches!(sock.read(&mut rest).await, Ok(1..)) {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+                }
             });
         }
     }

@@ -274,12 +274,12 @@ pub async fn run(
     let clean_up = tokio::spawn(crate::cluster::clean_up(coordinator.coordinator()));
 
     if let Some(maddr) = config.metrics_listen {
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = m.serve(maddr).await {
-                tracing::error!(error = %e, %maddr, "metrics endpoint failed");
-            }
-        });
+        // Bound before the daemon says it listens: a port taken by another process is an
+        // error at start-up, not a daemon running without the metrics it was asked for.
+        let listener = tokio::net::TcpListener::bind(maddr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {maddr}"))?;
+        tokio::spawn(metrics.clone().serve(listener));
     }
 
     health.set_serving::<MetaStoreStatusServiceServer<StatusService>>().await;

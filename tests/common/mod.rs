@@ -92,9 +92,29 @@ pub fn cluster_id(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("cluster-id")).expect("read cluster-id").trim().to_owned()
 }
 
-/// `n` loopback addresses that were free a moment ago (for a cluster's fixed members).
+/// `n` loopback addresses that were free a moment ago (for a cluster's fixed members, or a
+/// metrics endpoint). They are drawn from below the kernel's ephemeral range: a port it
+/// hands out for a `:0` bind (another test's daemon starting meanwhile) is never one of them,
+/// so no daemon can take one between this check and its own bind.
 pub fn free_addrs(n: usize) -> Vec<String> {
-    let held: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let floor = 10_000.min(ephemeral.saturating_sub(1_000));
+    let span = u64::from(ephemeral - floor);
+    let mut x = u64::from(std::process::id())
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    let mut held = Vec::new();
+    while held.len() < n {
+        // xorshift: any spread will do, no two tests start from the same state.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = floor + (x % span) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
     held.iter().map(|l| l.local_addr().expect("addr").to_string()).collect()
 }
