@@ -6,7 +6,7 @@
 //! i <tenant> 0 <idem key>       -> idempotency record
 //! e <expires:u64> <i-key>       -> ()   (idempotency records by expiry)
 //! h <target> 0 <seq:u64>        -> hint for a replica that did not answer
-//! #keys, #hints, #hseq          -> counters
+//! #keys, #hints, #hbytes, #hseq -> counters
 //! #mint                         -> ceiling of the clock counters this node may hand out
 //! #fence, #placed               -> layout versions (see below)
 //! ```
@@ -66,6 +66,8 @@ pub fn hint_seq(key: &[u8]) -> Option<(&[u8], u64)> {
 
 pub const KEY_COUNT: &[u8] = b"#keys";
 pub const HINT_COUNT: &[u8] = b"#hints";
+/// The bytes the hints held take (their stored bodies).
+pub const HINT_BYTES: &[u8] = b"#hbytes";
 pub const HINT_SEQ: &[u8] = b"#hseq";
 /// The clock counters this node hands out stay below this stored ceiling; after a restart
 /// it starts from it, so no counter is handed out twice.

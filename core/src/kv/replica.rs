@@ -29,6 +29,9 @@ pub(super) const KEYSPACE: &str = crate::store::KV;
 
 /// Most hints one node holds for all others together.
 pub const MAX_HINTS: u64 = 100_000;
+/// Most bytes those hints may take (a thousand of the largest values): a long outage of a
+/// peer cannot fill this node's disk with its writes.
+pub const MAX_HINT_BYTES: u64 = 1 << 30;
 /// Hints older than this are dropped: the replica is repaired by reads instead.
 pub const HINT_MAX_AGE_MS: u64 = 3 * 60 * 60 * 1000;
 /// Most versions one apply may carry (siblings of one key).
@@ -271,6 +274,11 @@ pub struct KvMachine {
     pending: BTreeMap<(String, String), (IdemRecord, Vec<Version>, u64)>,
 }
 
+/// Whether a key with these versions holds a value (not only deletes).
+fn live(versions: &[Version]) -> bool {
+    versions.iter().any(|v| v.value.is_some())
+}
+
 fn count(store: &dyn StoreRead, key: &[u8]) -> Result<u64, StoreError> {
     Ok(store.get(KEYSPACE, key)?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
 }
@@ -328,20 +336,29 @@ impl KvMachine {
         }
     }
 
-    /// Writes `versions` for the key, counting it if it is new here.
+    /// Writes `versions` for the key in place of `before`, keeping the count of live keys
+    /// (those with a value among their versions: a key whose versions are all deletes is
+    /// not counted, though its tombstones stay).
     fn store_versions(
         store: &dyn StoreRead,
         batch: &mut WriteBatch,
         tenant: &str,
         key: &str,
-        existed: bool,
+        before: &[Version],
         versions: &[Version],
     ) -> Result<(), StoreError> {
-        if !existed {
-            let n = count(store, keys::KEY_COUNT)? + 1;
-            batch.put(KEYSPACE, keys::KEY_COUNT.to_vec(), n.to_be_bytes().to_vec());
+        match (live(before), live(versions)) {
+            (false, true) => Self::add_keys(store, batch, 1)?,
+            (true, false) => Self::add_keys(store, batch, -1)?,
+            _ => {}
         }
         batch.put(KEYSPACE, keys::value(tenant, key), encode_versions(versions));
+        Ok(())
+    }
+
+    fn add_keys(store: &dyn StoreRead, batch: &mut WriteBatch, delta: i64) -> Result<(), StoreError> {
+        let n = count(store, keys::KEY_COUNT)?.saturating_add_signed(delta);
+        batch.put(KEYSPACE, keys::KEY_COUNT.to_vec(), n.to_be_bytes().to_vec());
         Ok(())
     }
 
@@ -359,7 +376,7 @@ impl KvMachine {
         let current = current.unwrap_or_default();
         let merged = reconcile(&current, versions);
         if !existed || merged != current {
-            Self::store_versions(store, batch, tenant, key, existed, &merged)?;
+            Self::store_versions(store, batch, tenant, key, &current, &merged)?;
         }
         Ok(merged)
     }
@@ -547,9 +564,6 @@ impl KvMachine {
                         "{held} hints held already (at most {MAX_HINTS}); {target} will be repaired by reads"
                     )));
                 }
-                let seq = count(store, keys::HINT_SEQ)? + 1;
-                batch.put(KEYSPACE, keys::HINT_SEQ.to_vec(), seq.to_be_bytes().to_vec());
-                batch.put(KEYSPACE, keys::HINT_COUNT.to_vec(), (held + 1).to_be_bytes().to_vec());
                 let body = Encoder::new()
                     .u64(now)
                     .str(&tenant)
@@ -557,6 +571,17 @@ impl KvMachine {
                     .bytes(&encode_versions(&versions))
                     .u64(layout)
                     .finish();
+                let bytes = count(store, keys::HINT_BYTES)?;
+                if bytes.saturating_add(body.len() as u64) > MAX_HINT_BYTES {
+                    return Err(CoreError::ResourceExhausted(format!(
+                        "hints held take {bytes} bytes already (at most {MAX_HINT_BYTES}); {target} will be repaired \
+                         by reads"
+                    )));
+                }
+                let seq = count(store, keys::HINT_SEQ)? + 1;
+                batch.put(KEYSPACE, keys::HINT_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+                batch.put(KEYSPACE, keys::HINT_COUNT.to_vec(), (held + 1).to_be_bytes().to_vec());
+                batch.put(KEYSPACE, keys::HINT_BYTES.to_vec(), (bytes + body.len() as u64).to_be_bytes().to_vec());
                 batch.put(KEYSPACE, keys::hint(&target, seq), body);
                 Ok((KvResponse::Done, batch))
             }
@@ -573,14 +598,17 @@ impl KvMachine {
             }
             KvRequest::HintsDelivered { target, upto } => {
                 let mut held = count(store, keys::HINT_COUNT)?;
+                let mut bytes = count(store, keys::HINT_BYTES)?;
                 let rows = store.prefix(KEYSPACE, &keys::hints(&target), None, 1000)?;
-                for (k, _) in rows {
+                for (k, v) in rows {
                     if keys::hint_seq(&k).is_some_and(|(_, s)| s <= upto) {
                         batch.delete(KEYSPACE, k);
                         held = held.saturating_sub(1);
+                        bytes = bytes.saturating_sub(v.len() as u64);
                     }
                 }
                 batch.put(KEYSPACE, keys::HINT_COUNT.to_vec(), held.to_be_bytes().to_vec());
+                batch.put(KEYSPACE, keys::HINT_BYTES.to_vec(), bytes.to_be_bytes().to_vec());
                 Ok((KvResponse::Done, batch))
             }
             KvRequest::Scan { after, limit } => {
@@ -619,21 +647,22 @@ impl KvMachine {
                     )));
                 }
                 let mut gone = std::collections::BTreeSet::new();
+                let mut live_gone = 0;
                 for (tenant, key, seen) in stale {
                     let k = keys::value(&tenant, &key);
                     if !gone.contains(&k)
-                        && Self::versions_for_update(store, &tenant, &key)?.is_some_and(|v| digest(&v) == seen)
+                        && let Some(v) = Self::versions_for_update(store, &tenant, &key)?
+                        && digest(&v) == seen
                     {
                         batch.delete(KEYSPACE, k.clone());
                         gone.insert(k);
+                        live_gone += i64::from(live(&v));
                     }
                 }
-                let gone = gone.len() as u64;
-                if gone > 0 {
-                    let n = count(store, keys::KEY_COUNT)?.saturating_sub(gone);
-                    batch.put(KEYSPACE, keys::KEY_COUNT.to_vec(), n.to_be_bytes().to_vec());
+                if live_gone > 0 {
+                    Self::add_keys(store, &mut batch, -live_gone)?;
                 }
-                Ok((KvResponse::Discarded(gone), batch))
+                Ok((KvResponse::Discarded(gone.len() as u64), batch))
             }
             KvRequest::Stats => Ok((
                 KvResponse::Stats { keys: count(store, keys::KEY_COUNT)?, hints: count(store, keys::HINT_COUNT)? },
@@ -728,6 +757,7 @@ impl KvMachine {
             }
         }
         let mut held = count(store, keys::HINT_COUNT)?;
+        let mut bytes = count(store, keys::HINT_BYTES)?;
         let before = held;
         // Per target, hints are in the order they were taken (their sequence numbers grow),
         // so each target's expired hints are a prefix of its run: take that prefix, then jump
@@ -748,6 +778,7 @@ impl KvMachine {
                     }
                     batch.delete(KEYSPACE, k);
                     held = held.saturating_sub(1);
+                    bytes = bytes.saturating_sub(v.len() as u64);
                     removed += 1;
                 }
                 after = Some(last);
@@ -759,6 +790,7 @@ impl KvMachine {
         }
         if held != before {
             batch.put(KEYSPACE, keys::HINT_COUNT.to_vec(), held.to_be_bytes().to_vec());
+            batch.put(KEYSPACE, keys::HINT_BYTES.to_vec(), bytes.to_be_bytes().to_vec());
         }
         Ok(batch)
     }
@@ -903,6 +935,88 @@ mod mint_tests {
             keep: false,
         };
         step(m, store, token, req)
+    }
+
+    #[test]
+    fn key_counts_count_live_keys_only() {
+        let store = MemStore::new();
+        let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+        let version = |n: u64, value: Option<&[u8]>| Version {
+            clock: VClock([("n2".to_owned(), n)].into()),
+            ts_ms: n,
+            value: value.map(<[u8]>::to_vec),
+        };
+        let apply = |key: &str, v: Version| KvRequest::Apply {
+            tenant: "t".into(),
+            key: key.into(),
+            versions: vec![v],
+            idem: None,
+        };
+        let keys = |m: &mut KvMachine, store: &MemStore| match &step(m, store, 99, KvRequest::Stats).replies[..] {
+            [(_, Ok(KvResponse::Stats { keys, .. }))] => *keys,
+            other => panic!("{other:?}"),
+        };
+        step(&mut m, &store, 0, apply("a", version(1, Some(b"x"))));
+        step(&mut m, &store, 1, apply("b", version(1, Some(b"y"))));
+        assert_eq!(keys(&mut m, &store), 2);
+        // A delete that supersedes the value: the key is gone from the count, its tombstone stays.
+        step(&mut m, &store, 2, apply("a", version(2, None)));
+        assert_eq!(keys(&mut m, &store), 1);
+        // A delete of a key never held here counts nothing; a value after a delete counts again.
+        step(&mut m, &store, 3, apply("c", version(1, None)));
+        assert_eq!(keys(&mut m, &store), 1);
+        step(&mut m, &store, 4, apply("a", version(3, Some(b"z"))));
+        assert_eq!(keys(&mut m, &store), 2);
+        // Discarding a live copy and a tombstone takes one key off.
+        let mut seen =
+            |key: &str| match &step(&mut m, &store, 5, KvRequest::Read { tenant: "t".into(), key: key.into() }).replies
+                [..]
+            {
+                [(_, Ok(KvResponse::Versions(v)))] => digest(v),
+                other => panic!("{other:?}"),
+            };
+        let stale = vec![("t".into(), "b".into(), seen("b")), ("t".into(), "c".into(), seen("c"))];
+        let out = step(&mut m, &store, 6, KvRequest::Discard { layout: 1, keys: stale });
+        assert!(matches!(&out.replies[..], [(_, Ok(KvResponse::Discarded(2)))]), "{:?}", out.replies);
+        assert_eq!(keys(&mut m, &store), 1);
+    }
+
+    #[test]
+    fn hints_are_bounded_in_bytes_and_give_their_bytes_back_when_delivered_or_expired() {
+        let store = MemStore::new();
+        let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+        let hint = |value: &[u8]| KvRequest::Hint {
+            target: "n2".into(),
+            tenant: "t".into(),
+            key: "k".into(),
+            versions: vec![Version {
+                clock: VClock([("n1".to_owned(), 1)].into()),
+                ts_ms: 1,
+                value: Some(value.to_vec()),
+            }],
+            layout: 1,
+        };
+        let bytes = |store: &MemStore| count(store, keys::HINT_BYTES).unwrap();
+        assert!(matches!(&step(&mut m, &store, 0, hint(&[7; 100])).replies[..], [(0, Ok(KvResponse::Done))]));
+        let one = bytes(&store);
+        assert!(one > 100, "{one}");
+        step(&mut m, &store, 1, hint(&[7; 300]));
+        let two = bytes(&store);
+        assert!(two > one + 300, "{two}");
+        step(&mut m, &store, 2, KvRequest::HintsDelivered { target: "n2".into(), upto: 1 });
+        assert_eq!(bytes(&store), two - one);
+        // The other expires, and its bytes go with it.
+        let swept = m.tick(1 + HINT_MAX_AGE_MS + 1, &store).unwrap();
+        store.write(&swept.writes).unwrap();
+        assert_eq!((bytes(&store), count(&store, keys::HINT_COUNT).unwrap()), (0, 0));
+        // Near the budget, a hint is refused: the replica is repaired by reads instead.
+        let mut full = WriteBatch::default();
+        full.put(KEYSPACE, keys::HINT_BYTES.to_vec(), (MAX_HINT_BYTES - 10).to_be_bytes().to_vec());
+        store.write(&full).unwrap();
+        match &step(&mut m, &store, 3, hint(&[7; 100])).replies[..] {
+            [(3, Err(CoreError::ResourceExhausted(msg)))] => assert!(msg.contains("bytes"), "{msg}"),
+            other => panic!("a hint over the byte budget was kept: {other:?}"),
+        }
     }
 
     #[test]
