@@ -116,9 +116,14 @@ async fn three_nodes_survive_a_kill_and_catch_up_by_handoff_and_repair() {
     // Metadata changes need a majority of the Raft group, which two of three still are.
     let late = kv::CreateTenantRequest { tenant_id: "late".into(), replication_factor: 2 };
     assert_eq!(c2.create_tenant(late).await.unwrap().into_inner().replication_factor, 2);
+    let get_late = || kv::GetTenantRequest { tenant_id: "late".into() };
+    assert_eq!(c2.get_tenant(get_late()).await.unwrap().into_inner().replication_factor, 2);
     let up = kv::UpdateReplicationFactorRequest { tenant_id: "late".into(), new_replication_factor: 3 };
     let up = c.update_replication_factor(up).await.unwrap().into_inner();
     assert_eq!((up.old_replication_factor, up.new_replication_factor), (2, 3));
+    // Read through another node at once, it is the new factor (a confirmed read, not n2's
+    // cache of a moment ago).
+    assert_eq!(c2.get_tenant(get_late()).await.unwrap().into_inner().replication_factor, 3);
     let missing = kv::UpdateReplicationFactorRequest { tenant_id: "ghost".into(), new_replication_factor: 3 };
     assert_eq!(c.update_replication_factor(missing).await.unwrap_err().code(), Code::NotFound);
 

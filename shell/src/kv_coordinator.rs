@@ -423,6 +423,22 @@ impl<P: Peers> KvCoordinator<P> {
         }
     }
 
+    /// A tenant's record as the metadata group's leader has it now (`GetTenant`: a factor
+    /// just changed through another node is seen); the cache takes it too.
+    pub async fn confirmed_tenant(&self, id: &str, until_ms: u64) -> CoreResult<TenantRecord> {
+        let (now, serving) = (self.peers.now_ms(), self.peers.placement().version);
+        match self.meta(MetaRequest::ConfirmedTenant { id: id.to_owned() }, until_ms).await? {
+            MetaResponse::Tenant(Some(t)) => {
+                lock(&self.tenants).insert(id.to_owned(), (t.clone(), now, serving));
+                Ok(t)
+            }
+            MetaResponse::Tenant(None) => {
+                Err(CoreError::NotFound(format!("tenant {id:?} not found; create it with CreateTenant")))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Creates a tenant through the metadata group; answered once the change is committed
     /// and applied on this node.
     pub async fn create_tenant(&self, id: &str, replication_factor: u32, until_ms: u64) -> CoreResult<TenantRecord> {

@@ -81,11 +81,17 @@ pub enum MetaRequest {
         id: String,
         replication_factor: u32,
     },
-    /// A tenant as applied here. `current` first confirms with the leader that nothing newer
-    /// is committed (raft-rs's read index), so a tenant created through another node is seen.
+    /// A tenant as applied here. `current`: one this node does not know yet is looked for
+    /// after confirming with the leader that nothing newer is committed (raft-rs's read
+    /// index), so a tenant created through another node is seen.
     Tenant {
         id: String,
         current: bool,
+    },
+    /// A tenant as the leader has it now: always after a read index round, so a factor just
+    /// changed through another node is seen (`GetTenant`).
+    ConfirmedTenant {
+        id: String,
     },
     Layout,
     Status,
@@ -667,6 +673,11 @@ impl MetaMachine {
                     migration: Some(migration_id(ctx)),
                     at_ms: now,
                 });
+                return Ok(());
+            }
+            MetaRequest::ConfirmedTenant { id } => {
+                let ctx = self.context();
+                self.waiting.insert(ctx, Waiter::Read { token, id, expires, sent: None, index: None });
                 return Ok(());
             }
             MetaRequest::Tenant { id, current } => {

@@ -233,7 +233,7 @@ impl CoordinatorService for Coordinator {
         let until = deadline(&req, self.now_ms());
         let r = req.into_inner();
         check_tenant_id(&r.tenant_id)?;
-        let t = self.kv.tenant(&r.tenant_id, until).await.map_err(to_status)?;
+        let t = self.kv.confirmed_tenant(&r.tenant_id, until).await.map_err(to_status)?;
         Ok(Response::new(wire::GetTenantResponse {
             success: true,
             tenant_id: t.id,
