@@ -39,6 +39,9 @@ pub struct KvLoad {
     pub clients: usize,
     pub duration: Duration,
     pub consistency: String,
+    /// Puts carry an idempotency key of the client's own (unique per put), as retrying
+    /// clients send; without, the server generates one.
+    pub client_keys: bool,
 }
 
 fn value(load: &KvLoad, i: u64) -> Vec<u8> {
@@ -117,13 +120,18 @@ pub async fn tessera(
     duration: Duration,
 ) -> anyhow::Result<Samples> {
     let l = load.clone();
+    // Keys of this run only: a later round reusing one would be a cheap replay.
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     drive_samples(chans, load.clients, duration, move |c, t, i| {
         let l = l.clone();
         async move {
             let key = format!("key-{}", key_index(&l, t, i));
             match phase {
                 Phase::Put => {
-                    let req = put_request(&l, key, value(&l, i));
+                    let mut req = put_request(&l, key, value(&l, i));
+                    if l.client_keys {
+                        req.idempotency_key = format!("bench-{run}-{t}-{i}");
+                    }
                     c.call::<_, Ignored>("/proto.CoordinatorService/WriteKeyValue", &req).await.is_ok()
                 }
                 Phase::Get => {

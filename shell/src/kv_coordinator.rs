@@ -29,6 +29,7 @@ use futures_util::stream::FuturesUnordered;
 use sha2::{Digest, Sha256};
 use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::quorum::{Consistency, resolve_read};
+use tessera_core::kv::vclock::holds_value;
 use tessera_core::kv::{Causal, IdemKey, IdemRecord, KvRequest, KvResponse, TenantRecord, VClock, Version};
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Migration, MigrationKind, Placement};
 use tessera_core::rng::Rng;
@@ -411,7 +412,13 @@ impl<P: Peers> KvCoordinator<P> {
             return Ok(t.clone());
         }
         let req = MetaRequest::Tenant { id: id.to_owned(), current: true };
-        match self.meta(req, until_ms).await? {
+        self.cache_tenant(id, self.meta(req, until_ms).await?, now, serving)
+    }
+
+    /// The metadata machine's answer about tenant `id`, cached (as of `now`, by layout
+    /// version `serving`) when it is a record.
+    fn cache_tenant(&self, id: &str, answer: MetaResponse, now: u64, serving: u64) -> CoreResult<TenantRecord> {
+        match answer {
             MetaResponse::Tenant(Some(t)) => {
                 lock(&self.tenants).insert(id.to_owned(), (t.clone(), now, serving));
                 Ok(t)
@@ -427,16 +434,8 @@ impl<P: Peers> KvCoordinator<P> {
     /// just changed through another node is seen); the cache takes it too.
     pub async fn confirmed_tenant(&self, id: &str, until_ms: u64) -> CoreResult<TenantRecord> {
         let (now, serving) = (self.peers.now_ms(), self.peers.placement().version);
-        match self.meta(MetaRequest::ConfirmedTenant { id: id.to_owned() }, until_ms).await? {
-            MetaResponse::Tenant(Some(t)) => {
-                lock(&self.tenants).insert(id.to_owned(), (t.clone(), now, serving));
-                Ok(t)
-            }
-            MetaResponse::Tenant(None) => {
-                Err(CoreError::NotFound(format!("tenant {id:?} not found; create it with CreateTenant")))
-            }
-            other => Err(unexpected(other)),
-        }
+        let answer = self.meta(MetaRequest::ConfirmedTenant { id: id.to_owned() }, until_ms).await?;
+        self.cache_tenant(id, answer, now, serving)
     }
 
     /// Creates a tenant through the metadata group; answered once the change is committed
@@ -517,12 +516,19 @@ impl<P: Peers> KvCoordinator<P> {
         if left == 0 {
             return Err(CoreError::DeadlineExceeded("the deadline passed before the metadata was consulted".into()));
         }
+        let change = matches!(
+            req,
+            MetaRequest::CreateTenant { .. }
+                | MetaRequest::SetReplicationFactor { .. }
+                | MetaRequest::AddNode { .. }
+                | MetaRequest::RemoveNode { .. }
+        );
         match self.peers.meta(req, left).await {
-            // No answer in time (no leader, or the deadline was short): a change asked for
-            // may still be applied, and a retry may find it done. UNAVAILABLE, not
-            // DEADLINE_EXCEEDED: without a leader no deadline would have been long enough.
-            Err(CoreError::Unavailable(e)) if self.peers.now_ms() >= until_ms => {
-                Err(CoreError::Unavailable(format!("{e}; a change asked for may still take effect")))
+            // No answer in time (no leader, or the deadline was short): the change may still
+            // be applied, and a retry may find it done. UNAVAILABLE, not DEADLINE_EXCEEDED:
+            // without a leader no deadline would have been long enough.
+            Err(CoreError::Unavailable(e)) if change && self.peers.now_ms() >= until_ms => {
+                Err(CoreError::Unavailable(format!("{e}; the change may still take effect")))
             }
             other => other,
         }
@@ -538,10 +544,16 @@ impl<P: Peers> KvCoordinator<P> {
         client_key: String,
         until_ms: u64,
     ) -> CoreResult<Written> {
-        if client_key.len() > MAX_IDEM_KEY || client_key.chars().any(char::is_control) {
+        if client_key.len() > MAX_IDEM_KEY {
             return Err(CoreError::InvalidArgument(format!(
-                "idempotency_key: {} bytes; at most {MAX_IDEM_KEY}, with no control characters",
+                "idempotency_key: {} bytes, at most {MAX_IDEM_KEY}",
                 client_key.len()
+            )));
+        }
+        if client_key.chars().any(char::is_control) {
+            return Err(CoreError::InvalidArgument(format!(
+                "idempotency_key {}: control characters (newlines, tabs, NUL...) are not allowed",
+                tessera_core::ids::shown(&client_key)
             )));
         }
         let (tenant, placement) = self.placed(tenant_id, until_ms).await?;
@@ -678,10 +690,12 @@ impl<P: Peers> KvCoordinator<P> {
     }
 
     /// Which of the key's replicas (an index into its targets) holds the record of the
-    /// client's idempotency key `idem`, asking them all at once and waiting for a quorum of
-    /// each replica set to say "none" (a record a quorum acknowledged is then seen). A record
-    /// of the key for another request is FAILED_PRECONDITION at once; fewer answers than a
-    /// quorum is UNAVAILABLE (also for writes at `one`: their replays must be told apart too).
+    /// client's idempotency key `idem` with its write, asking them all at once and waiting
+    /// for a quorum of each replica set to say "none" (a record a quorum acknowledged is
+    /// then seen, unless a layout change has moved the key since: hand-over moves versions,
+    /// not records). A record of the key for another request is FAILED_PRECONDITION at once;
+    /// fewer answers than a quorum is UNAVAILABLE (also for writes at `one`: their replays
+    /// must be told apart too).
     async fn record_holder(
         &self,
         tenant_id: &str,
@@ -1038,13 +1052,16 @@ impl<P: Peers> KvCoordinator<P> {
                     break 'pages;
                 }
                 let at = (tenant.clone(), key.clone());
+                let live = holds_value(&versions);
                 if let Err(e) = self.hand_over_key(&placement, &me, tenant, key, versions).await {
                     // What moved so far is on record, for people watching and to resume from.
                     let _ = self.meta(report(moved, false, &handed), until()).await;
                     return Err(e);
                 }
                 handed = Some(at);
-                moved += 1;
+                // Counted as the total counts them: a node change's total is the live keys
+                // held (`Stats`), a factor change's every key of the tenant (`TenantKeys`).
+                moved += u64::from(only.is_some() || live);
             }
             // A report that fails does not stop the move; the next one carries it.
             if moved - reported >= HAND_OVER_REPORT_EVERY

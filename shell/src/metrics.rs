@@ -151,13 +151,17 @@ impl Metrics {
                 // kernel answers those with a reset that can cut the reply short.
                 let mut buf = [0u8; 2048];
                 let mut n = 0;
-                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..])).await {
-                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                        Ok(Ok(read)) => n += read,
+                // One deadline for the whole head: a client trickling bytes cannot hold the
+                // task longer than that.
+                let head = async {
+                    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(read) => n += read,
+                        }
                     }
-                }
-                if n == 0 {
+                };
+                if tokio::time::timeout(Duration::from_secs(5), head).await.is_err() || n == 0 {
                     return;
                 }
                 let head = String::from_utf8_lossy(&buf[..n]);

@@ -30,6 +30,9 @@ struct Net {
     placement: Mutex<Option<Arc<Placement>>>,
     /// Tenants and their replication factors (the metadata group, here fixed).
     tenants: BTreeMap<String, u32>,
+    /// Nodes that answer no call, and nodes that answer no `Coordinate` (a reply lost).
+    down: Mutex<std::collections::BTreeSet<String>>,
+    no_coordinate: Mutex<std::collections::BTreeSet<String>>,
 }
 
 struct LocalPeers {
@@ -58,6 +61,12 @@ impl Peers for LocalPeers {
         SystemClock.now_ms()
     }
     fn send_at(self: &Arc<Self>, node: &str, req: KvRequest, _layout: u64, _timeout_ms: u64) -> BoxFuture<PeerResult> {
+        let silent = self.net.down.lock().unwrap().contains(node)
+            || (matches!(req, KvRequest::Coordinate { .. }) && self.net.no_coordinate.lock().unwrap().contains(node));
+        if silent {
+            let node = node.to_owned();
+            return Box::pin(async move { Err(Unreachable(format!("{node} gave no answer"))) });
+        }
         let replica = self.net.replicas.get(node).cloned();
         Box::pin(async move {
             let replica = replica.ok_or_else(|| Unreachable("no such node".into()))?;
@@ -410,4 +419,39 @@ async fn a_replay_through_a_replica_that_missed_the_write_is_answered_by_one_tha
     // The same key for another write of another key is refused wherever it comes in.
     let e = n3.write("t3", "other", Some(b"v".to_vec()), Consistency::Quorum, "op-1".into(), far).await;
     assert!(matches!(&e, Err(CoreError::FailedPrecondition(m)) if m.contains("op-1")), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_replay_that_cannot_reach_a_record_holder_fails_rather_than_write_again() {
+    use tessera_core::kv::IdemKey;
+    use tessera_shell::kv_coordinator::request_hash;
+    let net = start();
+    let n3 = coordinator(&net, "n3");
+    let far = n3.peers().now_ms() + 60_000;
+    // Too few replicas answer the lookup: a record could be on those that do not.
+    net.down.lock().unwrap().extend(["n1".to_owned(), "n2".to_owned()]);
+    let e = n3.write("t3", "k", Some(b"v1".to_vec()), Consistency::One, "op-2".into(), far).await;
+    assert!(matches!(&e, Err(CoreError::Unavailable(m)) if m.contains("could not tell")), "{e:?}");
+    assert!(held(&net, "n3", "t3", "k").await.is_empty(), "n3 wrote it anyway");
+    net.down.lock().unwrap().clear();
+    // n1 holds the first write and its record; the replay's coordination there gets no answer.
+    let idem = IdemKey { key: "op-1".into(), request_hash: request_hash("t3", "k", Some(b"v1")), fresh: false };
+    let first = KvRequest::Coordinate {
+        tenant: "t3".into(),
+        key: "k".into(),
+        value: Some(b"v1".to_vec()),
+        idem: Some(idem),
+        keep: true,
+    };
+    let KvResponse::Coordinated { clock, .. } = replica(&net, "n1", first).await else { panic!("not coordinated") };
+    net.no_coordinate.lock().unwrap().insert("n1".into());
+    let e = n3.write("t3", "k", Some(b"v1".to_vec()), Consistency::Quorum, "op-1".into(), far).await;
+    assert!(matches!(&e, Err(CoreError::Unavailable(m)) if m.contains("holds the record")), "{e:?}");
+    for n in ["n2", "n3"] {
+        assert!(held(&net, n, "t3", "k").await.is_empty(), "{n} took the replay for a new write");
+    }
+    // Once n1 answers, the replay is its duplicate.
+    net.no_coordinate.lock().unwrap().clear();
+    let again = n3.write("t3", "k", Some(b"v1".to_vec()), Consistency::Quorum, "op-1".into(), far).await.unwrap();
+    assert!(again.duplicate && again.clock == clock, "{again:?}");
 }

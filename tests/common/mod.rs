@@ -101,8 +101,12 @@ pub fn free_addrs(n: usize) -> Vec<String> {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let floor = 10_000.min(ephemeral.saturating_sub(1_000));
-    let span = u64::from(ephemeral - floor);
+    // Unprivileged ports below the range; a range that leaves too few, anywhere unprivileged.
+    let (floor, top) = match ephemeral {
+        e if e >= 11_024 => (10_000, e),
+        _ => (1_024, u16::MAX),
+    };
+    let span = u64::from(top - floor);
     let mut x = u64::from(std::process::id())
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
     let mut held = Vec::new();

@@ -64,6 +64,9 @@ pub fn hint_seq(key: &[u8]) -> Option<(&[u8], u64)> {
     Some((head.strip_suffix(&[0])?, seq))
 }
 
+/// Live keys held (a key whose versions are all deletes is not counted). Before the count
+/// left tombstones out it counted every key: a data directory from then counts a key deleted
+/// back then until it is written again.
 pub const KEY_COUNT: &[u8] = b"#keys";
 pub const HINT_COUNT: &[u8] = b"#hints";
 /// The bytes the hints held take (their stored bodies).

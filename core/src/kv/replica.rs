@@ -23,7 +23,9 @@ use crate::ready::{ClientToken, Machine, Ready};
 use crate::store::{StoreError, StoreRead, WriteBatch};
 
 use super::keys;
-use super::vclock::{Causal, VClock, Version, context, decode_versions, digest, encode_versions, reconcile};
+use super::vclock::{
+    Causal, VClock, Version, context, decode_versions, digest, encode_versions, holds_value, reconcile,
+};
 
 pub(super) const KEYSPACE: &str = crate::store::KV;
 
@@ -192,6 +194,27 @@ pub enum KvRequest {
 }
 
 impl KvRequest {
+    /// The request's kind, for messages (never its contents, which may be megabytes).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KvRequest::Coordinate { .. } => "Coordinate",
+            KvRequest::Apply { .. } => "Apply",
+            KvRequest::Read { .. } => "Read",
+            KvRequest::IdemLookup { .. } => "IdemLookup",
+            KvRequest::Hint { .. } => "Hint",
+            KvRequest::Hints { .. } => "Hints",
+            KvRequest::HintsDelivered { .. } => "HintsDelivered",
+            KvRequest::Stats => "Stats",
+            KvRequest::Fence { .. } => "Fence",
+            KvRequest::Scan { .. } => "Scan",
+            KvRequest::Digests { .. } => "Digests",
+            KvRequest::HintTargets => "HintTargets",
+            KvRequest::TenantKeys { .. } => "TenantKeys",
+            KvRequest::Placed { .. } => "Placed",
+            KvRequest::Discard { .. } => "Discard",
+        }
+    }
+
     /// Requests a node's own background work sends its replica, never a peer's: the fence,
     /// the placing layout on record, the removal of stale copies, and its hints (a peer could
     /// otherwise read them, drop them before delivery, or plant ones that block a queue).
@@ -274,11 +297,6 @@ pub struct KvMachine {
     pending: BTreeMap<(String, String), (IdemRecord, Vec<Version>, u64)>,
 }
 
-/// Whether a key with these versions holds a value (not only deletes).
-fn live(versions: &[Version]) -> bool {
-    versions.iter().any(|v| v.value.is_some())
-}
-
 fn count(store: &dyn StoreRead, key: &[u8]) -> Result<u64, StoreError> {
     Ok(store.get(KEYSPACE, key)?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
 }
@@ -347,7 +365,7 @@ impl KvMachine {
         before: &[Version],
         versions: &[Version],
     ) -> Result<(), StoreError> {
-        match (live(before), live(versions)) {
+        match (holds_value(before), holds_value(versions)) {
             (false, true) => Self::add_keys(store, batch, 1)?,
             (true, false) => Self::add_keys(store, batch, -1)?,
             _ => {}
@@ -656,7 +674,7 @@ impl KvMachine {
                     {
                         batch.delete(KEYSPACE, k.clone());
                         gone.insert(k);
-                        live_gone += i64::from(live(&v));
+                        live_gone += i64::from(holds_value(&v));
                     }
                 }
                 if live_gone > 0 {
@@ -758,7 +776,6 @@ impl KvMachine {
         }
         let mut held = count(store, keys::HINT_COUNT)?;
         let mut bytes = count(store, keys::HINT_BYTES)?;
-        let before = held;
         // Per target, hints are in the order they were taken (their sequence numbers grow),
         // so each target's expired hints are a prefix of its run: take that prefix, then jump
         // to the next target. A target with many fresh hints cannot hide the others' old ones.
@@ -788,7 +805,7 @@ impl KvMachine {
                 None => break,
             }
         }
-        if held != before {
+        if removed > 0 {
             batch.put(KEYSPACE, keys::HINT_COUNT.to_vec(), held.to_be_bytes().to_vec());
             batch.put(KEYSPACE, keys::HINT_BYTES.to_vec(), bytes.to_be_bytes().to_vec());
         }

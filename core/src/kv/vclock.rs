@@ -142,6 +142,11 @@ pub fn winner(versions: &[Version]) -> Option<&Version> {
     versions.iter().max_by(|a, b| a.rank().cmp(&b.rank()))
 }
 
+/// Whether a key with these versions holds a value (not only deletes): a live key.
+pub fn holds_value(versions: &[Version]) -> bool {
+    versions.iter().any(|v| v.value.is_some())
+}
+
 /// The value a reader is shown: the winner among the versions that hold one. A delete
 /// hides a key only when every sibling is a delete; one concurrent with a write (across a
 /// partition, say) stands beside it as a sibling rather than hiding it.

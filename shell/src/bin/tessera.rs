@@ -123,6 +123,10 @@ enum BenchCmd {
         /// a quarter below two, measured on two cores shared with the servers)
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
+        /// Puts carry idempotency keys of the client's own (one per put), which the
+        /// coordinator looks up on the key's replicas first; etcd's puts are unchanged
+        #[arg(long)]
+        client_keys: bool,
     },
     /// Commits/s of 1-write transactions at each concurrency, then GetState reads/s
     State {
@@ -153,9 +157,27 @@ async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
                 println!("{}  ({:.2} of health checks)", f.line(), f.per_sec() / floor.max(1e-9));
             }
         }
-        BenchCmd::Kv { keys, value_size, clients, secs, consistency, etcd, rounds, spread, threads: _ } => {
+        BenchCmd::Kv {
+            keys,
+            value_size,
+            clients,
+            secs,
+            consistency,
+            etcd,
+            rounds,
+            spread,
+            threads: _,
+            client_keys,
+        } => {
             use tessera_shell::bench_kv;
-            let load = bench_kv::KvLoad { keys, value_size, clients, duration: Duration::from_secs(secs), consistency };
+            let load = bench_kv::KvLoad {
+                keys,
+                value_size,
+                clients,
+                duration: Duration::from_secs(secs),
+                consistency,
+                client_keys,
+            };
             let nodes: Vec<&str> = std::iter::once(addr).chain(spread.iter().map(String::as_str)).collect();
             let phases = bench_kv::compare(&nodes, etcd.as_deref(), &load, rounds).await?;
             for (_, t, e) in &phases {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::ids::{MAX_ADDR_LEN as MAX_ADDR_BYTES, shown};
+use tessera_core::ids::{MAX_ADDR_LEN, shown};
 use tessera_core::kv::quorum::Consistency;
 use tessera_core::kv::ring::{DEFAULT_VNODES, MAX_VNODES};
 use tessera_core::kv::vclock::{context, live_winner};
@@ -422,9 +422,9 @@ fn node_addr(host: &str, port: i32) -> Result<String, Status> {
     let addr = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     // The cluster keeps addresses of up to 255 bytes (`ids::validate_addr`): say so here,
     // about the field the client sent, rather than about an address it never wrote.
-    if addr.len() > MAX_ADDR_BYTES {
+    if addr.len() > MAX_ADDR_LEN {
         return Err(invalid(format!(
-            "host: {} bytes; with the port, the address must fit in {MAX_ADDR_BYTES} bytes",
+            "host: {} bytes; with the port, the address must fit in {MAX_ADDR_LEN} bytes",
             host.len()
         )));
     }

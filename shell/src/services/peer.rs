@@ -52,7 +52,7 @@ fn decode(from: &str, body: &[u8]) -> Result<KvRequest, Status> {
         return Err(Status::invalid_argument(format!(
             "peer request from {}: {} is for a node's own replica only",
             tessera_core::ids::shown(from),
-            tessera_core::ids::shown(&format!("{kv:?}"))
+            kv.kind()
         )));
     }
     Ok(kv)
