@@ -295,9 +295,24 @@ async fn sigterm_drains_then_restart_sees_writes_and_lock_refuses_second_daemon(
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another tesserad"), "{err}");
 
-    // Metrics: request counts per RPC and fsyncs.
+    // A metrics port already taken is an error at start-up, not a daemon without metrics.
+    let taken = std::net::TcpListener::bind(common::free_addrs(1).remove(0)).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tesserad"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", &taken.local_addr().unwrap().to_string(), "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("binding the metrics endpoint"), "{err}");
+
+    // Metrics: request counts per RPC and fsyncs. The request comes in two pieces: the
+    // answer waits for the whole head.
     let mut s = std::net::TcpStream::connect(&maddr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nho").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    s.write_all(b"st: x\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     assert!(body.contains("tessera_grpc_requests_total{method=\"/tessera.status.v1.StatusProducerService/RecordRequest\",code=\"0\"} 1"), "{body}");

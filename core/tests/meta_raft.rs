@@ -197,6 +197,18 @@ fn a_tenant_created_through_any_member_reaches_every_member() {
         }
         other => panic!("unexpected {other:?}"),
     }
+    // A confirmed read (GetTenant's) through another member waits for a read index round,
+    // then shows the new factor; an unknown tenant is not found the same way.
+    let t = net.call(2, MetaRequest::ConfirmedTenant { id: "acme".into() });
+    assert!(!net.replies.contains_key(&t), "answered before confirming with the leader");
+    net.run(300);
+    match net.replies.remove(&t) {
+        Some(Ok(MetaResponse::Tenant(Some(t)))) => assert_eq!(t.replication_factor, 5),
+        other => panic!("unexpected {other:?}"),
+    }
+    let t = net.call(0, MetaRequest::ConfirmedTenant { id: "nobody".into() });
+    net.run(300);
+    assert!(matches!(net.replies.remove(&t), Some(Ok(MetaResponse::Tenant(None)))));
     // A current read of an unknown tenant is answered (not found) after the read index.
     let t = net.call(1, MetaRequest::Tenant { id: "nobody".into(), current: true });
     net.run(300);
