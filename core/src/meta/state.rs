@@ -413,6 +413,16 @@ impl MetaState {
                     return Ok(self.finish(m, *at_ms, batch));
                 }
                 if !self.layout.by_id(id).is_some_and(|m| m.storage) {
+                    // Still listed (draining, or kept so its id is not reused): say which.
+                    if let Some(m) = self.running().filter(|m| m.kind == MigrationKind::RemoveNode && m.node == *id) {
+                        return Err(CoreError::FailedPrecondition(format!(
+                            "node {id:?} is being removed already (migration {:?}; GetMigrationStatus follows it)",
+                            m.id
+                        )));
+                    }
+                    if self.layout.by_id(id).is_some() {
+                        return Err(CoreError::NotFound(format!("node {id:?} was removed from this cluster")));
+                    }
                     return Err(CoreError::NotFound(format!("node {id:?} is not a storage node of this cluster")));
                 }
                 let left = self.layout.ring_nodes().len() - 1;
@@ -896,6 +906,17 @@ mod tests {
         // Now a node can be removed, and the factor changed again.
         let remove = Command::RemoveNode { id: "n2".into(), force: true, migration: "mig-c".into(), at_ms: 7 };
         s.apply(&remove, &mut WriteBatch::default()).unwrap();
+        // Asked again while it drains, the answer names the removal under way; once it is
+        // done, that the node was removed.
+        let again = Command::RemoveNode { id: "n2".into(), force: true, migration: "mig-d".into(), at_ms: 8 };
+        let e = s.apply(&again, &mut WriteBatch::default()).unwrap_err();
+        assert!(matches!(&e, CoreError::FailedPrecondition(m) if m.contains("mig-c")), "{e:?}");
+        for n in ["n0", "n1"] {
+            progress(&mut s, "mig-c", n).unwrap();
+        }
+        assert_eq!(s.running(), None);
+        let e = s.apply(&again, &mut WriteBatch::default()).unwrap_err();
+        assert!(matches!(&e, CoreError::NotFound(m) if m.contains("was removed")), "{e:?}");
     }
 
     #[test]
