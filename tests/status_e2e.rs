@@ -285,26 +285,26 @@ async fn sigterm_drains_then_restart_sees_writes_and_lock_refuses_second_daemon(
     let mut p = StatusProducerServiceClient::new(d.channel().await);
     p.record_request(rec("keep-me", MetaStoreType::Plan, RequestProcessingStatus::Processing)).await.unwrap();
 
+    // tesserad on `dir` with `extra` flags fails to start: what it said on stderr.
+    let refused = |dir: &std::path::Path, extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tesserad"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     // A second daemon on the same dir is refused with a clear message.
-    let out = Command::new(env!("CARGO_BIN_EXE_tesserad"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(dir.path(), &[]);
     assert!(err.contains("in use by another tesserad"), "{err}");
 
     // A metrics port already taken is an error at start-up, not a daemon without metrics.
     let taken = std::net::TcpListener::bind(common::free_addrs(1).remove(0)).unwrap();
     let other = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tesserad"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", &taken.local_addr().unwrap().to_string(), "--data-dir"])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(other.path(), &["--metrics-listen", &taken.local_addr().unwrap().to_string()]);
     assert!(err.contains("binding the metrics endpoint"), "{err}");
 
     // Metrics: request counts per RPC and fsyncs. The request comes in two pieces: the

@@ -309,6 +309,13 @@ impl Targets {
         Targets { layout: placement.version, nodes, sets }
     }
 
+    /// The same replicas, needing `consistency`'s count of each set (no second placement
+    /// lookup).
+    fn needing(&self, consistency: Consistency) -> Targets {
+        let sets = self.sets.iter().map(|(at, _)| (at.clone(), consistency.needed(at.len()))).collect();
+        Targets { layout: self.layout, nodes: self.nodes.clone(), sets }
+    }
+
     /// Whether node `i` is in the first set: the old owners while keys move.
     fn old_owner(&self, i: usize) -> bool {
         self.sets.first().is_some_and(|(at, _)| at.contains(&i))
@@ -576,7 +583,7 @@ impl<P: Peers> KvCoordinator<P> {
         // replay for a new write.
         let holder = match fresh {
             true => None,
-            false => self.record_holder(tenant_id, key, &idem, &placement, &tenant, until_ms).await?,
+            false => self.record_holder(tenant_id, key, &idem, &targets, until_ms).await?,
         };
         order.sort_by_key(|&i| (Some(i) != holder, !targets.old_owner(i), replicas[i] != self.peers.me()));
         let mut coordinated = None;
@@ -701,11 +708,10 @@ impl<P: Peers> KvCoordinator<P> {
         tenant_id: &str,
         key: &str,
         idem: &IdemKey,
-        placement: &Placement,
-        tenant: &TenantRecord,
+        targets: &Targets,
         until_ms: u64,
     ) -> CoreResult<Option<usize>> {
-        let quorum = Targets::new(placement, tenant, key, Consistency::Quorum);
+        let quorum = targets.needing(Consistency::Quorum);
         let layout = quorum.layout;
         let mut asked: FuturesUnordered<_> = quorum
             .nodes

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::quorum::Consistency;
-use tessera_core::kv::{KvConfig, KvMachine, KvRequest, KvResponse, TenantRecord, VClock, Version};
+use tessera_core::kv::{
+    IdemKey, IdemRecord, KvConfig, KvMachine, KvRequest, KvResponse, TenantRecord, VClock, Version,
+};
 use tessera_core::mem_store::MemStore;
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult, WriteBatch};
@@ -165,14 +167,27 @@ async fn write_on_one(net: &Net, node: &str, key: &str) {
 }
 
 async fn write_value_on_one(net: &Net, node: &str, key: &str, value: &[u8]) {
-    let req = KvRequest::Coordinate {
-        tenant: "t3".into(),
-        key: key.into(),
-        value: Some(value.to_vec()),
-        idem: None,
-        keep: true,
+    coordinate_on_one(net, node, key, value, None).await;
+}
+
+/// Coordinates a write of `value` to `key` (tenant t3) on `node`'s replica alone, under the
+/// client's idempotency key `idem` if given: its clock, versions and record.
+async fn coordinate_on_one(
+    net: &Net,
+    node: &str,
+    key: &str,
+    value: &[u8],
+    idem: Option<&str>,
+) -> (VClock, Vec<Version>, Option<IdemRecord>) {
+    use tessera_shell::kv_coordinator::request_hash;
+    let idem =
+        idem.map(|i| IdemKey { key: i.into(), request_hash: request_hash("t3", key, Some(value)), fresh: false });
+    let req =
+        KvRequest::Coordinate { tenant: "t3".into(), key: key.into(), value: Some(value.to_vec()), idem, keep: true };
+    let KvResponse::Coordinated { clock, versions, idem, .. } = replica(net, node, req).await else {
+        panic!("not coordinated")
     };
-    let KvResponse::Coordinated { .. } = replica(net, node, req).await else { panic!("not coordinated") };
+    (clock, versions, idem)
 }
 
 fn in_sync(r: &AntiEntropyReport) -> bool {
@@ -386,21 +401,9 @@ async fn a_bad_idempotency_key_is_refused_before_the_tenant_is_looked_up() {
 
 #[tokio::test]
 async fn a_replay_through_a_replica_that_missed_the_write_is_answered_by_one_that_holds_its_record() {
-    use tessera_core::kv::IdemKey;
-    use tessera_shell::kv_coordinator::request_hash;
     let net = start();
     // The first write of "op-1" reached n1 and n2 (a quorum) but not n3, which was down.
-    let idem = IdemKey { key: "op-1".into(), request_hash: request_hash("t3", "k", Some(b"v1")), fresh: false };
-    let first = KvRequest::Coordinate {
-        tenant: "t3".into(),
-        key: "k".into(),
-        value: Some(b"v1".to_vec()),
-        idem: Some(idem),
-        keep: true,
-    };
-    let KvResponse::Coordinated { clock, versions, idem: rec, .. } = replica(&net, "n1", first).await else {
-        panic!("not coordinated")
-    };
+    let (clock, versions, rec) = coordinate_on_one(&net, "n1", "k", b"v1", Some("op-1")).await;
     let apply = KvRequest::Apply { tenant: "t3".into(), key: "k".into(), versions, idem: rec };
     replica(&net, "n2", apply).await;
     assert!(held(&net, "n3", "t3", "k").await.is_empty());
@@ -423,8 +426,6 @@ async fn a_replay_through_a_replica_that_missed_the_write_is_answered_by_one_tha
 
 #[tokio::test]
 async fn a_replay_that_cannot_reach_a_record_holder_fails_rather_than_write_again() {
-    use tessera_core::kv::IdemKey;
-    use tessera_shell::kv_coordinator::request_hash;
     let net = start();
     let n3 = coordinator(&net, "n3");
     let far = n3.peers().now_ms() + 60_000;
@@ -435,15 +436,7 @@ async fn a_replay_that_cannot_reach_a_record_holder_fails_rather_than_write_agai
     assert!(held(&net, "n3", "t3", "k").await.is_empty(), "n3 wrote it anyway");
     net.down.lock().unwrap().clear();
     // n1 holds the first write and its record; the replay's coordination there gets no answer.
-    let idem = IdemKey { key: "op-1".into(), request_hash: request_hash("t3", "k", Some(b"v1")), fresh: false };
-    let first = KvRequest::Coordinate {
-        tenant: "t3".into(),
-        key: "k".into(),
-        value: Some(b"v1".to_vec()),
-        idem: Some(idem),
-        keep: true,
-    };
-    let KvResponse::Coordinated { clock, .. } = replica(&net, "n1", first).await else { panic!("not coordinated") };
+    let (clock, ..) = coordinate_on_one(&net, "n1", "k", b"v1", Some("op-1")).await;
     net.no_coordinate.lock().unwrap().insert("n1".into());
     let e = n3.write("t3", "k", Some(b"v1".to_vec()), Consistency::Quorum, "op-1".into(), far).await;
     assert!(matches!(&e, Err(CoreError::Unavailable(m)) if m.contains("holds the record")), "{e:?}");

@@ -334,8 +334,13 @@ where
     out
 }
 
+/// The sequence number a version's value carries (none for a delete).
+fn seq(v: &Version) -> Option<u64> {
+    std::str::from_utf8(v.value.as_deref()?).ok()?.parse().ok()
+}
+
 fn seqs(versions: &[Version]) -> Vec<u64> {
-    versions.iter().filter_map(|v| std::str::from_utf8(v.value.as_deref()?).ok()?.parse().ok()).collect()
+    versions.iter().filter_map(seq).collect()
 }
 
 /// Creates the workload's tenant (RF 3) before any fault.
@@ -384,8 +389,9 @@ async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
         s.attempted += 1;
         s.attempted
     };
-    // Some writes carry the client's own idempotency key, and are retried with it through
-    // another node when no answer came (or the answer was lost, or just once more).
+    // Some writes carry the client's own idempotency key, and are retried with it through a
+    // random node (maybe the same) when no answer came or the write was refused, and some
+    // acknowledged ones once more.
     let idem = if world.chance(0.3) { format!("c{client}-{key}-{seq}") } else { String::new() };
     let first = put(world, client, node, key, seq, consistency, &idem, "put").await;
     let first_acked = matches!(first, Some(Ok(_)));
@@ -489,7 +495,7 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
             let distinct: std::collections::BTreeSet<u64> = v
                 .iter()
                 .filter_map(|x| {
-                    let s: u64 = std::str::from_utf8(x.value.as_deref()?).ok()?.parse().ok()?;
+                    let s = seq(x)?;
                     let acked = match state.twins.get(&s) {
                         Some(clock) => *clock == x.clock,
                         None => state.acked.contains(&s),

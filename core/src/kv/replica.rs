@@ -74,6 +74,13 @@ pub struct IdemRecord {
 }
 
 impl IdemRecord {
+    /// Whether `versions` (a replica's copy of the key) hold this record's write or a
+    /// successor. A record without either is left from copies the replica discarded (it
+    /// stopped replicating the key for a while) and cannot answer a replay.
+    fn write_held_in(&self, versions: &[Version]) -> bool {
+        versions.iter().any(|v| matches!(v.clock.compare(&self.clock), Causal::After | Causal::Equal))
+    }
+
     fn encode(&self) -> Vec<u8> {
         self.clock.encode(Encoder::new().str(&self.key).bytes(&self.request_hash)).u64(self.expires_ms).finish()
     }
@@ -409,8 +416,7 @@ impl KvMachine {
         let Some(rec) = Self::stored_idem(store, tenant, idem)? else {
             return Ok(KvResponse::Idem { record: None, held: false });
         };
-        let current = Self::versions(store, tenant, key)?.unwrap_or_default();
-        let held = current.iter().any(|v| matches!(v.clock.compare(&rec.clock), Causal::After | Causal::Equal));
+        let held = rec.write_held_in(&Self::versions(store, tenant, key)?.unwrap_or_default());
         Ok(KvResponse::Idem { record: Some(rec), held })
     }
 
@@ -476,10 +482,7 @@ impl KvMachine {
                     // holding the write, or one that coordinates it on what it has seen).
                     if let Some(rec) = &held
                         && rec.request_hash == i.request_hash
-                        && !current
-                            .iter()
-                            .flatten()
-                            .any(|v| matches!(v.clock.compare(&rec.clock), Causal::After | Causal::Equal))
+                        && !rec.write_held_in(current.as_deref().unwrap_or_default())
                     {
                         return Err(CoreError::Unavailable(format!(
                             "this replica no longer holds the write of idempotency key {:?} (it stopped \
