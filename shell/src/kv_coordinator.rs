@@ -699,8 +699,7 @@ impl<P: Peers> KvCoordinator<P> {
     /// Which of the key's replicas (an index into its targets) holds the record of the
     /// client's idempotency key `idem` with its write, asking them all at once and waiting
     /// for a quorum of each replica set to say "none" (a record a quorum acknowledged is
-    /// then seen, unless a layout change has moved the key since: hand-over moves versions,
-    /// not records). A record of the key for another request is FAILED_PRECONDITION at once;
+    /// then seen: a layout change's hand-over takes records to the key's new owners). A record of the key for another request is FAILED_PRECONDITION at once;
     /// fewer answers than a quorum is UNAVAILABLE (also for writes at `one`: their replays
     /// must be told apart too).
     async fn record_holder(
@@ -1076,8 +1075,63 @@ impl<P: Peers> KvCoordinator<P> {
                 reported = moved;
             }
         }
+        if let Err(e) = self.hand_over_records(&placement, &me, only.as_deref()).await {
+            let _ = self.meta(report(moved, false, &handed), until()).await;
+            return Err(e);
+        }
         self.meta(report(moved, true, &handed), until()).await?;
         Ok(Some(moved))
+    }
+
+    /// Sends the live idempotency records this node holds (of `only` that tenant's keys, when
+    /// given) to the owners their keys gain, after the keys themselves: a replay through any
+    /// node is then still told apart once the change completes and only the new owners are
+    /// asked. A new owner keeps a record when it holds the record's write. Not resumed after
+    /// a crash: a pass sends them all again, and an owner keeps a record once. A page's
+    /// records go out together, so the peer links carry them in batches.
+    async fn hand_over_records(&self, placement: &Placement, me: &str, only: Option<&str>) -> CoreResult<()> {
+        let mut after = only.map(|t| (t.to_owned(), String::new()));
+        loop {
+            let req = KvRequest::Records { after: after.clone(), limit: 256 };
+            let (found, last) = match self.peers.send(me, req, PEER_TIMEOUT_MS).await {
+                Ok(Ok(KvResponse::Records { found, last })) => (found, last),
+                Ok(Err(e)) => return Err(e),
+                _ => return Err(CoreError::Unavailable("this node's replica did not list its records".into())),
+            };
+            let now = self.peers.now_ms();
+            let mut sends = Vec::new();
+            for (tenant, key, rec) in found {
+                if only.is_some_and(|t| t != tenant) {
+                    return Ok(());
+                }
+                if rec.expires_ms <= now {
+                    continue;
+                }
+                let rf = self.tenant(&tenant, now + PEER_TIMEOUT_MS).await?.replication_factor as usize;
+                for target in placement.handoff_targets(me, &tenant, &key, rf) {
+                    let req = KvRequest::Apply {
+                        tenant: tenant.clone(),
+                        key: key.clone(),
+                        versions: vec![],
+                        idem: Some(rec.clone()),
+                    };
+                    let call = self.peers.send_at(&target, req, placement.version, PEER_TIMEOUT_MS);
+                    sends.push(async move { (target, call.await) });
+                }
+            }
+            for (target, out) in futures_util::future::join_all(sends).await {
+                let refused = match out {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.0,
+                };
+                return Err(CoreError::Unavailable(format!("new owner {target} (idempotency records): {refused}")));
+            }
+            match last {
+                Some(l) => after = Some(l),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// How many keys this node holds: all of them, or `tenant`'s (counted a page at a time).

@@ -56,6 +56,9 @@ pub struct KvModel {
     /// The smallest factor the tenant was asked to take (it may apply at any moment after
     /// the ask), below its first of 3: a write's acknowledgements are counted against it.
     smallest_factor: Option<u32>,
+    /// Acknowledged writes with the client's own idempotency key (key, sequence number,
+    /// consistency, idempotency key), which clients replay later, maybe after a layout change.
+    replayable: Vec<(String, u64, Consistency, String)>,
 }
 
 /// One node's view of the others, over the simulated network.
@@ -373,7 +376,9 @@ pub async fn client(world: Arc<World>, client: usize, until_ms: u64) {
     while world.elapsed_ms() < until_ms {
         let key = format!("c{client}-k{}", world.rng_below(KEYS_PER_CLIENT as u64));
         let node = world.rng_below(world.opts.all_nodes() as u64) as usize;
-        if world.chance(0.55) {
+        if world.chance(0.04) {
+            late_replay(&world, client, node).await;
+        } else if world.chance(0.55) {
             write(&world, client, node, &key).await;
         } else {
             read(&world, client, node, &key).await;
@@ -395,16 +400,18 @@ async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
     let idem = if world.chance(0.3) { format!("c{client}-{key}-{seq}") } else { String::new() };
     let first = put(world, client, node, key, seq, consistency, &idem, "put").await;
     let first_acked = matches!(first, Some(Ok(_)));
+    if first_acked && !idem.is_empty() {
+        world.lock().kv.replayable.push((key.to_owned(), seq, consistency, idem.clone()));
+    }
     if idem.is_empty() || (first_acked && !world.chance(0.3)) {
         return;
     }
     let other = world.rng_below(world.opts.all_nodes() as u64) as usize;
     let again = put(world, client, other, key, seq, consistency, &idem, "replay").await;
     // A replay of an acknowledged write is a duplicate, whichever node it comes through: the
-    // replicas that acknowledged it hold its record, and a quorum of any set meets them.
-    // (Not checked while layouts change: a hand-over moves versions, not records.)
+    // replicas that acknowledged it hold its record, a hand-over takes it to new owners, and
+    // a quorum of any set meets them.
     if first_acked
-        && !world.opts.layout_changes
         && let Some(Ok(w)) = &again
         && !w.duplicate
     {
@@ -415,6 +422,25 @@ async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
         && !w.duplicate
     {
         world.lock().kv.keys.entry(key.to_owned()).or_default().twins.insert(seq, w.clock.clone());
+    }
+}
+
+/// Replays an acknowledged write with the client's own idempotency key, from any client,
+/// through `node`, however long ago it was written and whatever moved since: it must be a
+/// duplicate (its record lives a day, and follows its key to new owners).
+async fn late_replay(world: &Arc<World>, client: usize, node: usize) {
+    let n = world.lock().kv.replayable.len() as u64;
+    if n == 0 {
+        return;
+    }
+    let i = world.rng_below(n) as usize;
+    let (key, seq, consistency, idem) = world.lock().kv.replayable[i].clone();
+    if let Some(Ok(w)) = put(world, client, node, &key, seq, consistency, &idem, "late replay").await
+        && !w.duplicate
+    {
+        world.violation(format!(
+            "kv late replay of acknowledged put {key}={seq} (key {idem:?}) was taken for a new write"
+        ));
     }
 }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! v <tenant> 0 <key>            -> versions (siblings) of a key
 //! t <tenant>                    -> tenant record
-//! i <tenant> 0 <idem key>       -> idempotency record
+//! i <tenant> 0 <idem key>       -> idempotency record (and its write's key)
 //! e <expires:u64> <i-key>       -> ()   (idempotency records by expiry)
 //! h <target> 0 <seq:u64>        -> hint for a replica that did not answer
 //! #keys, #hints, #hbytes, #hseq -> counters
@@ -20,7 +20,16 @@ pub const VALUE_PREFIX: &[u8] = b"v";
 
 /// (tenant, key) of a value key.
 pub fn split_value(k: &[u8]) -> Option<(String, String)> {
-    let rest = k.strip_prefix(VALUE_PREFIX)?;
+    split(k, VALUE_PREFIX)
+}
+
+/// (tenant, idempotency key) of a record's key.
+pub fn split_idempotency(k: &[u8]) -> Option<(String, String)> {
+    split(k, IDEM_PREFIX)
+}
+
+fn split(k: &[u8], prefix: &[u8]) -> Option<(String, String)> {
+    let rest = k.strip_prefix(prefix)?;
     let cut = rest.iter().position(|b| *b == 0)?;
     let tenant = std::str::from_utf8(&rest[..cut]).ok()?;
     let key = std::str::from_utf8(&rest[cut + 1..]).ok()?;
@@ -34,8 +43,10 @@ pub fn value(tenant: &str, key: &str) -> Vec<u8> {
     k
 }
 
+pub const IDEM_PREFIX: &[u8] = b"i";
+
 pub fn idempotency(tenant: &str, key: &str) -> Vec<u8> {
-    let mut k = vec![b'i'];
+    let mut k = IDEM_PREFIX.to_vec();
     part(&mut k, tenant);
     k.extend_from_slice(key.as_bytes());
     k

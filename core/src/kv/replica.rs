@@ -81,18 +81,25 @@ impl IdemRecord {
         versions.iter().any(|v| matches!(v.clock.compare(&self.clock), Causal::After | Causal::Equal))
     }
 
-    fn encode(&self) -> Vec<u8> {
-        self.clock.encode(Encoder::new().str(&self.key).bytes(&self.request_hash)).u64(self.expires_ms).finish()
+    /// As stored, with the key its write went to (hand-over finds where a record belongs by it).
+    fn encode(&self, data_key: &str) -> Vec<u8> {
+        self.clock
+            .encode(Encoder::new().str(&self.key).bytes(&self.request_hash))
+            .u64(self.expires_ms)
+            .str(data_key)
+            .finish()
     }
 
-    fn decode(buf: &[u8]) -> Result<IdemRecord, StoreError> {
+    /// A stored record and its write's key (`None` for one stored before records kept it).
+    fn decode(buf: &[u8]) -> Result<(IdemRecord, Option<String>), StoreError> {
         let mut d = Decoder::new(KEYSPACE, buf);
         let key = d.string()?;
         let request_hash = d.bytes()?.to_vec();
         let clock = VClock::decode(&mut d)?;
         let expires_ms = d.u64()?;
+        let data_key = if d.is_empty() { None } else { Some(d.string()?) };
         d.end()?;
-        Ok(IdemRecord { key, request_hash, clock, expires_ms, fresh: false })
+        Ok((IdemRecord { key, request_hash, clock, expires_ms, fresh: false }, data_key))
     }
 }
 
@@ -170,6 +177,12 @@ pub enum KvRequest {
         after: Option<(String, String)>,
         limit: usize,
     },
+    /// Hand-over: up to `limit` live idempotency records this node holds after `after`
+    /// (tenant, idempotency key), each with its write's key, so they can follow their keys.
+    Records {
+        after: Option<(String, String)>,
+        limit: usize,
+    },
     /// Anti-entropy: like `Scan`, with a 16-byte digest of each key's versions in place of
     /// the versions (no values leave the replica).
     Digests {
@@ -215,6 +228,7 @@ impl KvRequest {
             KvRequest::Fence { .. } => "Fence",
             KvRequest::Scan { .. } => "Scan",
             KvRequest::Digests { .. } => "Digests",
+            KvRequest::Records { .. } => "Records",
             KvRequest::HintTargets => "HintTargets",
             KvRequest::TenantKeys { .. } => "TenantKeys",
             KvRequest::Placed { .. } => "Placed",
@@ -231,6 +245,7 @@ impl KvRequest {
             KvRequest::Fence { .. }
                 | KvRequest::Placed { .. }
                 | KvRequest::Discard { .. }
+                | KvRequest::Records { .. }
                 | KvRequest::Hint { .. }
                 | KvRequest::Hints { .. }
                 | KvRequest::HintsDelivered { .. }
@@ -265,6 +280,12 @@ pub enum KvResponse {
     Placed(u64),
     /// How many copies a `Discard` removed.
     Discarded(u64),
+    /// A `Records` page: (tenant, write's key, record) of each live record, and the last
+    /// record scanned, to go on after (`None` at the end).
+    Records {
+        found: Vec<(String, String, IdemRecord)>,
+        last: Option<(String, String)>,
+    },
     /// How many keys a `TenantKeys` found, and the last of them when there may be more.
     Count(u64, Option<String>),
     /// The idempotency record an `IdemLookup` found, and whether this replica also holds
@@ -422,7 +443,7 @@ impl KvMachine {
 
     fn stored_idem(store: &dyn StoreRead, tenant: &str, key: &str) -> CoreResult<Option<IdemRecord>> {
         let Some(buf) = store.get(KEYSPACE, &keys::idempotency(tenant, key))? else { return Ok(None) };
-        Ok(Some(IdemRecord::decode(&buf)?))
+        Ok(Some(IdemRecord::decode(&buf)?.0))
     }
 
     /// Keeps a coordination's idempotency key in memory until its record is applied here,
@@ -439,10 +460,36 @@ impl KvMachine {
         self.pending.insert((tenant.to_owned(), r.key.clone()), (r.clone(), versions.to_vec(), now));
     }
 
-    fn remember(batch: &mut WriteBatch, tenant: &str, r: &IdemRecord) {
+    fn remember(batch: &mut WriteBatch, tenant: &str, data_key: &str, r: &IdemRecord) {
         let k = keys::idempotency(tenant, &r.key);
         batch.put(KEYSPACE, keys::expiry(r.expires_ms, &k), Vec::new());
-        batch.put(KEYSPACE, k, r.encode());
+        batch.put(KEYSPACE, k, r.encode(data_key));
+    }
+
+    /// Up to `limit` records after `after` (tenant, idempotency key), each with its tenant
+    /// and its write's key, and the last record scanned (`None` at the end). Records stored
+    /// before they kept their write's key are passed over; expired ones are not (the caller
+    /// knows the time).
+    fn records(store: &dyn StoreRead, after: Option<(String, String)>, limit: usize) -> Result<KvResponse, StoreError> {
+        let after_key = after.map(|(t, i)| keys::idempotency(&t, &i));
+        let rows = store.prefix(KEYSPACE, keys::IDEM_PREFIX, after_key.as_deref(), limit.clamp(1, 1000))?;
+        let last = match rows.last() {
+            Some((k, _)) => Some(
+                keys::split_idempotency(k)
+                    .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad record key".into() })?,
+            ),
+            None => None,
+        };
+        let mut found = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let (rec, data_key) = IdemRecord::decode(&v)?;
+            if let Some(data_key) = data_key
+                && let Some((tenant, _)) = keys::split_idempotency(&k)
+            {
+                found.push((tenant, data_key, rec));
+            }
+        }
+        Ok(KvResponse::Records { found, last })
     }
 
     /// A kept coordination's writes: `versions` merged into the key as this replica's copy,
@@ -459,7 +506,7 @@ impl KvMachine {
         rec: Option<&IdemRecord>,
     ) -> Result<Vec<Version>, StoreError> {
         if let Some(r) = rec.filter(|r| r.expires_ms > now) {
-            Self::remember(batch, tenant, r);
+            Self::remember(batch, tenant, key, r);
         }
         Self::merge(store, batch, tenant, key, current, versions)
     }
@@ -559,8 +606,18 @@ impl KvMachine {
                 }
                 let current = Self::versions_for_update(store, &tenant, &key)?;
                 if versions.is_empty() {
-                    // Nothing to merge (a replay of a key this replica never held).
-                    return Ok((KvResponse::Versions(current.unwrap_or_default()), batch));
+                    // Nothing to merge: a replay of a key this replica never held, or a record
+                    // handed over on its own, kept when this replica holds its write (a record
+                    // without it could not answer a replay) and no live record of its key.
+                    let current = current.unwrap_or_default();
+                    if let Some(r) = idem
+                        && r.expires_ms > now
+                        && r.write_held_in(&current)
+                        && self.idem(store, now, &tenant, &r.key)?.is_none()
+                    {
+                        Self::remember(&mut batch, &tenant, &key, &r);
+                    }
+                    return Ok((KvResponse::Versions(current), batch));
                 }
                 let merged = Self::merge(store, &mut batch, &tenant, &key, current, &versions)?;
                 if let Some(r) = &idem {
@@ -570,7 +627,7 @@ impl KvMachine {
                     && r.expires_ms > now
                     && (r.fresh || self.idem(store, now, &tenant, &r.key)?.is_none())
                 {
-                    Self::remember(&mut batch, &tenant, &r);
+                    Self::remember(&mut batch, &tenant, &key, &r);
                 }
                 Ok((KvResponse::Versions(merged), batch))
             }
@@ -640,6 +697,7 @@ impl KvMachine {
                 let out = Self::scan(store, after, limit, |versions| digest(&versions))?;
                 Ok((KvResponse::Digests(out), batch))
             }
+            KvRequest::Records { after, limit } => Ok((Self::records(store, after, limit)?, batch)),
             KvRequest::Fence { version } => {
                 let floor = count(store, keys::FENCE_FLOOR)?;
                 if version > floor {
@@ -768,7 +826,7 @@ impl KvMachine {
                 Some((at, ikey)) if at <= now => {
                     // A newer record under the same key has its own expiry entry.
                     if let Some(buf) = store.get(KEYSPACE, ikey)?
-                        && IdemRecord::decode(&buf)?.expires_ms <= now
+                        && IdemRecord::decode(&buf)?.0.expires_ms <= now
                     {
                         batch.delete(KEYSPACE, ikey.to_vec());
                     }
@@ -853,6 +911,7 @@ impl Machine for KvMachine {
                 | KvRequest::Stats
                 | KvRequest::Scan { .. }
                 | KvRequest::Digests { .. }
+                | KvRequest::Records { .. }
                 | KvRequest::TenantKeys { .. }
         );
         (self.token, self.early, self.keeps) = (token, false, false);
@@ -898,6 +957,7 @@ impl Machine for KvMachine {
                     .map(KvResponse::Digests)
                     .map_err(Into::into)
             }
+            KvRequest::Records { after, limit } => Self::records(store, after.clone(), *limit).map_err(Into::into),
             _ => return None,
         };
         Some(match out {
@@ -930,6 +990,25 @@ mod tests {
         let new =
             Encoder::new().u64(5).str("t").str("k").bytes(&encode_versions(std::slice::from_ref(&v))).u64(9).finish();
         assert_eq!(decode_hint(&new).unwrap().4, 9);
+    }
+}
+
+#[cfg(test)]
+mod record_format_tests {
+    use super::*;
+
+    #[test]
+    fn a_record_stored_before_records_kept_their_writes_key_still_reads() {
+        let rec = IdemRecord {
+            key: "op".into(),
+            request_hash: vec![1],
+            clock: VClock([("n1".to_owned(), 2)].into()),
+            expires_ms: 9,
+            fresh: false,
+        };
+        let old = rec.clock.encode(Encoder::new().str("op").bytes(&[1])).u64(9).finish();
+        assert_eq!(IdemRecord::decode(&old).unwrap(), (rec.clone(), None));
+        assert_eq!(IdemRecord::decode(&rec.encode("k")).unwrap(), (rec, Some("k".to_owned())));
     }
 }
 
@@ -1137,5 +1216,57 @@ mod mint_tests {
         let mut restarted = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
         let again = step(&mut restarted, &store, 0, write(false, true));
         assert!(matches!(&again.replies[0].1, Ok(KvResponse::Coordinated { duplicate: true, .. })));
+    }
+
+    #[test]
+    fn records_are_listed_with_their_keys_and_a_handed_over_one_is_kept_only_with_its_write() {
+        let (old, new) = (MemStore::new(), MemStore::new());
+        let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+        let mut n = KvMachine::new(KvConfig { node_id: "n4".into(), idempotency_ttl_ms: 1000 });
+        let write = |key: &str, idem: &str| KvRequest::Coordinate {
+            tenant: "t".into(),
+            key: key.into(),
+            value: Some(b"a".to_vec()),
+            idem: Some(IdemKey { key: idem.into(), request_hash: vec![1], fresh: false }),
+            keep: true,
+        };
+        let mut versions = BTreeMap::new();
+        for (token, (key, idem)) in [("k1", "op-a"), ("k2", "op-b"), ("k3", "op-c")].into_iter().enumerate() {
+            let out = step(&mut m, &old, token as ClientToken, write(key, idem));
+            let Ok(KvResponse::Coordinated { versions: v, .. }) = &out.replies[0].1 else { panic!("not coordinated") };
+            versions.insert(key, v.clone());
+        }
+        // Listed a page at a time, each with the key its write went to.
+        let list = |after| match KvMachine::read_only(&KvRequest::Records { after, limit: 2 }, &old) {
+            Some(Ok(Ok(KvResponse::Records { found, last }))) => (found, last),
+            other => panic!("{other:?}"),
+        };
+        let (first, last) = list(None);
+        let listed: Vec<_> = first.iter().map(|(t, k, r)| (t.as_str(), k.as_str(), r.key.as_str())).collect();
+        assert_eq!(listed, [("t", "k1", "op-a"), ("t", "k2", "op-b")]);
+        assert_eq!(last, Some(("t".into(), "op-b".into())));
+        let (second, last) = list(last);
+        assert_eq!(second.len(), 1);
+        assert_eq!(list(last), (vec![], None));
+        // A new owner that holds k1's write keeps its record: a replay there is a duplicate.
+        let apply = |key: &str, versions: Vec<Version>, rec: Option<IdemRecord>| KvRequest::Apply {
+            tenant: "t".into(),
+            key: key.into(),
+            versions,
+            idem: rec,
+        };
+        step(&mut n, &new, 10, apply("k1", versions["k1"].clone(), None));
+        step(&mut n, &new, 11, apply("k1", vec![], Some(first[0].2.clone())));
+        let replay = step(&mut n, &new, 12, write("k1", "op-a"));
+        assert!(matches!(&replay.replies[0].1, Ok(KvResponse::Coordinated { duplicate: true, clock, .. })
+                if Some(clock) == versions["k1"].first().map(|v| &v.clock)));
+        // One that does not hold k2's write does not: the record could not answer a replay.
+        let kept = step(&mut n, &new, 13, apply("k2", vec![], Some(first[1].2.clone())));
+        assert!(kept.writes.is_empty());
+        let lookup = KvRequest::IdemLookup { tenant: "t".into(), key: "k2".into(), idem: "op-b".into() };
+        assert!(matches!(
+            KvMachine::read_only(&lookup, &new),
+            Some(Ok(Ok(KvResponse::Idem { record: None, held: false })))
+        ));
     }
 }

@@ -59,19 +59,26 @@ fn opt_bytes(e: Encoder, v: &Option<Vec<u8>>) -> Encoder {
     }
 }
 
-fn scan(e: Encoder, after: &Option<(String, String)>, limit: usize) -> Encoder {
-    let e = match after {
+fn pair(e: Encoder, p: &Option<(String, String)>) -> Encoder {
+    match p {
         Some((t, k)) => e.u8(1).str(t).str(k),
         None => e.u8(0),
-    };
-    e.u64(limit as u64)
+    }
+}
+
+fn read_pair(d: &mut Decoder<'_>) -> Result<Option<(String, String)>, StoreError> {
+    Ok(match d.u8()? {
+        0 => None,
+        _ => Some((d.string()?, d.string()?)),
+    })
+}
+
+fn scan(e: Encoder, after: &Option<(String, String)>, limit: usize) -> Encoder {
+    pair(e, after).u64(limit as u64)
 }
 
 fn read_scan(d: &mut Decoder<'_>) -> Result<(Option<(String, String)>, usize), StoreError> {
-    let after = match d.u8()? {
-        0 => None,
-        _ => Some((d.string()?, d.string()?)),
-    };
+    let after = read_pair(d)?;
     Ok((after, d.u64()?.min(1000) as usize))
 }
 
@@ -99,6 +106,7 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
         KvRequest::Stats => e.u8(9),
         KvRequest::Scan { after, limit } => scan(e.u8(10), after, *limit),
         KvRequest::Digests { after, limit } => scan(e.u8(11), after, *limit),
+        KvRequest::Records { after, limit } => scan(e.u8(18), after, *limit),
         KvRequest::Fence { version } => e.u8(12).u64(*version),
         KvRequest::HintTargets => e.u8(13),
         KvRequest::Placed { version } => e.u8(14).u64(*version),
@@ -151,6 +159,10 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
         11 => {
             let (after, limit) = read_scan(&mut d)?;
             KvRequest::Digests { after, limit }
+        }
+        18 => {
+            let (after, limit) = read_scan(&mut d)?;
+            KvRequest::Records { after, limit }
         }
         12 => KvRequest::Fence { version: d.u64()? },
         13 => KvRequest::HintTargets,
@@ -231,6 +243,13 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
             }
             e
         }
+        Ok(KvResponse::Records { found, last }) => {
+            let mut e = e.u8(16).u64(found.len() as u64);
+            for (t, k, r) in found {
+                e = idem_record(e.str(t).str(k), &Some(r.clone()));
+            }
+            pair(e, last)
+        }
     }
     .finish()
 }
@@ -300,6 +319,19 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
         12 => Ok(KvResponse::Placed(d.u64()?)),
         13 => Ok(KvResponse::Discarded(d.u64()?)),
         15 => Ok(KvResponse::Idem { record: read_idem_record(&mut d)?, held: d.u8()? != 0 }),
+        16 => {
+            let n = d.u64()?;
+            let mut found = Vec::with_capacity(n.min(1000) as usize);
+            for _ in 0..n {
+                let (t, k) = (d.string()?, d.string()?);
+                let rec = read_idem_record(&mut d)?.ok_or_else(|| StoreError::Corrupt {
+                    keyspace: WHAT,
+                    reason: "a records page without a record".into(),
+                })?;
+                found.push((t, k, rec));
+            }
+            Ok(KvResponse::Records { found, last: read_pair(&mut d)? })
+        }
         14 => {
             let n = d.u64()?;
             let last = match d.u8()? {
@@ -360,6 +392,7 @@ mod tests {
             KvRequest::Stats,
             KvRequest::Scan { after: Some(("t".into(), "k".into())), limit: 5 },
             KvRequest::Digests { after: None, limit: 7 },
+            KvRequest::Records { after: Some(("t".into(), "op-1".into())), limit: 9 },
             KvRequest::Fence { version: 4 },
             KvRequest::HintTargets,
             KvRequest::Placed { version: 6 },
@@ -377,6 +410,11 @@ mod tests {
                 duplicate: true,
                 idem: Some(rec.clone()),
             }),
+            Ok(KvResponse::Records {
+                found: vec![("t".into(), "k".into(), IdemRecord { fresh: false, ..rec.clone() })],
+                last: Some(("t".into(), "op-2".into())),
+            }),
+            Ok(KvResponse::Records { found: vec![], last: None }),
             Ok(KvResponse::Idem { record: Some(IdemRecord { fresh: false, ..rec }), held: true }),
             Ok(KvResponse::Idem { record: None, held: false }),
             Ok(KvResponse::Hints(vec![Hint {
