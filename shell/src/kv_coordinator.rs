@@ -674,12 +674,15 @@ impl<P: Peers> KvCoordinator<P> {
         // quorum, one of them shows it; then the write is coordinated once more with that
         // version as context, so a later write supersedes an earlier one instead of standing
         // beside it as a sibling. Only truly concurrent writes stay siblings.
-        let missed: Vec<Version> =
-            held.into_iter().flatten().filter(|v| v.clock.compare(&clock) == Causal::Concurrent).collect();
+        let held: Vec<Version> = held.into_iter().flatten().collect();
         // A replay too: its first copy may never have been replicated (a copy the network
         // duplicated, or a coordinator that crashed), and it must not stand beside a write
-        // acknowledged before it.
-        if targets.met(&acked) && !missed.is_empty() {
+        // acknowledged before it. Unless a later write supersedes it already: a replay of a
+        // write since overwritten (at quorum, so a replica here shows it) changes nothing;
+        // writing its value again would undo the later write.
+        let overwritten = duplicate && held.iter().any(|v| v.clock.compare(&clock) == Causal::After);
+        let missed: Vec<Version> = held.into_iter().filter(|v| v.clock.compare(&clock) == Causal::Concurrent).collect();
+        if targets.met(&acked) && !missed.is_empty() && !overwritten {
             (clock, acked) = self.supersede(tenant_id, key, value, &targets, coord, missed, until_ms).await?;
         }
         if !targets.met(&acked) {

@@ -448,3 +448,29 @@ async fn a_replay_that_cannot_reach_a_record_holder_fails_rather_than_write_agai
     let again = n3.write("t3", "k", Some(b"v1".to_vec()), Consistency::Quorum, "op-1".into(), far).await.unwrap();
     assert!(again.duplicate && again.clock == clock, "{again:?}");
 }
+
+#[tokio::test]
+async fn a_late_replay_of_a_write_since_overwritten_changes_nothing() {
+    let net = start();
+    let (n1, n3) = (coordinator(&net, "n1"), coordinator(&net, "n3"));
+    let far = n1.peers().now_ms() + 60_000;
+    let first = n1.write("t3", "k", Some(b"v1".to_vec()), Consistency::Quorum, "op-1".into(), far).await.unwrap();
+    let later = n1.write("t3", "k", Some(b"v2".to_vec()), Consistency::Quorum, String::new(), far).await.unwrap();
+    // A version concurrent with both, from a coordinator that saw neither: without the
+    // overwrite check, the replay would supersede it, and the later write with it.
+    let orphan = Version { clock: VClock([("n9".to_owned(), 1)].into()), ts_ms: 1, value: Some(b"x".to_vec()) };
+    for n in NODES {
+        let apply =
+            KvRequest::Apply { tenant: "t3".into(), key: "k".into(), versions: vec![orphan.clone()], idem: None };
+        replica(&net, n, apply).await;
+    }
+    let again = n3.write("t3", "k", Some(b"v1".to_vec()), Consistency::Quorum, "op-1".into(), far).await.unwrap();
+    assert!(again.duplicate && again.clock == first.clock, "{again:?}");
+    for n in NODES {
+        let mut clocks: Vec<_> = held(&net, n, "t3", "k").await.into_iter().map(|v| v.clock).collect();
+        clocks.sort();
+        let mut want = vec![later.clock.clone(), orphan.clock.clone()];
+        want.sort();
+        assert_eq!(clocks, want, "{n}: the replay wrote v1 again over v2");
+    }
+}
