@@ -21,7 +21,7 @@ use std::time::Duration;
 use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::quorum::Consistency;
 use tessera_core::kv::ring::DEFAULT_VNODES;
-use tessera_core::kv::{KvRequest, KvResponse, Version};
+use tessera_core::kv::{Causal, KvRequest, KvResponse, Version};
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult};
 use tessera_shell::kv_coordinator::{BoxFuture, KeptResult, PeerResult, Peers, Unreachable, ViewCell, Written};
@@ -40,14 +40,23 @@ pub struct KeyState {
     last_acked: u64,
     /// Highest sequence number sent (acknowledged or not).
     attempted: u64,
-    /// Every sequence number acknowledged at quorum or all.
-    acked: std::collections::BTreeSet<u64>,
-    /// Writes acknowledged only by a replay that found no record of them (the first attempt
-    /// got no answer, or failed, and its record reached no quorum), with the clock the
-    /// replay was acknowledged with: a copy the first attempt left on some replica is another
-    /// version of the same value, unacknowledged, and may stand beside later writes as any
-    /// unacknowledged write may.
-    twins: BTreeMap<u64, tessera_core::kv::VClock>,
+    /// The clocks each acknowledged write or delete was acknowledged with: the acknowledged
+    /// version is the one with that clock. A write may leave other versions of its value,
+    /// unacknowledged, which may stand beside later writes as any unacknowledged write may:
+    /// a coordination whose answer was lost, before another replica coordinated it; a request
+    /// the network duplicated; a first attempt whose replay found no record and wrote anew.
+    /// And a delete's tombstone carries no sequence number: its clock is how a read shows it.
+    clocks: BTreeMap<u64, Vec<tessera_core::kv::VClock>>,
+}
+
+impl KeyState {
+    /// The acknowledged write or delete `v` is, if it is one.
+    fn acked_as(&self, v: &Version) -> Option<u64> {
+        match seq(v) {
+            Some(s) => self.clocks.get(&s).is_some_and(|cs| cs.contains(&v.clock)).then_some(s),
+            None => self.clocks.iter().find(|(_, cs)| cs.contains(&v.clock)).map(|(s, _)| *s),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -56,9 +65,9 @@ pub struct KvModel {
     /// The smallest factor the tenant was asked to take (it may apply at any moment after
     /// the ask), below its first of 3: a write's acknowledgements are counted against it.
     smallest_factor: Option<u32>,
-    /// Acknowledged writes with the client's own idempotency key (key, sequence number,
-    /// consistency, idempotency key), which clients replay later, maybe after a layout change.
-    replayable: Vec<(String, u64, Consistency, String)>,
+    /// Acknowledged writes with the client's own idempotency key, which clients replay
+    /// later, maybe after a layout change.
+    replayable: Vec<Put>,
 }
 
 /// One node's view of the others, over the simulated network.
@@ -346,6 +355,15 @@ fn seqs(versions: &[Version]) -> Vec<u64> {
     versions.iter().filter_map(seq).collect()
 }
 
+/// A read's versions for the trace: the values' numbers, and how many tombstones.
+fn shown_versions(versions: &[Version]) -> String {
+    let deletes = versions.iter().filter(|v| v.value.is_none()).count();
+    match deletes {
+        0 => format!("{:?}", seqs(versions)),
+        n => format!("{:?} and {n} deleted", seqs(versions)),
+    }
+}
+
 /// Creates the workload's tenant (RF 3) before any fault.
 pub async fn setup(world: &Arc<World>) {
     for attempt in 0..20 {
@@ -386,8 +404,21 @@ pub async fn client(world: Arc<World>, client: usize, until_ms: u64) {
     }
 }
 
+/// One write or delete of a client's key, as sent (and sent again).
+#[derive(Debug, Clone)]
+struct Put {
+    key: String,
+    /// The write's place in the key's sequence; a write's value is this number.
+    seq: u64,
+    delete: bool,
+    consistency: Consistency,
+    /// The client's idempotency key, or empty (the server generates one).
+    idem: String,
+}
+
 async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
     let consistency = if world.chance(0.15) { Consistency::All } else { Consistency::Quorum };
+    let delete = world.chance(0.15);
     let seq = {
         let mut w = world.lock();
         let s = w.kv.keys.entry(key.to_owned()).or_default();
@@ -398,16 +429,17 @@ async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
     // random node (maybe the same) when no answer came or the write was refused, and some
     // acknowledged ones once more.
     let idem = if world.chance(0.3) { format!("c{client}-{key}-{seq}") } else { String::new() };
-    let first = put(world, client, node, key, seq, consistency, &idem, "put").await;
+    let op = Put { key: key.to_owned(), seq, delete, consistency, idem: idem.clone() };
+    let first = put(world, client, node, &op, "put").await;
     let first_acked = matches!(first, Some(Ok(_)));
     if first_acked && !idem.is_empty() {
-        world.lock().kv.replayable.push((key.to_owned(), seq, consistency, idem.clone()));
+        world.lock().kv.replayable.push(op.clone());
     }
     if idem.is_empty() || (first_acked && !world.chance(0.3)) {
         return;
     }
     let other = world.rng_below(world.opts.all_nodes() as u64) as usize;
-    let again = put(world, client, other, key, seq, consistency, &idem, "replay").await;
+    let again = put(world, client, other, &op, "replay").await;
     // A replay of an acknowledged write is a duplicate, whichever node it comes through: the
     // replicas that acknowledged it hold its record, a hand-over takes it to new owners, and
     // a quorum of any set meets them.
@@ -417,29 +449,25 @@ async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
     {
         world.violation(format!("kv replay of acknowledged put {key}={seq} (key {idem:?}) was taken for a new write"));
     }
-    if !first_acked
-        && let Some(Ok(w)) = &again
-        && !w.duplicate
-    {
-        world.lock().kv.keys.entry(key.to_owned()).or_default().twins.insert(seq, w.clock.clone());
-    }
 }
 
-/// Replays an acknowledged write with the client's own idempotency key, from any client,
-/// through `node`, however long ago it was written and whatever moved since: it must be a
-/// duplicate (its record lives a day, and follows its key to new owners).
+/// Replays one of this client's acknowledged writes with its own idempotency key through
+/// `node`, however long ago it was written and whatever moved since: it must be a duplicate
+/// (its record lives a day, and follows its key to new owners), and change nothing. (The
+/// client's own: a key is written by one client at a time, which the checks rely on.)
 async fn late_replay(world: &Arc<World>, client: usize, node: usize) {
-    let n = world.lock().kv.replayable.len() as u64;
-    if n == 0 {
+    let mine = format!("c{client}-");
+    let own: Vec<Put> = world.lock().kv.replayable.iter().filter(|p| p.key.starts_with(&mine)).cloned().collect();
+    if own.is_empty() {
         return;
     }
-    let i = world.rng_below(n) as usize;
-    let (key, seq, consistency, idem) = world.lock().kv.replayable[i].clone();
-    if let Some(Ok(w)) = put(world, client, node, &key, seq, consistency, &idem, "late replay").await
+    let op = own[world.rng_below(own.len() as u64) as usize].clone();
+    if let Some(Ok(w)) = put(world, client, node, &op, "late replay").await
         && !w.duplicate
     {
         world.violation(format!(
-            "kv late replay of acknowledged put {key}={seq} (key {idem:?}) was taken for a new write"
+            "kv late replay of acknowledged put {}={} (key {:?}) was taken for a new write",
+            op.key, op.seq, op.idem
         ));
     }
 }
@@ -447,21 +475,19 @@ async fn late_replay(world: &Arc<World>, client: usize, node: usize) {
 /// One attempt at writing `seq` to `key` through `node`; an acknowledgement is recorded in
 /// the model.
 #[allow(clippy::too_many_arguments)]
-async fn put(
-    world: &Arc<World>,
-    client: usize,
-    node: usize,
-    key: &str,
-    seq: u64,
-    consistency: Consistency,
-    idem: &str,
-    what: &str,
-) -> Option<CoreResult<Written>> {
-    let (k, i) = (key.to_owned(), idem.to_owned());
-    let out = on_node(world, client, node, move |c, until| async move {
-        c.write(TENANT, &k, Some(seq.to_string().into_bytes()), consistency, i, until).await
-    })
-    .await;
+async fn put(world: &Arc<World>, client: usize, node: usize, op: &Put, what: &str) -> Option<CoreResult<Written>> {
+    let (key, seq, consistency) = (op.key.as_str(), op.seq, op.consistency);
+    let (k, i) = (key.to_owned(), op.idem.clone());
+    let value = (!op.delete).then(|| seq.to_string().into_bytes());
+    let out =
+        on_node(
+            world,
+            client,
+            node,
+            move |c, until| async move { c.write(TENANT, &k, value, consistency, i, until).await },
+        )
+        .await;
+    let what = if op.delete { format!("{what} (delete)") } else { what.to_owned() };
     let shown = match &out {
         Some(Ok(w)) if w.duplicate => format!("acked by {} ({}), duplicate", w.acks, consistency.name()),
         Some(Ok(w)) => format!("acked by {} ({})", w.acks, consistency.name()),
@@ -479,13 +505,32 @@ async fn put(
         let mut g = world.lock();
         let s = g.kv.keys.entry(key.to_owned()).or_default();
         s.last_acked = s.last_acked.max(seq);
-        s.acked.insert(seq);
+        let clocks = s.clocks.entry(seq).or_default();
+        if !clocks.contains(&w.clock) {
+            clocks.push(w.clock.clone());
+        }
     }
     out
 }
 
+/// Whether a read's `versions` show the write or delete `must_see` (acknowledged with
+/// `clock`) or a later one: a value numbered at least `must_see`, or a tombstone at or after
+/// that clock (a delete that saw it). A delete that did not see it leaves it a sibling.
+fn sees(versions: &[Version], must_see: u64, clocks: &[tessera_core::kv::VClock]) -> bool {
+    must_see == 0
+        || seqs(versions).iter().any(|s| *s >= must_see)
+        || clocks.iter().any(|c| {
+            versions.iter().any(|v| v.value.is_none() && matches!(v.clock.compare(c), Causal::After | Causal::Equal))
+        })
+}
+
 async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
-    let must_see = world.lock().kv.keys.get(key).map_or(0, |s| s.last_acked);
+    let (must_see, clock) = world
+        .lock()
+        .kv
+        .keys
+        .get(key)
+        .map_or((0, vec![]), |s| (s.last_acked, s.clocks.get(&s.last_acked).cloned().unwrap_or_default()));
     let k = key.to_owned();
     let out =
         on_node(
@@ -496,17 +541,17 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
         )
         .await;
     let shown = match &out {
-        Some(Ok(v)) => format!("{:?}", seqs(v)),
+        Some(Ok(v)) => shown_versions(v),
         Some(Err(e)) => format!("refused: {e}"),
         None => "no answer".into(),
     };
     world.event(format!("c{client}->n{node} kv get {key} => {}", clip(&shown)));
     world.lock().ops += 1;
     if let Some(Ok(v)) = out {
-        let seen = seqs(&v);
-        if must_see > 0 && !seen.iter().any(|s| *s >= must_see) {
+        let seen = shown_versions(&v);
+        if !sees(&v, must_see, &clock) {
             world.violation(format!(
-                "kv get {key} at quorum saw {seen:?}, but write {must_see} was acknowledged before the read began"
+                "kv get {key} at quorum saw {seen}, but write {must_see} was acknowledged before the read began"
             ));
         }
         // One client writes this key, one write at a time: two acknowledged writes are never
@@ -515,26 +560,14 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
         let acked: Vec<u64> = {
             let w = world.lock();
             let Some(state) = w.kv.keys.get(key) else { return };
-            // The same write twice (the network duplicated the request, and both copies were
-            // coordinated at once) is one write, concurrent with itself. Of a write a replay
-            // wrote anew, only the replay's version was acknowledged.
-            let distinct: std::collections::BTreeSet<u64> = v
-                .iter()
-                .filter_map(|x| {
-                    let s = seq(x)?;
-                    let acked = match state.twins.get(&s) {
-                        Some(clock) => *clock == x.clock,
-                        None => state.acked.contains(&s),
-                    };
-                    acked.then_some(s)
-                })
-                .collect();
+            // Only the versions acknowledged count (see `KeyState::clocks`).
+            let distinct: std::collections::BTreeSet<u64> = v.iter().filter_map(|x| state.acked_as(x)).collect();
             distinct.into_iter().collect()
         };
         if acked.len() > 1 {
             let clocks: Vec<_> = v.iter().map(|x| x.clock.clone()).collect();
             world.violation(format!(
-                "kv get {key} returned acknowledged sequential writes {acked:?} as siblings (of {seen:?}, clocks {clocks:?})"
+                "kv get {key} returned acknowledged sequential writes {acked:?} as siblings (of {seen}, clocks {clocks:?})"
             ));
         }
     }
@@ -545,6 +578,13 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
 /// acknowledged write is readable at `all`.
 pub async fn final_check(world: &Arc<World>) {
     let keys: Vec<(String, u64)> = world.lock().kv.keys.iter().map(|(k, s)| (k.clone(), s.last_acked)).collect();
+    let clocks: BTreeMap<String, Vec<tessera_core::kv::VClock>> = world
+        .lock()
+        .kv
+        .keys
+        .iter()
+        .filter_map(|(k, s)| Some((k.clone(), s.clocks.get(&s.last_acked)?.clone())))
+        .collect();
     // A layout change still under way finishes once its old owners have handed over.
     let settled = |l: &Layout| l.previous.is_none() && l.rf_change.is_none();
     let Some(layout) = await_layout(world, settled, world.elapsed_ms() + 15_000).await else {
@@ -575,6 +615,7 @@ pub async fn final_check(world: &Arc<World>) {
         }
     }
     stale_copies_go(world, &ring, rf, &keys).await;
+    replays_after_the_heal(world).await;
     for (key, acked) in &keys {
         let mut seen = None;
         for attempt in 0..10 {
@@ -588,17 +629,49 @@ pub async fn final_check(world: &Arc<World>) {
             let Some(handle) = madsim::runtime::Handle::current().get_node(id) else { continue };
             let out = handle.spawn(async move { coord.read(TENANT, &k, Consistency::All, until).await }).await;
             if let Ok(Ok(v)) = out {
-                seen = Some(seqs(&v));
+                seen = Some(v);
                 break;
             }
             madsim::time::sleep(Duration::from_millis(50)).await;
         }
         match seen {
             None => world.violation(format!("kv: {key} unreadable at all after the heal")),
-            Some(s) if *acked > 0 && !s.iter().any(|x| x >= acked) => {
-                world.violation(format!("kv: acknowledged write {key}={acked} lost; replicas hold {s:?}"))
-            }
+            Some(v) if !sees(&v, *acked, clocks.get(key).map_or(&[], Vec::as_slice)) => world
+                .violation(format!("kv: acknowledged write {key}={acked} lost; replicas hold {}", shown_versions(&v))),
             Some(_) => {}
+        }
+    }
+}
+
+/// Replays up to 30 acknowledged writes with the client's own idempotency keys through random
+/// nodes, once the network has healed and any layout change has finished: each must be a
+/// duplicate, whatever moved since it was written (and the checks after this one see that
+/// it changed nothing).
+async fn replays_after_the_heal(world: &Arc<World>) {
+    let n = world.lock().kv.replayable.len() as u64;
+    for _ in 0..n.min(30) {
+        let i = world.rng_below(n) as usize;
+        let op = world.lock().kv.replayable[i].clone();
+        let node = world.rng_below(world.opts.all_nodes() as u64) as usize;
+        let Some((coord, id)) = world.coordinator(node) else { continue };
+        let Some(handle) = madsim::runtime::Handle::current().get_node(id) else { continue };
+        let until = coord.peers().now_ms() + 1_000;
+        let value = (!op.delete).then(|| op.seq.to_string().into_bytes());
+        let (key, idem, consistency) = (op.key.clone(), op.idem.clone(), op.consistency);
+        let out = handle.spawn(async move { coord.write(TENANT, &key, value, consistency, idem, until).await }).await;
+        let shown = match &out {
+            Ok(Ok(w)) => format!("duplicate={}", w.duplicate),
+            Ok(Err(e)) => format!("refused: {e}"),
+            Err(_) => "the node went away".into(),
+        };
+        world.event(format!("n{node} kv replay after the heal {}={} => {}", op.key, op.seq, clip(&shown)));
+        if let Ok(Ok(w)) = out
+            && !w.duplicate
+        {
+            world.violation(format!(
+                "kv replay after the heal of acknowledged put {}={} (key {:?}) was taken for a new write",
+                op.key, op.seq, op.idem
+            ));
         }
     }
 }
