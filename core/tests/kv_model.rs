@@ -95,7 +95,7 @@ fn a_coordination_stores_nothing_and_its_counters_never_repeat_across_restarts()
         idem: None,
         keep: false,
     };
-    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
     // The first coordination reserves a block of counters: that is its only write.
     let first = m.step(1, 0, coord("a"), &store).unwrap();
     assert!(!first.volatile && !first.writes.is_empty());
@@ -115,7 +115,7 @@ fn a_coordination_stores_nothing_and_its_counters_never_repeat_across_restarts()
     );
     // A restart (a new machine over the same store) never hands out a counter used before,
     // even though no version carrying one was stored here.
-    let mut again = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let mut again = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
     let KvResponse::Coordinated { clock: c, .. } = step(&mut again, &store, 4, coord("a")) else { panic!() };
     assert!(c.get("n1") > b.get("n1"));
 }
@@ -123,8 +123,8 @@ fn a_coordination_stores_nothing_and_its_counters_never_repeat_across_restarts()
 #[test]
 fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
     let (s1, s2) = (MemStore::new(), MemStore::new());
-    let mut n1 = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
-    let mut n2 = KvMachine::new(KvConfig { node_id: "n2".into(), idempotency_ttl_ms: 1000 });
+    let mut n1 = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
+    let mut n2 = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n2") });
     let coord = |v: &str| KvRequest::Coordinate {
         tenant: "t".into(),
         key: "k".into(),
@@ -188,7 +188,7 @@ fn concurrent_coordinators_make_siblings_and_a_later_write_supersedes_them() {
 #[test]
 fn a_fresh_key_is_not_looked_up_yet_its_record_serves_later_replays() {
     let store = MemStore::new();
-    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
     let req = |fresh: bool, h: u8| KvRequest::Coordinate {
         tenant: "t".into(),
         key: "k".into(),
@@ -227,7 +227,7 @@ fn equal_clocks_with_different_content_converge_and_insane_clocks_are_refused() 
     assert_eq!(reconcile(std::slice::from_ref(&a), std::slice::from_ref(&b)), vec![b.clone()]);
     assert_eq!(reconcile(std::slice::from_ref(&b), std::slice::from_ref(&a)), vec![b]);
     let store = MemStore::new();
-    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
     let huge = Version { clock: VClock([("n2".to_owned(), u64::MAX)].into()), ts_ms: 1, value: None };
     let req = KvRequest::Apply { tenant: "t".into(), key: "k".into(), versions: vec![huge], idem: None };
     assert!(m.step(1, 0, req, &store).unwrap().replies[0].1.is_err());
@@ -239,7 +239,7 @@ fn equal_clocks_with_different_content_converge_and_insane_clocks_are_refused() 
 #[test]
 fn a_full_sweep_asks_for_the_next_at_once() {
     let store = MemStore::new();
-    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 10 });
+    let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 10, ..KvConfig::new("n1") });
     for i in 0..1500 {
         let req = KvRequest::Coordinate {
             tenant: "t".into(),
@@ -264,7 +264,7 @@ fn a_full_sweep_asks_for_the_next_at_once() {
 fn old_hints_expire_even_behind_many_fresh_ones() {
     use tessera_core::kv::replica::HINT_MAX_AGE_MS;
     let store = MemStore::new();
-    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 10 });
+    let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 10, ..KvConfig::new("n1") });
     let hint = |target: &str, i: u32| KvRequest::Hint {
         target: target.into(),
         tenant: "t".into(),
@@ -305,7 +305,7 @@ fn old_hints_expire_even_behind_many_fresh_ones() {
 fn scan_pages_keys_and_digests_page_them_without_values() {
     use tessera_core::kv::vclock::digest;
     let store = MemStore::new();
-    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
     for (t, k) in [("a", "x"), ("a", "y"), ("b", "x")] {
         let req = KvRequest::Coordinate {
             tenant: t.into(),
@@ -422,7 +422,7 @@ fn subsets(items: &[String], k: usize) -> Vec<Vec<String>> {
 #[test]
 fn the_fence_floor_only_rises_and_survives_a_restart() {
     let store = MemStore::new();
-    let config = KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 };
+    let config = KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") };
     let mut m = KvMachine::new(config.clone());
     assert_eq!(step(&mut m, &store, 1, KvRequest::Fence { version: 0 }), KvResponse::Fence(0));
     assert_eq!(step(&mut m, &store, 2, KvRequest::Fence { version: 5 }), KvResponse::Fence(5));
@@ -435,7 +435,7 @@ fn the_fence_floor_only_rises_and_survives_a_restart() {
 fn a_discard_removes_only_unchanged_copies_and_none_after_a_newer_write_was_placed() {
     use tessera_core::kv::vclock::digest;
     let store = MemStore::new();
-    let config = KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 };
+    let config = KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") };
     let mut m = KvMachine::new(config.clone());
     let v =
         |n: u64, b: &[u8]| Version { clock: VClock([("n2".to_owned(), n)].into()), ts_ms: n, value: Some(b.to_vec()) };
@@ -480,7 +480,7 @@ fn a_replay_whose_copy_was_discarded_goes_to_another_replica_and_reuse_stays_ref
     use tessera_core::kv::IdemKey;
     use tessera_core::kv::vclock::digest;
     let store = MemStore::new();
-    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 60_000 });
+    let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 60_000, ..KvConfig::new("n1") });
     let idem = |hash: u8| IdemKey { key: "once".into(), request_hash: vec![hash], fresh: false };
     let req = |key: &str, hash: u8| KvRequest::Coordinate {
         tenant: "t".into(),
@@ -529,7 +529,7 @@ fn a_replay_whose_copy_was_discarded_goes_to_another_replica_and_reuse_stays_ref
 #[test]
 fn tenant_keys_count_one_tenant_a_page_at_a_time() {
     let store = MemStore::new();
-    let mut m = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 1000 });
+    let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
     let v = Version { clock: VClock([("n2".to_owned(), 1)].into()), ts_ms: 1, value: Some(b"x".to_vec()) };
     let mut batch = Vec::new();
     for (tenant, n) in [("ab", 10_005), ("abc", 7), ("a", 3)] {

@@ -17,6 +17,8 @@ pub const DEFAULT_CLUSTER_TOKEN: &str = "tessera";
 pub const MAX_ROW_CACHE_MIB: u64 = 1 << 20;
 /// Longest `idempotency_ttl_secs`: a year.
 pub const MAX_IDEMPOTENCY_TTL_SECS: u64 = 365 * 24 * 3600;
+/// Longest `tombstone_grace_secs`: a year.
+pub const MAX_TOMBSTONE_GRACE_SECS: u64 = 365 * 24 * 3600;
 
 /// tesserad: one daemon serving Tessera's gRPC APIs on one port, on embedded storage (fjall).
 #[derive(Debug, Parser)]
@@ -59,6 +61,10 @@ pub struct Flags {
     /// and catalog mutations, in seconds [default: 86400]
     #[arg(long, env = "TESSERA_IDEMPOTENCY_TTL_SECS")]
     pub idempotency_ttl_secs: Option<u64>,
+    /// How long a deleted key keeps its tombstones after its newest delete, in seconds: every
+    /// replica must learn of a delete within it (at least 4 hours) [default: 864000, 10 days]
+    #[arg(long, env = "TESSERA_TOMBSTONE_GRACE_SECS")]
+    pub tombstone_grace_secs: Option<u64>,
 }
 
 /// The TOML file's shape. Every key is optional.
@@ -70,6 +76,7 @@ pub struct Flags {
 /// log = "info"
 /// row_cache_mib = 64
 /// idempotency_ttl_secs = 86400   # replays of a write or mutation are recognised this long
+/// tombstone_grace_secs = 864000  # a deleted key's tombstones stay this long
 ///
 /// [status.capacity]        # per meta-store; -1 (or absent) = unlimited
 /// key_generation = 1000
@@ -91,6 +98,7 @@ pub struct FileConfig {
     pub initial_cluster_token: Option<String>,
     pub row_cache_mib: Option<u64>,
     pub idempotency_ttl_secs: Option<u64>,
+    pub tombstone_grace_secs: Option<u64>,
     #[serde(default)]
     pub status: StatusSection,
     #[serde(default)]
@@ -131,6 +139,8 @@ pub struct Config {
     pub row_cache_bytes: usize,
     /// How long idempotency records live (key-value writes and catalog mutations).
     pub idempotency_ttl_ms: u64,
+    /// How long a deleted key's tombstones stay (see `KvConfig::tombstone_grace_ms`).
+    pub tombstone_grace_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,9 +228,21 @@ impl Config {
                 )));
             }
         };
+        let min_grace = tessera_core::kv::replica::MIN_TOMBSTONE_GRACE_MS / 1000;
+        let tombstone_grace_ms = match flags.tombstone_grace_secs.or(file.tombstone_grace_secs) {
+            None => tessera_core::kv::replica::DEFAULT_TOMBSTONE_GRACE_MS,
+            Some(secs) if (min_grace..=MAX_TOMBSTONE_GRACE_SECS).contains(&secs) => secs * 1000,
+            Some(secs) => {
+                return Err(ConfigError::Invalid(format!(
+                    "tombstone_grace_secs: {secs} is out of range ({min_grace}, longer than a hint lives, to \
+                     {MAX_TOMBSTONE_GRACE_SECS}, a year)"
+                )));
+            }
+        };
         Ok(Self {
             row_cache_bytes,
             idempotency_ttl_ms,
+            tombstone_grace_ms,
             listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
@@ -284,6 +306,22 @@ mod tests {
         for bad in ["0", "31536001"] {
             let e = Config::resolve(flags(&["--idempotency-ttl-secs", bad])).unwrap_err().to_string();
             assert!(e.contains("idempotency_ttl_secs") && e.contains("out of range"), "{e}");
+        }
+    }
+
+    #[test]
+    fn tombstone_grace_from_flag_or_file_within_its_range() {
+        assert_eq!(Config::resolve(flags(&[])).unwrap().tombstone_grace_ms, 10 * 24 * 3600 * 1000);
+        let c = Config::resolve(flags(&["--tombstone-grace-secs", "14400"])).unwrap();
+        assert_eq!(c.tombstone_grace_ms, 14_400_000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "tombstone_grace_secs = 86400\n").unwrap();
+        let c = Config::resolve(flags(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(c.tombstone_grace_ms, 86_400_000);
+        for bad in ["60", "14399", "31536001"] {
+            let e = Config::resolve(flags(&["--tombstone-grace-secs", bad])).unwrap_err().to_string();
+            assert!(e.contains("tombstone_grace_secs") && e.contains("out of range"), "{e}");
         }
     }
 

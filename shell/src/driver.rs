@@ -525,7 +525,7 @@ mod tests {
     async fn call_many_answers_in_order_after_one_sync_and_reads_directly() {
         use tessera_core::kv::{KvConfig, KvMachine, KvRequest, KvResponse, VClock, Version};
         let store = MemStore::new();
-        let machine = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 60_000 });
+        let machine = KvMachine::new(KvConfig { idempotency_ttl_ms: 60_000, ..KvConfig::new("n1") });
         let (driver, handle) = Driver::new(
             machine,
             Default::default(),
@@ -593,7 +593,7 @@ mod tests {
     fn gated_kv_driver() -> (MemStore, Arc<tokio::sync::Semaphore>, KvHandle, Run) {
         use tessera_core::kv::{KvConfig, KvMachine};
         let store = MemStore::new();
-        let machine = KvMachine::new(KvConfig { node_id: "n1".into(), idempotency_ttl_ms: 60_000 });
+        let machine = KvMachine::new(KvConfig { idempotency_ttl_ms: 60_000, ..KvConfig::new("n1") });
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let (driver, handle) = Driver::new(
             machine,

@@ -702,9 +702,10 @@ impl<P: Peers> KvCoordinator<P> {
     /// Which of the key's replicas (an index into its targets) holds the record of the
     /// client's idempotency key `idem` with its write, asking them all at once and waiting
     /// for a quorum of each replica set to say "none" (a record a quorum acknowledged is
-    /// then seen: a layout change's hand-over takes records to the key's new owners). A record of the key for another request is FAILED_PRECONDITION at once;
-    /// fewer answers than a quorum is UNAVAILABLE (also for writes at `one`: their replays
-    /// must be told apart too).
+    /// then seen: a layout change's hand-over takes records to the key's new owners). A
+    /// record of the key for another request is FAILED_PRECONDITION at once; fewer answers
+    /// than a quorum is UNAVAILABLE (also for writes at `one`: their replays must be told
+    /// apart too).
     async fn record_holder(
         &self,
         tenant_id: &str,
@@ -1103,9 +1104,13 @@ impl<P: Peers> KvCoordinator<P> {
             };
             let now = self.peers.now_ms();
             let mut sends = Vec::new();
+            // The end, or another tenant's records after the one whose factor changes (the
+            // page's sends before it still go out).
+            let mut done = last.is_none();
             for (tenant, key, rec) in found {
                 if only.is_some_and(|t| t != tenant) {
-                    return Ok(());
+                    done = true;
+                    break;
                 }
                 if rec.expires_ms <= now {
                     continue;
@@ -1131,8 +1136,8 @@ impl<P: Peers> KvCoordinator<P> {
                 return Err(CoreError::Unavailable(format!("new owner {target} (idempotency records): {refused}")));
             }
             match last {
-                Some(l) => after = Some(l),
-                None => return Ok(()),
+                Some(l) if !done => after = Some(l),
+                _ => return Ok(()),
             }
         }
     }

@@ -180,8 +180,11 @@ pub async fn run(
             .context("opening the catalog")?;
     let (catalog_handle, t) = spawn_driver("catalog", machine, init, store.clone(), &metrics, failed_tx.clone())?;
     drivers.push(t);
-    let machine =
-        KvMachine::new(KvConfig { node_id: config.node_id.clone(), idempotency_ttl_ms: config.idempotency_ttl_ms });
+    let machine = KvMachine::new(KvConfig {
+        node_id: config.node_id.clone(),
+        idempotency_ttl_ms: config.idempotency_ttl_ms,
+        tombstone_grace_ms: config.tombstone_grace_ms,
+    });
     let (kv_handle, t) = spawn_driver("kv", machine, Default::default(), store.clone(), &metrics, failed_tx.clone())?;
     drivers.push(t);
     let initial = config.members.iter().map(|m| (m.id.clone(), m.addr.clone(), DEFAULT_VNODES)).collect();

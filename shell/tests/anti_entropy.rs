@@ -13,7 +13,8 @@ use tessera_core::kv::{
     IdemKey, IdemRecord, KvConfig, KvMachine, KvRequest, KvResponse, TenantRecord, VClock, Version,
 };
 use tessera_core::mem_store::MemStore;
-use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
+use tessera_core::meta::migration::NodeProgress;
+use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Migration, MigrationKind, Placement, RfChange};
 use tessera_core::{CoreError, CoreResult, WriteBatch};
 use tessera_shell::driver::{Driver, DriverConfig, HandleFor, NoopObserver};
 use tessera_shell::kv_coordinator::{
@@ -35,6 +36,8 @@ struct Net {
     /// Nodes that answer no call, and nodes that answer no `Coordinate` (a reply lost).
     down: Mutex<std::collections::BTreeSet<String>>,
     no_coordinate: Mutex<std::collections::BTreeSet<String>>,
+    /// The migration under way, as the metadata group would answer `Running`.
+    migration: Mutex<Option<Migration>>,
 }
 
 struct LocalPeers {
@@ -104,6 +107,13 @@ impl Peers for LocalPeers {
     }
     fn meta(self: &Arc<Self>, req: MetaRequest, _timeout_ms: u64) -> BoxFuture<CoreResult<MetaResponse>> {
         let out = match req {
+            MetaRequest::Running => Ok(MetaResponse::Migration(self.net.migration.lock().unwrap().clone())),
+            MetaRequest::Progress { node, moved, total, done, after, .. } => {
+                if let Some(m) = self.net.migration.lock().unwrap().as_mut() {
+                    m.progress.insert(node, NodeProgress { moved, total, done, after });
+                }
+                Ok(MetaResponse::Migration(None))
+            }
             MetaRequest::Tenant { id, .. } => Ok(MetaResponse::Tenant(self.net.tenants.get(&id).map(|rf| {
                 TenantRecord { id: id.clone(), replication_factor: *rf, created_ms: 1, updated_ms: 1, rf_version: 0 }
             }))),
@@ -120,7 +130,7 @@ fn start() -> Arc<Net> {
     net.placement = Mutex::new(Some(Arc::new(Placement::new(&Layout::initial(&members)))));
     net.tenants = [("t3".to_owned(), 3), ("t1".to_owned(), 1)].into();
     for n in NODES.into_iter().chain(["n4"]) {
-        let machine = KvMachine::new(KvConfig { node_id: n.into(), idempotency_ttl_ms: 60_000 });
+        let machine = KvMachine::new(KvConfig { idempotency_ttl_ms: 60_000, ..KvConfig::new(n) });
         let store = MemStore::new();
         net.stores.insert(n.into(), store.clone());
         let (driver, handle) = Driver::new(
@@ -472,5 +482,58 @@ async fn a_late_replay_of_a_write_since_overwritten_changes_nothing() {
         let mut want = vec![later.clock.clone(), orphan.clock.clone()];
         want.sort();
         assert_eq!(clocks, want, "{n}: the replay wrote v1 again over v2");
+    }
+}
+
+#[tokio::test]
+async fn a_factor_change_hands_the_tenants_records_over_with_its_keys() {
+    let net = start();
+    let far = coordinator(&net, "n1").peers().now_ms() + 60_000;
+    // Tenant t1 (one replica) has written keys with the client's own idempotency keys; t3,
+    // whose records are stored after t1's, one too.
+    let mut written = Vec::new();
+    for i in 0..5 {
+        let (key, idem) = (format!("k{i}"), format!("op-{i}"));
+        let w = coordinator(&net, "n1")
+            .write("t1", &key, Some(b"v".to_vec()), Consistency::Quorum, idem.clone(), far)
+            .await
+            .unwrap();
+        written.push((key, idem, w.clock));
+    }
+    coordinator(&net, "n1")
+        .write("t3", "z", Some(b"v".to_vec()), Consistency::Quorum, "op-z".into(), far)
+        .await
+        .unwrap();
+    // t1's factor rises to 2: each key's one owner hands it, and its record, to the owner
+    // the rise adds.
+    let members: Vec<(String, String, u32)> =
+        NODES.iter().map(|n| (n.to_string(), format!("{n}.local:7000"), 32)).collect();
+    let mut next = Layout::initial(&members);
+    next.version = 2;
+    next.rf_change = Some(RfChange { tenant: "t1".into(), from: 1, to: 2 });
+    let placement = Arc::new(Placement::new(&next));
+    *net.placement.lock().unwrap() = Some(placement.clone());
+    let progress = NODES.iter().map(|n| (n.to_string(), NodeProgress::default())).collect();
+    *net.migration.lock().unwrap() = Some(Migration {
+        id: "mig-1".into(),
+        kind: MigrationKind::ReplicationFactor,
+        node: "t1".into(),
+        version: 2,
+        started_ms: 0,
+        finished_ms: None,
+        cancelled: false,
+        progress,
+    });
+    for n in NODES {
+        coordinator(&net, n).hand_over_pass().await.unwrap();
+    }
+    for (key, idem, clock) in &written {
+        let owners = placement.current.replicas("t1", key, 2);
+        assert_eq!(owners.len(), 2);
+        for owner in owners {
+            let lookup = KvRequest::IdemLookup { tenant: "t1".into(), key: key.clone(), idem: idem.clone() };
+            let KvResponse::Idem { record, held } = replica(&net, owner, lookup).await else { panic!() };
+            assert!(held && record.is_some_and(|r| r.clock == *clock), "{owner} lacks {key}'s record");
+        }
     }
 }

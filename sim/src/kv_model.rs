@@ -453,7 +453,7 @@ async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
 
 /// Replays one of this client's acknowledged writes with its own idempotency key through
 /// `node`, however long ago it was written and whatever moved since: it must be a duplicate
-/// (its record lives a day, and follows its key to new owners), and change nothing. (The
+/// (its record outlives the run, and follows its key to new owners), and change nothing. (The
 /// client's own: a key is written by one client at a time, which the checks rely on.)
 async fn late_replay(world: &Arc<World>, client: usize, node: usize) {
     let mine = format!("c{client}-");
@@ -462,13 +462,27 @@ async fn late_replay(world: &Arc<World>, client: usize, node: usize) {
         return;
     }
     let op = own[world.rng_below(own.len() as u64) as usize].clone();
-    if let Some(Ok(w)) = put(world, client, node, &op, "late replay").await
-        && !w.duplicate
-    {
-        world.violation(format!(
+    let before = world.lock().kv.keys.get(&op.key).cloned().unwrap_or_default();
+    match put(world, client, node, &op, "late replay").await {
+        Some(Ok(w)) if !w.duplicate => world.violation(format!(
             "kv late replay of acknowledged put {}={} (key {:?}) was taken for a new write",
             op.key, op.seq, op.idem
-        ));
+        )),
+        // Overwritten since: the replay must change nothing, so it answers the clock the write
+        // was acknowledged with, or the one before its supersede step (the record's); a new
+        // one would be a new version of the old value.
+        Some(Ok(w))
+            if before.last_acked > op.seq
+                && !before.clocks.get(&op.seq).is_some_and(|cs| {
+                    cs.iter().any(|c| matches!(w.clock.compare(c), Causal::Before | Causal::Equal))
+                }) =>
+        {
+            world.violation(format!(
+                "kv late replay of {}={}, overwritten by {} since, wrote it again",
+                op.key, op.seq, before.last_acked
+            ))
+        }
+        _ => {}
     }
 }
 
@@ -513,24 +527,25 @@ async fn put(world: &Arc<World>, client: usize, node: usize, op: &Put, what: &st
     out
 }
 
-/// Whether a read's `versions` show the write or delete `must_see` (acknowledged with
-/// `clock`) or a later one: a value numbered at least `must_see`, or a tombstone at or after
-/// that clock (a delete that saw it). A delete that did not see it leaves it a sibling.
-fn sees(versions: &[Version], must_see: u64, clocks: &[tessera_core::kv::VClock]) -> bool {
+/// Whether a read's `versions` show the last write or delete `state` knows acknowledged, or
+/// a later one: a value numbered at least that, or a tombstone at or after its clock (a
+/// delete that saw it; not an earlier acknowledged delete, as a replay of one would make if
+/// it wrote anew). A delete that did not see it leaves it a sibling.
+fn sees(versions: &[Version], state: &KeyState) -> bool {
+    let must_see = state.last_acked;
+    let clocks = state.clocks.get(&must_see).map_or(&[][..], Vec::as_slice);
     must_see == 0
         || seqs(versions).iter().any(|s| *s >= must_see)
-        || clocks.iter().any(|c| {
-            versions.iter().any(|v| v.value.is_none() && matches!(v.clock.compare(c), Causal::After | Causal::Equal))
+        || versions.iter().any(|v| {
+            v.value.is_none()
+                && state.acked_as(v).is_none_or(|s| s >= must_see)
+                && clocks.iter().any(|c| matches!(v.clock.compare(c), Causal::After | Causal::Equal))
         })
 }
 
 async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
-    let (must_see, clock) = world
-        .lock()
-        .kv
-        .keys
-        .get(key)
-        .map_or((0, vec![]), |s| (s.last_acked, s.clocks.get(&s.last_acked).cloned().unwrap_or_default()));
+    let at_start = world.lock().kv.keys.get(key).cloned().unwrap_or_default();
+    let must_see = at_start.last_acked;
     let k = key.to_owned();
     let out =
         on_node(
@@ -549,7 +564,7 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
     world.lock().ops += 1;
     if let Some(Ok(v)) = out {
         let seen = shown_versions(&v);
-        if !sees(&v, must_see, &clock) {
+        if !sees(&v, &at_start) {
             world.violation(format!(
                 "kv get {key} at quorum saw {seen}, but write {must_see} was acknowledged before the read began"
             ));
@@ -578,13 +593,7 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
 /// acknowledged write is readable at `all`.
 pub async fn final_check(world: &Arc<World>) {
     let keys: Vec<(String, u64)> = world.lock().kv.keys.iter().map(|(k, s)| (k.clone(), s.last_acked)).collect();
-    let clocks: BTreeMap<String, Vec<tessera_core::kv::VClock>> = world
-        .lock()
-        .kv
-        .keys
-        .iter()
-        .filter_map(|(k, s)| Some((k.clone(), s.clocks.get(&s.last_acked)?.clone())))
-        .collect();
+    let states = world.lock().kv.keys.clone();
     // A layout change still under way finishes once its old owners have handed over.
     let settled = |l: &Layout| l.previous.is_none() && l.rf_change.is_none();
     let Some(layout) = await_layout(world, settled, world.elapsed_ms() + 15_000).await else {
@@ -636,7 +645,7 @@ pub async fn final_check(world: &Arc<World>) {
         }
         match seen {
             None => world.violation(format!("kv: {key} unreadable at all after the heal")),
-            Some(v) if !sees(&v, *acked, clocks.get(key).map_or(&[], Vec::as_slice)) => world
+            Some(v) if !states.get(key).is_none_or(|s| sees(&v, s)) => world
                 .violation(format!("kv: acknowledged write {key}={acked} lost; replicas hold {}", shown_versions(&v))),
             Some(_) => {}
         }

@@ -171,7 +171,8 @@ impl SimNode {
                         .map(|m| (m, WriteBatch::default()))
                         .map_err(|e| e.to_string());
                     boot.spawn("txn", txn, txn_slot);
-                    let kv = KvMachine::new(KvConfig { node_id: boot.name.clone(), idempotency_ttl_ms: 60_000 });
+                    let kv =
+                        KvMachine::new(KvConfig { idempotency_ttl_ms: 60_000, ..KvConfig::new(boot.name.clone()) });
                     boot.spawn("kv", Ok((kv, WriteBatch::default())), kv_slot.clone());
                     // The node past the initial ones joins later, knowing where they are.
                     let join = index >= boot.world.opts.nodes;

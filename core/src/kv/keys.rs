@@ -4,7 +4,7 @@
 //! v <tenant> 0 <key>            -> versions (siblings) of a key
 //! t <tenant>                    -> tenant record
 //! i <tenant> 0 <idem key>       -> idempotency record (and its write's key)
-//! e <expires:u64> <i-key>       -> ()   (idempotency records by expiry)
+//! e <at:u64> <i-key or v-key>  -> ()   (records by expiry, tombstones by end of grace)
 //! h <target> 0 <seq:u64>        -> hint for a replica that did not answer
 //! #keys, #hints, #hbytes, #hseq -> counters
 //! #mint                         -> ceiling of the clock counters this node may hand out
