@@ -239,6 +239,14 @@ impl Config {
                 )));
             }
         };
+        if tombstone_grace_ms < idempotency_ttl_ms {
+            return Err(ConfigError::Invalid(format!(
+                "tombstone_grace_secs ({}) is shorter than idempotency_ttl_secs ({}): a replay of a write to a key \
+                 deleted since would find neither the write nor its tombstone; raise the grace or shorten the ttl",
+                tombstone_grace_ms / 1000,
+                idempotency_ttl_ms / 1000
+            )));
+        }
         Ok(Self {
             row_cache_bytes,
             idempotency_ttl_ms,
@@ -312,7 +320,7 @@ mod tests {
     #[test]
     fn tombstone_grace_from_flag_or_file_within_its_range() {
         assert_eq!(Config::resolve(flags(&[])).unwrap().tombstone_grace_ms, 10 * 24 * 3600 * 1000);
-        let c = Config::resolve(flags(&["--tombstone-grace-secs", "14400"])).unwrap();
+        let c = Config::resolve(flags(&["--tombstone-grace-secs", "14400", "--idempotency-ttl-secs", "3600"])).unwrap();
         assert_eq!(c.tombstone_grace_ms, 14_400_000);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");
@@ -323,6 +331,8 @@ mod tests {
             let e = Config::resolve(flags(&["--tombstone-grace-secs", bad])).unwrap_err().to_string();
             assert!(e.contains("tombstone_grace_secs") && e.contains("out of range"), "{e}");
         }
+        let e = Config::resolve(flags(&["--idempotency-ttl-secs", "1000000"])).unwrap_err().to_string();
+        assert!(e.contains("shorter than idempotency_ttl_secs"), "{e}");
     }
 
     #[test]

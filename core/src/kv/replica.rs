@@ -324,9 +324,15 @@ impl KvConfig {
         }
     }
 
+    /// The grace in force: never shorter than a record lives, so a replay of a write to a
+    /// key deleted since finds the key's tombstone (or a later version) beside its record.
+    fn grace_ms(&self) -> u64 {
+        self.tombstone_grace_ms.max(self.idempotency_ttl_ms)
+    }
+
     /// When the tombstones `versions` (all deletes) may go: their grace after the newest.
     fn purge_at(&self, versions: &[Version]) -> u64 {
-        versions.iter().map(|v| v.ts_ms).max().unwrap_or(0).saturating_add(self.tombstone_grace_ms)
+        versions.iter().map(|v| v.ts_ms).max().unwrap_or(0).saturating_add(self.grace_ms())
     }
 }
 
@@ -424,19 +430,24 @@ impl KvMachine {
         before: &[Version],
         versions: Vec<Version>,
     ) -> Result<Vec<Version>, StoreError> {
+        // A delete past its grace goes from any set it is in: a replica that swept it may
+        // coordinate a write without it in its context, and the two would stand as siblings
+        // wherever it was not swept yet, and spread from there.
+        let grace = self.config.grace_ms();
+        let versions: Vec<Version> =
+            versions.into_iter().filter(|v| v.value.is_some() || v.ts_ms.saturating_add(grace) > now).collect();
         match (holds_value(before), holds_value(&versions)) {
             (false, true) => Self::add_keys(store, batch, 1)?,
             (true, false) => Self::add_keys(store, batch, -1)?,
             _ => {}
         }
         let vkey = keys::value(tenant, key);
+        if versions.is_empty() {
+            batch.delete(KEYSPACE, vkey);
+            return Ok(versions);
+        }
         if !holds_value(&versions) {
-            let purge_at = self.config.purge_at(&versions);
-            if purge_at <= now {
-                batch.delete(KEYSPACE, vkey);
-                return Ok(Vec::new());
-            }
-            batch.put(KEYSPACE, keys::expiry(purge_at, &vkey), Vec::new());
+            batch.put(KEYSPACE, keys::expiry(self.config.purge_at(&versions), &vkey), Vec::new());
         }
         batch.put(KEYSPACE, vkey, encode_versions(&versions));
         Ok(versions)
@@ -1328,7 +1339,8 @@ mod mint_tests {
     fn tombstones_go_after_their_grace_unless_the_key_was_written_since() {
         let store = MemStore::new();
         let grace = MIN_TOMBSTONE_GRACE_MS;
-        let mut m = KvMachine::new(KvConfig { tombstone_grace_ms: grace, ..KvConfig::new("n1") });
+        let mut m =
+            KvMachine::new(KvConfig { tombstone_grace_ms: grace, idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
         let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
             let ready = m.step(now, 0, req, &store).unwrap();
             store.write(&ready.writes).unwrap();
@@ -1374,6 +1386,30 @@ mod mint_tests {
             idem: None,
         };
         let now = 20 + grace;
+        // A write whose coordinator swept a tombstone does not bring it back as a sibling
+        // where the tombstone was not swept yet ("f" holds one past its grace).
+        at(
+            &mut m,
+            12,
+            KvRequest::Apply {
+                tenant: "t".into(),
+                key: "f".into(),
+                versions: vec![Version { clock: VClock([("n3".to_owned(), 1)].into()), ts_ms: 12, value: None }],
+                idem: None,
+            },
+        );
+        let fresh = Version { clock: VClock([("n2".to_owned(), 5)].into()), ts_ms: now, value: Some(b"w".to_vec()) };
+        at(&mut m, now, apply("f", &fresh));
+        assert_eq!(held("f"), vec![fresh.clone()]);
+        // A value concurrent with a tombstone, older than it, arriving after it: the
+        // tombstone's entry falls due, and the value stays.
+        let tomb = Version { clock: VClock([("n3".to_owned(), 2)].into()), ts_ms: now, value: None };
+        let older =
+            Version { clock: VClock([("n4".to_owned(), 1)].into()), ts_ms: now - 5, value: Some(b"o".to_vec()) };
+        at(&mut m, now, apply("g", &tomb));
+        at(&mut m, now + 1, apply("g", &older));
+        sweep(&mut m, now + grace);
+        assert!(held("g").contains(&older), "a value went with the tombstone beside it");
         at(&mut m, now, apply("d", &value));
         let keys = |m: &mut KvMachine| match at(m, now, KvRequest::Stats) {
             Some(Ok(KvResponse::Stats { keys, .. })) => keys,
