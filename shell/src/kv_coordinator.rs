@@ -249,6 +249,17 @@ pub fn request_hash(tenant_id: &str, key: &str, value: Option<&[u8]>) -> Vec<u8>
     h.finalize().to_vec()
 }
 
+/// A new owner's answer to what a hand-over sent it: UNAVAILABLE naming `target` when it
+/// did not take it (the pass stops, and the next one sends it again).
+fn new_owner_took(target: &str, out: PeerResult) -> CoreResult<()> {
+    let refused = match out {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.0,
+    };
+    Err(CoreError::Unavailable(format!("new owner {target}: {refused}")))
+}
+
 fn not_joined() -> CoreError {
     CoreError::Unavailable(
         "this node has not joined the cluster yet: its layout names no storage nodes (add it with \
@@ -1128,12 +1139,7 @@ impl<P: Peers> KvCoordinator<P> {
                 }
             }
             for (target, out) in futures_util::future::join_all(sends).await {
-                let refused = match out {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.0,
-                };
-                return Err(CoreError::Unavailable(format!("new owner {target} (idempotency records): {refused}")));
+                new_owner_took(&format!("{target} (idempotency records)"), out)?;
             }
             match last {
                 Some(l) if !done => after = Some(l),
@@ -1183,12 +1189,7 @@ impl<P: Peers> KvCoordinator<P> {
         for target in placement.handoff_targets(me, &tenant, &key, rf) {
             let req =
                 KvRequest::Apply { tenant: tenant.clone(), key: key.clone(), versions: versions.clone(), idem: None };
-            let refused = match self.peers.send_at(&target, req, placement.version, PEER_TIMEOUT_MS).await {
-                Ok(Ok(_)) => continue,
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.0,
-            };
-            return Err(CoreError::Unavailable(format!("new owner {target}: {refused}")));
+            new_owner_took(&target, self.peers.send_at(&target, req, placement.version, PEER_TIMEOUT_MS).await)?;
         }
         Ok(())
     }

@@ -330,6 +330,11 @@ impl KvConfig {
         self.tombstone_grace_ms.max(self.idempotency_ttl_ms)
     }
 
+    /// Whether `v` is a delete past its grace at `now`: it goes from any set it stands in.
+    fn spent(&self, v: &Version, now: u64) -> bool {
+        v.value.is_none() && v.ts_ms.saturating_add(self.grace_ms()) <= now
+    }
+
     /// When the tombstones `versions` (all deletes) may go: their grace after the newest.
     fn purge_at(&self, versions: &[Version]) -> u64 {
         versions.iter().map(|v| v.ts_ms).max().unwrap_or(0).saturating_add(self.grace_ms())
@@ -433,9 +438,7 @@ impl KvMachine {
         // A delete past its grace goes from any set it is in: a replica that swept it may
         // coordinate a write without it in its context, and the two would stand as siblings
         // wherever it was not swept yet, and spread from there.
-        let grace = self.config.grace_ms();
-        let versions: Vec<Version> =
-            versions.into_iter().filter(|v| v.value.is_some() || v.ts_ms.saturating_add(grace) > now).collect();
+        let versions: Vec<Version> = versions.into_iter().filter(|v| !self.config.spent(v, now)).collect();
         match (holds_value(before), holds_value(&versions)) {
             (false, true) => Self::add_keys(store, batch, 1)?,
             (true, false) => Self::add_keys(store, batch, -1)?,
@@ -887,7 +890,7 @@ impl KvMachine {
                         let due = match rkey.starts_with(keys::VALUE_PREFIX) {
                             true => {
                                 let versions = decode_versions(KEYSPACE, &buf)?;
-                                !holds_value(&versions) && self.config.purge_at(&versions) <= now
+                                versions.iter().all(|v| self.config.spent(v, now))
                             }
                             false => IdemRecord::decode(&buf)?.0.expires_ms <= now,
                         };
