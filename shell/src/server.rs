@@ -181,9 +181,9 @@ pub async fn run(
     let (catalog_handle, t) = spawn_driver("catalog", machine, init, store.clone(), &metrics, failed_tx.clone())?;
     drivers.push(t);
     let machine = KvMachine::new(KvConfig {
-        node_id: config.node_id.clone(),
         idempotency_ttl_ms: config.idempotency_ttl_ms,
         tombstone_grace_ms: config.tombstone_grace_ms,
+        ..KvConfig::new(config.node_id.clone())
     });
     let (kv_handle, t) = spawn_driver("kv", machine, Default::default(), store.clone(), &metrics, failed_tx.clone())?;
     drivers.push(t);

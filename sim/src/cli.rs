@@ -9,7 +9,7 @@ use crate::run::{Options, SeedReport, run_seed};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: tessera-sim (--seed N | --seeds A..B) [--verbose] [--nodes N] [--clients N] [--duration-ms N] \
-         [--layout-changes] [--broken-ack-before-sync]"
+         [--layout-changes] [--tombstone-gc] [--broken-ack-before-sync]"
     );
     ExitCode::from(2)
 }
@@ -80,12 +80,19 @@ pub fn main() -> ExitCode {
             "--verbose" => verbose = true,
             "--broken-ack-before-sync" => opts.ack_before_sync = true,
             "--layout-changes" => opts.layout_changes = true,
+            "--tombstone-gc" => opts.tombstone_gc = true,
             _ => return usage(),
         }
         i += 1;
     }
-    // A layout change needs time to commit and move keys under faults: give it longer.
-    opts.duration_ms = duration.unwrap_or(if opts.layout_changes { 8_000 } else { opts.duration_ms });
+    // A layout change needs time to commit and move keys under faults, and tombstones need
+    // their grace to pass while clients still write: give both longer.
+    let default = match (opts.layout_changes, opts.tombstone_gc) {
+        (_, true) => 12_000,
+        (true, false) => 8_000,
+        (false, false) => opts.duration_ms,
+    };
+    opts.duration_ms = duration.unwrap_or(default);
     let Some((from, to)) = range else { return usage() };
     let started = Instant::now();
     let (mut failed, mut ops) = (0u64, 0u64);

@@ -25,14 +25,16 @@ pub struct FaultPlan {
 }
 
 impl FaultPlan {
-    pub fn draw(rng: &mut Rng, nodes: usize) -> Self {
+    /// A plan for `nodes` nodes whose faults come `min_fault_every_ms` apart on average at
+    /// the most.
+    pub fn draw(rng: &mut Rng, nodes: usize, min_fault_every_ms: u64) -> Self {
         let calm = rng.chance(0.1);
         let pick = |rng: &mut Rng, max: f64| if calm { 0.0 } else { (rng.below(1000) as f64 / 1000.0) * max };
         Self {
             loss: pick(rng, 0.15),
             duplicate: pick(rng, 0.15),
             max_delay_ms: 1 + rng.below(40),
-            fault_every_ms: if calm { u64::MAX / 4 } else { 50 + rng.below(400) },
+            fault_every_ms: if calm { u64::MAX / 4 } else { min_fault_every_ms + rng.below(400) },
             crash_share: 0.5,
             disk_error_share: 0.15,
             max_outage_ms: 20 + rng.below(300),

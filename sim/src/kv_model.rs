@@ -13,6 +13,12 @@
 //! - after the faults heal and every node restarts, every acknowledged write is still there;
 //! - after a read at `all` of every key, every replica holds the same versions (convergence
 //!   through read repair and hinted handoff).
+//!
+//! With `--tombstone-gc` the tombstone grace, the records' life and the hints' age shrink to
+//! seconds, so tombstones are collected on each replica while clients go on. Then a read may
+//! show nothing of a delete once its grace may have passed on some replica's clock, but never
+//! a version that delete superseded nor an acknowledged write before it (a resurrection); and
+//! in the end no replica keeps a key whose versions are all deletes past their grace.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +27,7 @@ use std::time::Duration;
 use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::quorum::Consistency;
 use tessera_core::kv::ring::DEFAULT_VNODES;
-use tessera_core::kv::{Causal, KvRequest, KvResponse, Version};
+use tessera_core::kv::{Causal, KvConfig, KvRequest, KvResponse, Version};
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Placement};
 use tessera_core::{CoreError, CoreResult};
 use tessera_shell::kv_coordinator::{BoxFuture, KeptResult, PeerResult, Peers, Unreachable, ViewCell, Written};
@@ -33,6 +39,48 @@ use crate::run::World;
 
 const TENANT: &str = "sim";
 const KEYS_PER_CLIENT: usize = 3;
+/// Life of an idempotency record (tesserad: 24 h): longer than any run.
+const RECORD_TTL_MS: u64 = 60_000;
+/// With `--tombstone-gc`: tombstones go and records expire this long after their write...
+pub const GC_GRACE_MS: u64 = 5_000;
+/// ...hints older than this are not delivered (under the grace by more than the clocks'
+/// spread, as tesserad's 3 h are under its 4 h or more)...
+const GC_HINT_AGE_MS: u64 = 1_500;
+/// ...and each node sweeps this often (tesserad: every minute).
+const GC_SWEEP_MS: u64 = 250;
+/// With `--tombstone-gc`: how long each client leaves its last key unwritten after a write.
+const GC_REST_MS: u64 = 6_000;
+/// Node clocks are off real time by at most this much (see `FaultPlan::skew_ms`).
+const MAX_SKEW_MS: u64 = 1_000;
+
+/// A node's key-value configuration in this run.
+pub fn kv_config(opts: &crate::run::Options, node: &str) -> KvConfig {
+    let config = KvConfig { idempotency_ttl_ms: RECORD_TTL_MS, ..KvConfig::new(node) };
+    match opts.tombstone_gc {
+        false => config,
+        true => KvConfig {
+            idempotency_ttl_ms: GC_GRACE_MS,
+            tombstone_grace_ms: GC_GRACE_MS,
+            hint_max_age_ms: GC_HINT_AGE_MS,
+            sweep_every_ms: GC_SWEEP_MS,
+            ..config
+        },
+    }
+}
+
+/// The tombstone grace of this run, when it is short enough to pass within it.
+fn gc_grace(world: &World) -> Option<u64> {
+    world.opts.tombstone_gc.then_some(GC_GRACE_MS)
+}
+
+/// Whether a write first sent at `started_ms` may still be replayed as a duplicate: its
+/// record lives the records' life from its coordination by the coordinator's clock, checked
+/// by a replica's clock, and the replay takes up to a request timeout to get there.
+fn replayable_now(world: &World, started_ms: u64) -> bool {
+    let ttl = if world.opts.tombstone_gc { GC_GRACE_MS } else { RECORD_TTL_MS };
+    let window = ttl - 2 * MAX_SKEW_MS - REQUEST_TIMEOUT.as_millis() as u64 - 100;
+    world.elapsed_ms() < started_ms + window
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct KeyState {
@@ -47,6 +95,11 @@ pub struct KeyState {
     /// the network duplicated; a first attempt whose replay found no record and wrote anew.
     /// And a delete's tombstone carries no sequence number: its clock is how a read shows it.
     clocks: BTreeMap<u64, Vec<tessera_core::kv::VClock>>,
+    /// When its last write or delete was sent.
+    last_sent_ms: u64,
+    /// Deletes sent, acknowledged or not: when the first attempt of each was sent (its
+    /// tombstone's time is no earlier, by the clock of the node that coordinated it).
+    deletes: BTreeMap<u64, u64>,
 }
 
 impl KeyState {
@@ -68,6 +121,9 @@ pub struct KvModel {
     /// Acknowledged writes with the client's own idempotency key, which clients replay
     /// later, maybe after a layout change.
     replayable: Vec<Put>,
+    /// Reads that found nothing of a key whose last acknowledged write was a delete: its
+    /// tombstones were collected (with `--tombstone-gc`).
+    collected_reads: u64,
 }
 
 /// One node's view of the others, over the simulated network.
@@ -392,16 +448,27 @@ pub async fn setup(world: &Arc<World>) {
 
 pub async fn client(world: Arc<World>, client: usize, until_ms: u64) {
     while world.elapsed_ms() < until_ms {
-        let key = format!("c{client}-k{}", world.rng_below(KEYS_PER_CLIENT as u64));
+        let index = world.rng_below(KEYS_PER_CLIENT as u64);
+        let key = format!("c{client}-k{index}");
         let node = world.rng_below(world.opts.all_nodes() as u64) as usize;
         if world.chance(0.04) {
             late_replay(&world, client, node).await;
-        } else if world.chance(0.55) {
+        } else if world.chance(0.55) && !resting(&world, index, &key) {
             write(&world, client, node, &key).await;
         } else {
             read(&world, client, node, &key).await;
         }
     }
+}
+
+/// With tombstones collected in the run, each client's last key is written only every
+/// [`GC_REST_MS`] (half of the writes deletes) and read in between: so reads find a key whose
+/// tombstones went, under faults, and the next write comes to a key collected on some
+/// replicas and maybe not on others.
+fn resting(world: &World, index: u64, key: &str) -> bool {
+    world.opts.tombstone_gc
+        && index + 1 == KEYS_PER_CLIENT as u64
+        && world.lock().kv.keys.get(key).is_some_and(|s| world.elapsed_ms() < s.last_sent_ms + GC_REST_MS)
 }
 
 /// One write or delete of a client's key, as sent (and sent again).
@@ -414,22 +481,30 @@ struct Put {
     consistency: Consistency,
     /// The client's idempotency key, or empty (the server generates one).
     idem: String,
+    /// When its first attempt was sent.
+    started_ms: u64,
 }
 
 async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
     let consistency = if world.chance(0.15) { Consistency::All } else { Consistency::Quorum };
-    let delete = world.chance(0.15);
+    let rests = world.opts.tombstone_gc && key.ends_with(&format!("-k{}", KEYS_PER_CLIENT - 1));
+    let delete = world.chance(if rests { 0.5 } else { 0.15 });
+    let started_ms = world.elapsed_ms();
     let seq = {
         let mut w = world.lock();
         let s = w.kv.keys.entry(key.to_owned()).or_default();
         s.attempted += 1;
+        s.last_sent_ms = started_ms;
+        if delete {
+            s.deletes.insert(s.attempted, started_ms);
+        }
         s.attempted
     };
     // Some writes carry the client's own idempotency key, and are retried with it through a
     // random node (maybe the same) when no answer came or the write was refused, and some
     // acknowledged ones once more.
     let idem = if world.chance(0.3) { format!("c{client}-{key}-{seq}") } else { String::new() };
-    let op = Put { key: key.to_owned(), seq, delete, consistency, idem: idem.clone() };
+    let op = Put { key: key.to_owned(), seq, delete, consistency, idem: idem.clone(), started_ms };
     let first = put(world, client, node, &op, "put").await;
     let first_acked = matches!(first, Some(Ok(_)));
     if first_acked && !idem.is_empty() {
@@ -457,7 +532,14 @@ async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
 /// client's own: a key is written by one client at a time, which the checks rely on.)
 async fn late_replay(world: &Arc<World>, client: usize, node: usize) {
     let mine = format!("c{client}-");
-    let own: Vec<Put> = world.lock().kv.replayable.iter().filter(|p| p.key.starts_with(&mine)).cloned().collect();
+    let own: Vec<Put> = world
+        .lock()
+        .kv
+        .replayable
+        .iter()
+        .filter(|p| p.key.starts_with(&mine) && replayable_now(world, p.started_ms))
+        .cloned()
+        .collect();
     if own.is_empty() {
         return;
     }
@@ -527,20 +609,41 @@ async fn put(world: &Arc<World>, client: usize, node: usize, op: &Put, what: &st
     out
 }
 
+/// Whether the tombstones of a delete first sent at `started_ms` may be gone by `now_ms` on
+/// some replica (collected after the run's grace, if tombstones are collected in it): its
+/// coordinator's clock, and the collecting replica's, are each off by up to `MAX_SKEW_MS`.
+fn collectable(started_ms: u64, now_ms: u64, grace_ms: Option<u64>) -> bool {
+    grace_ms.is_some_and(|grace| now_ms >= started_ms + grace.saturating_sub(2 * MAX_SKEW_MS))
+}
+
 /// Whether a read's `versions` show the last write or delete `state` knows acknowledged, or
 /// a later one: a value numbered at least that, or a tombstone at or after its clock (a
 /// delete that saw it; not an earlier acknowledged delete, as a replay of one would make if
 /// it wrote anew). A delete that did not see it leaves it a sibling.
-fn sees(versions: &[Version], state: &KeyState) -> bool {
+///
+/// Unless that was a delete, or a delete was sent after it (acknowledged or not, it may have
+/// taken effect), whose grace may have passed by `now_ms` on some replica's clock
+/// (`grace_ms`: the run's, if tombstones are collected in it): its tombstones may be gone,
+/// and with them versions concurrent with it that were never acknowledged (a spent delete
+/// leaves any set it stands in). What is left must still not be a version the last
+/// acknowledged write or delete superseded, nor an acknowledged one before it: that would
+/// be a resurrection.
+fn sees(versions: &[Version], state: &KeyState, now_ms: u64, grace_ms: Option<u64>) -> bool {
     let must_see = state.last_acked;
     let clocks = state.clocks.get(&must_see).map_or(&[][..], Vec::as_slice);
-    must_see == 0
+    let seen = must_see == 0
         || seqs(versions).iter().any(|s| *s >= must_see)
         || versions.iter().any(|v| {
             v.value.is_none()
                 && state.acked_as(v).is_none_or(|s| s >= must_see)
                 && clocks.iter().any(|c| matches!(v.clock.compare(c), Causal::After | Causal::Equal))
-        })
+        });
+    let collectable = state.deletes.range(must_see..).any(|(_, started)| collectable(*started, now_ms, grace_ms));
+    seen || (collectable
+        && versions.iter().all(|v| {
+            state.acked_as(v).is_none_or(|s| s > must_see)
+                && !clocks.iter().any(|c| matches!(v.clock.compare(c), Causal::Before | Causal::Equal))
+        }))
 }
 
 async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
@@ -563,8 +666,12 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
     world.event(format!("c{client}->n{node} kv get {key} => {}", clip(&shown)));
     world.lock().ops += 1;
     if let Some(Ok(v)) = out {
+        let (now, grace) = (world.elapsed_ms(), gc_grace(world));
         let seen = shown_versions(&v);
-        if !sees(&v, &at_start) {
+        if v.is_empty() && at_start.deletes.contains_key(&must_see) {
+            world.lock().kv.collected_reads += 1;
+        }
+        if !sees(&v, &at_start, now, grace) {
             world.violation(format!(
                 "kv get {key} at quorum saw {seen}, but write {must_see} was acknowledged before the read began"
             ));
@@ -576,7 +683,13 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
             let w = world.lock();
             let Some(state) = w.kv.keys.get(key) else { return };
             // Only the versions acknowledged count (see `KeyState::clocks`).
-            let distinct: std::collections::BTreeSet<u64> = v.iter().filter_map(|x| state.acked_as(x)).collect();
+            let mut distinct: std::collections::BTreeSet<u64> = v.iter().filter_map(|x| state.acked_as(x)).collect();
+            // Except a delete whose grace may have passed on some clock, beside a later write:
+            // a node that collected its tombstones coordinated that write without it, and
+            // a node whose clock runs behind keeps it until its own clock says the grace
+            // passed (a reader is shown the value: see `live_winner`).
+            let last = distinct.last().copied().unwrap_or(0);
+            distinct.retain(|s| *s == last || !state.deletes.get(s).is_some_and(|at| collectable(*at, now, grace)));
             distinct.into_iter().collect()
         };
         if acked.len() > 1 {
@@ -659,10 +772,43 @@ pub async fn final_check(world: &Arc<World>) {
         }
         match seen {
             None => world.violation(format!("kv: {key} unreadable at all after the heal")),
-            Some(v) if !states.get(key).is_none_or(|s| sees(&v, s)) => world
+            Some(v) if !states.get(key).is_none_or(|s| sees(&v, s, world.elapsed_ms(), gc_grace(world))) => world
                 .violation(format!("kv: acknowledged write {key}={acked} lost; replicas hold {}", shown_versions(&v))),
             Some(_) => {}
         }
+    }
+    if let Some(grace) = gc_grace(world) {
+        tombstones_collected(world, grace, &keys).await;
+    }
+}
+
+/// With tombstones collected in the run: once every delete is past its grace on every clock
+/// (clients stopped at the heal), no replica keeps a tombstone, alone or beside a value.
+async fn tombstones_collected(world: &Arc<World>, grace: u64, keys: &[(String, u64)]) {
+    madsim::time::sleep(Duration::from_millis(grace + 2 * MAX_SKEW_MS + 4 * GC_SWEEP_MS)).await;
+    let mut kept = Vec::new();
+    let mut gone = 0;
+    for (key, _) in keys {
+        let mut empty = 0;
+        for n in 0..world.opts.all_nodes() {
+            let Some(h) = world.kv_handle(n) else { continue };
+            match h.call(KvRequest::Read { tenant: TENANT.into(), key: key.clone() }).await {
+                Ok(Ok(KvResponse::Versions(v))) if v.is_empty() => empty += 1,
+                // Alone or beside a value: every delete was sent before the heal.
+                Ok(Ok(KvResponse::Versions(v))) if v.iter().any(|x| x.value.is_none()) => {
+                    kept.push(format!("n{n}:{key} ({})", shown_versions(&v)))
+                }
+                _ => {}
+            }
+        }
+        gone += usize::from(empty == world.opts.all_nodes());
+    }
+    let reads = world.lock().kv.collected_reads;
+    world.event(format!(
+        "kv: {gone} keys collected on every node; {reads} reads found a deleted key collected while clients ran"
+    ));
+    if !kept.is_empty() {
+        world.violation(format!("kv: tombstones past their grace not collected: {}", kept.join(", ")));
     }
 }
 
@@ -671,10 +817,12 @@ pub async fn final_check(world: &Arc<World>) {
 /// duplicate, whatever moved since it was written (and the checks after this one see that
 /// it changed nothing).
 async fn replays_after_the_heal(world: &Arc<World>) {
-    let n = world.lock().kv.replayable.len() as u64;
+    let ops: Vec<Put> =
+        world.lock().kv.replayable.iter().filter(|p| replayable_now(world, p.started_ms)).cloned().collect();
+    let n = ops.len() as u64;
     for _ in 0..n.min(30) {
         let i = world.rng_below(n) as usize;
-        let op = world.lock().kv.replayable[i].clone();
+        let op = ops[i].clone();
         let node = world.rng_below(world.opts.all_nodes() as u64) as usize;
         let Some((coord, id)) = world.coordinator(node) else { continue };
         let Some(handle) = madsim::runtime::Handle::current().get_node(id) else { continue };

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tessera_core::kv::KvMachine;
 use tessera_core::kv::ring::DEFAULT_VNODES;
-use tessera_core::kv::{KvConfig, KvMachine};
 use tessera_core::mem_store::MemStore;
 use tessera_core::meta::{MetaConfig, MetaMachine};
 use tessera_core::rng::Rng;
@@ -171,8 +171,7 @@ impl SimNode {
                         .map(|m| (m, WriteBatch::default()))
                         .map_err(|e| e.to_string());
                     boot.spawn("txn", txn, txn_slot);
-                    let kv =
-                        KvMachine::new(KvConfig { idempotency_ttl_ms: 60_000, ..KvConfig::new(boot.name.clone()) });
+                    let kv = KvMachine::new(crate::kv_model::kv_config(&boot.world.opts, &boot.name));
                     boot.spawn("kv", Ok((kv, WriteBatch::default())), kv_slot.clone());
                     // The node past the initial ones joins later, knowing where they are.
                     let join = index >= boot.world.opts.nodes;

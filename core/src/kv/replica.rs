@@ -34,7 +34,8 @@ pub const MAX_HINTS: u64 = 100_000;
 /// Most bytes those hints may take (a thousand of the largest values): a long outage of a
 /// peer cannot fill this node's disk with its writes.
 pub const MAX_HINT_BYTES: u64 = 1 << 30;
-/// Hints older than this are dropped: the replica is repaired by reads instead.
+/// Hints older than this are dropped (by default): the replica is repaired by reads and
+/// anti-entropy instead.
 pub const HINT_MAX_AGE_MS: u64 = 3 * 60 * 60 * 1000;
 /// Most versions one apply may carry (siblings of one key).
 pub const MAX_SIBLINGS: usize = 64;
@@ -57,6 +58,8 @@ pub const DEFAULT_TOMBSTONE_GRACE_MS: u64 = 10 * 24 * 60 * 60 * 1000;
 /// The shortest grace: longer than a hint lives, so no hint of a value written before a
 /// delete can arrive after its tombstone went (and bring the value back).
 pub const MIN_TOMBSTONE_GRACE_MS: u64 = HINT_MAX_AGE_MS + 60 * 60 * 1000;
+/// How often the machine sweeps expired records, spent tombstones and old hints (by default).
+pub const SWEEP_EVERY_MS: u64 = 60_000;
 
 /// A client's idempotency key for one write, with the hash of what it asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,6 +315,11 @@ pub struct KvConfig {
     pub idempotency_ttl_ms: u64,
     /// See [`DEFAULT_TOMBSTONE_GRACE_MS`].
     pub tombstone_grace_ms: u64,
+    /// See [`HINT_MAX_AGE_MS`]. Shorter than the grace, or a hint could bring back a value
+    /// whose tombstone went (tesserad keeps the default; the simulator shrinks all three).
+    pub hint_max_age_ms: u64,
+    /// See [`SWEEP_EVERY_MS`].
+    pub sweep_every_ms: u64,
 }
 
 impl KvConfig {
@@ -321,7 +329,14 @@ impl KvConfig {
             node_id: node_id.into(),
             idempotency_ttl_ms: DEFAULT_IDEMPOTENCY_TTL_MS,
             tombstone_grace_ms: DEFAULT_TOMBSTONE_GRACE_MS,
+            hint_max_age_ms: HINT_MAX_AGE_MS,
+            sweep_every_ms: SWEEP_EVERY_MS,
         }
+    }
+
+    /// Whether a hint taken at `at` is too old to deliver at `now`.
+    fn hint_expired(&self, at: u64, now: u64) -> bool {
+        at.saturating_add(self.hint_max_age_ms) <= now
     }
 
     /// The grace in force: never shorter than a record lives, so a replay of a write to a
@@ -335,9 +350,10 @@ impl KvConfig {
         v.value.is_none() && v.ts_ms.saturating_add(self.grace_ms()) <= now
     }
 
-    /// When the tombstones `versions` (all deletes) may go: their grace after the newest.
-    fn purge_at(&self, versions: &[Version]) -> u64 {
-        versions.iter().map(|v| v.ts_ms).max().unwrap_or(0).saturating_add(self.grace_ms())
+    /// When the first tombstone among `versions` may go (its grace after it), if any stands
+    /// there: beside a value too, or nothing would remove it from a replica no write reaches.
+    fn purge_at(&self, versions: &[Version]) -> Option<u64> {
+        versions.iter().filter(|v| v.value.is_none()).map(|v| v.ts_ms.saturating_add(self.grace_ms())).min()
     }
 }
 
@@ -444,16 +460,21 @@ impl KvMachine {
             (true, false) => Self::add_keys(store, batch, -1)?,
             _ => {}
         }
-        let vkey = keys::value(tenant, key);
+        self.put_versions(batch, keys::value(tenant, key), &versions);
+        Ok(versions)
+    }
+
+    /// Writes a key's versions (none: the key goes) under `vkey`, with an expiry entry for
+    /// the sweep when a tombstone stands among them.
+    fn put_versions(&self, batch: &mut WriteBatch, vkey: Vec<u8>, versions: &[Version]) {
         if versions.is_empty() {
             batch.delete(KEYSPACE, vkey);
-            return Ok(versions);
+            return;
         }
-        if !holds_value(&versions) {
-            batch.put(KEYSPACE, keys::expiry(self.config.purge_at(&versions), &vkey), Vec::new());
+        if let Some(at) = self.config.purge_at(versions) {
+            batch.put(KEYSPACE, keys::expiry(at, &vkey), Vec::new());
         }
-        batch.put(KEYSPACE, vkey, encode_versions(&versions));
-        Ok(versions)
+        batch.put(KEYSPACE, vkey, encode_versions(versions));
     }
 
     fn add_keys(store: &dyn StoreRead, batch: &mut WriteBatch, delta: i64) -> Result<(), StoreError> {
@@ -478,7 +499,9 @@ impl KvMachine {
         let existed = current.is_some();
         let current = current.unwrap_or_default();
         let merged = reconcile(&current, versions);
-        if !existed || merged != current {
+        // Also when nothing new came but a delete here is spent: it goes now (the replicas
+        // that dropped it already would otherwise differ from this one until a write).
+        if !existed || merged != current || merged.iter().any(|v| self.config.spent(v, now)) {
             return self.store_versions(store, batch, now, tenant, key, &current, merged);
         }
         Ok(merged)
@@ -600,7 +623,7 @@ impl KvMachine {
                         None => self
                             .pending
                             .get(&(tenant.clone(), i.key.clone()))
-                            .filter(|(_, _, at)| at.saturating_add(PENDING_IDEM_MS) > now)
+                            .filter(|(rec, _, at)| at.saturating_add(PENDING_IDEM_MS) > now && rec.expires_ms > now)
                             .map(|(rec, versions, _)| (rec.clone(), versions.clone(), false)),
                     };
                     if let Some((rec, versions, held)) = known {
@@ -728,8 +751,12 @@ impl KvMachine {
                 for (k, v) in rows {
                     let (_, seq) = keys::hint_seq(&k)
                         .ok_or_else(|| StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad hint key".into() })?;
-                    let (_, tenant, key, versions, layout) = decode_hint(&v)?;
-                    out.push(Hint { seq, tenant, key, versions, layout });
+                    let (at, tenant, key, versions, layout) = decode_hint(&v)?;
+                    // Too old to deliver, though not swept yet: its versions may predate a
+                    // delete whose tombstone is gone by now.
+                    if !self.config.hint_expired(at, now) {
+                        out.push(Hint { seq, tenant, key, versions, layout });
+                    }
                 }
                 Ok((KvResponse::Hints(out), batch))
             }
@@ -884,19 +911,22 @@ impl KvMachine {
         for (k, _) in store.prefix(KEYSPACE, keys::EXPIRY_PREFIX, None, SWEEP_BATCH)? {
             match keys::expiry_at(&k).zip(keys::record_key(&k)) {
                 Some((at, rkey)) if at <= now => {
-                    // A key written since (a value, or a newer delete with its own entry)
-                    // stays, and so does a newer record under the same key.
-                    if let Some(buf) = store.get(KEYSPACE, rkey)? {
-                        let due = match rkey.starts_with(keys::VALUE_PREFIX) {
-                            true => {
-                                let versions = decode_versions(KEYSPACE, &buf)?;
-                                versions.iter().all(|v| self.config.spent(v, now))
+                    // Only tombstones past their grace go (a key's other versions stay, and
+                    // the next tombstone's own entry comes back for it), and only an expired
+                    // record: a newer one under the same key stays.
+                    match store.get(KEYSPACE, rkey)? {
+                        Some(buf) if rkey.starts_with(keys::VALUE_PREFIX) => {
+                            let versions = decode_versions(KEYSPACE, &buf)?;
+                            let kept: Vec<Version> =
+                                versions.iter().filter(|v| !self.config.spent(v, now)).cloned().collect();
+                            if kept.len() < versions.len() {
+                                self.put_versions(&mut batch, rkey.to_vec(), &kept);
                             }
-                            false => IdemRecord::decode(&buf)?.0.expires_ms <= now,
-                        };
-                        if due {
+                        }
+                        Some(buf) if IdemRecord::decode(&buf)?.0.expires_ms <= now => {
                             batch.delete(KEYSPACE, rkey.to_vec());
                         }
+                        _ => {}
                     }
                     batch.delete(KEYSPACE, k);
                 }
@@ -919,7 +949,7 @@ impl KvMachine {
                 let Some(last) = rows.last().map(|r| r.0.clone()) else { break };
                 for (k, v) in rows {
                     let (at, ..) = decode_hint(&v)?;
-                    if at.saturating_add(HINT_MAX_AGE_MS) > now || removed >= SWEEP_BATCH {
+                    if !self.config.hint_expired(at, now) || removed >= SWEEP_BATCH {
                         break 'target;
                     }
                     batch.delete(KEYSPACE, k);
@@ -955,9 +985,6 @@ fn decode_hint(buf: &[u8]) -> Result<(u64, String, String, Vec<Version>, u64), S
     Ok((at, tenant, key, versions, layout))
 }
 
-/// How often the machine sweeps expired records.
-const SWEEP_EVERY_MS: u64 = 60_000;
-
 impl Machine for KvMachine {
     type Input = KvRequest;
     type Output = CoreResult<KvResponse>;
@@ -992,7 +1019,7 @@ impl Machine for KvMachine {
         // replica's copy, which the caller awaits on its own.
         ready.volatile = read_only || (self.early && ready.writes.is_empty());
         ready.early = self.early && self.keeps;
-        ready.deadline = Some(now + SWEEP_EVERY_MS);
+        ready.deadline = Some(now + self.config.sweep_every_ms);
         Ok(ready)
     }
 
@@ -1041,7 +1068,7 @@ impl Machine for KvMachine {
         let writes = self.sweep(now, store)?;
         // A sweep that removed a full batch has more to do: come back at once, so records
         // never pile up faster than they expire.
-        let next = if writes.len() >= SWEEP_BATCH { now + 1 } else { now + SWEEP_EVERY_MS };
+        let next = if writes.len() >= SWEEP_BATCH { now + 1 } else { now + self.config.sweep_every_ms };
         Ok(Ready { writes, deadline: Some(next), ..Ready::default() })
     }
 }
@@ -1187,6 +1214,41 @@ mod mint_tests {
     }
 
     #[test]
+    fn a_hint_past_its_age_is_not_delivered_even_before_the_sweep_removes_it() {
+        let store = MemStore::new();
+        let config = KvConfig { hint_max_age_ms: 1_000, ..KvConfig::new("n1") };
+        let mut m = KvMachine::new(config);
+        let hint = |value: &[u8]| KvRequest::Hint {
+            target: "n2".into(),
+            tenant: "t".into(),
+            key: "k".into(),
+            versions: vec![Version {
+                clock: VClock([("n1".to_owned(), 1)].into()),
+                ts_ms: 1,
+                value: Some(value.to_vec()),
+            }],
+            layout: 1,
+        };
+        let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
+            let ready = m.step(now, 0, req, &store).unwrap();
+            store.write(&ready.writes).unwrap();
+            ready.replies.into_iter().next().map(|(_, r)| r)
+        };
+        at(&mut m, 100, hint(b"old"));
+        at(&mut m, 900, hint(b"new"));
+        let offered =
+            |m: &mut KvMachine, now: u64| match at(m, now, KvRequest::Hints { target: "n2".into(), limit: 10 }) {
+                Some(Ok(KvResponse::Hints(h))) => h.into_iter().map(|h| h.seq).collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(offered(&mut m, 1_099), vec![1, 2]);
+        // The first is a second old: not offered, though still stored until a sweep.
+        assert_eq!(offered(&mut m, 1_100), vec![2]);
+        assert_eq!(count(&store, keys::HINT_COUNT).unwrap(), 2);
+        assert_eq!(offered(&mut m, 1_900), Vec::<u64>::new());
+    }
+
+    #[test]
     fn a_coordination_answers_before_the_sync_only_once_its_counters_ceiling_is_durable() {
         let store = MemStore::new();
         let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
@@ -1284,6 +1346,29 @@ mod mint_tests {
         let mut restarted = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
         let again = step(&mut restarted, &store, 0, write(false, true));
         assert!(matches!(&again.replies[0].1, Ok(KvResponse::Coordinated { duplicate: true, .. })));
+    }
+
+    #[test]
+    fn a_pending_record_lives_no_longer_than_a_stored_one() {
+        let store = MemStore::new();
+        let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
+        let write = |fresh| KvRequest::Coordinate {
+            tenant: "t".into(),
+            key: "k".into(),
+            value: Some(b"a".to_vec()),
+            idem: Some(IdemKey { key: "i1".into(), request_hash: vec![1], fresh }),
+            keep: false,
+        };
+        let duplicate = |m: &mut KvMachine, now: u64, req| match &m.step(now, 0, req, &store).unwrap().replies[0].1 {
+            Ok(KvResponse::Coordinated { duplicate, .. }) => *duplicate,
+            other => panic!("{other:?}"),
+        };
+        // Coordinated for another node at 0: its record is pending here, expiring at 1000.
+        assert!(!duplicate(&mut m, 0, write(true)));
+        assert!(duplicate(&mut m, 999, write(false)));
+        // Past the record's life (though within the pending window) the key is free again,
+        // as it is on a replica that stored the record.
+        assert!(!duplicate(&mut m, 1_000, write(false)));
     }
 
     #[test]
@@ -1411,8 +1496,28 @@ mod mint_tests {
             Version { clock: VClock([("n4".to_owned(), 1)].into()), ts_ms: now - 5, value: Some(b"o".to_vec()) };
         at(&mut m, now, apply("g", &tomb));
         at(&mut m, now + 1, apply("g", &older));
+        // "i" gets both at once (as anti-entropy sends them): it never held the tombstone alone.
+        let both = KvRequest::Apply {
+            tenant: "t".into(),
+            key: "i".into(),
+            versions: vec![tomb.clone(), older.clone()],
+            idem: None,
+        };
+        at(&mut m, now + 1, both);
+        sweep(&mut m, now + grace - 1);
+        assert_eq!(held("g").len(), 2, "a tombstone beside a value went before its grace");
+        assert_eq!(held("i").len(), 2, "a tombstone beside a value went before its grace");
         sweep(&mut m, now + grace);
-        assert!(held("g").contains(&older), "a value went with the tombstone beside it");
+        // The value stays, and the spent tombstone beside it goes: no write may ever reach
+        // this key here, and the replicas that dropped it would differ from this one forever.
+        assert_eq!(held("g"), vec![older.clone()], "a value went with the tombstone beside it, or it stayed");
+        assert_eq!(held("i"), vec![older.clone()], "a value went with the tombstone beside it, or it stayed");
+        // Before any sweep, an apply that brings nothing new drops a spent tombstone too.
+        at(&mut m, now, apply("h", &tomb));
+        at(&mut m, now + 1, apply("h", &older));
+        let out = at(&mut m, now + grace, apply("h", &older));
+        assert!(matches!(&out, Some(Ok(KvResponse::Versions(v))) if *v == vec![older.clone()]), "{out:?}");
+        assert_eq!(held("h"), vec![older.clone()]);
         at(&mut m, now, apply("d", &value));
         let keys = |m: &mut KvMachine| match at(m, now, KvRequest::Stats) {
             Some(Ok(KvResponse::Stats { keys, .. })) => keys,
