@@ -213,7 +213,14 @@ async fn peer_service_refuses_bad_input_and_keeps_serving() {
         KvRequest::Fence { version: 9 },
         KvRequest::Hints { target: "x".into(), limit: 10 },
         KvRequest::HintsDelivered { target: "x".into(), upto: u64::MAX },
-        KvRequest::Hint { target: "x".into(), tenant: "t".into(), key: "k".into(), versions: vec![], layout: 1 },
+        KvRequest::Hint {
+            target: "x".into(),
+            tenant: "t".into(),
+            key: "k".into(),
+            versions: vec![],
+            layout: 1,
+            taken_ms: None,
+        },
     ] {
         let body = wire::encode_request(&own);
         let e = p.call(peer::PeerRequest { from: "x".into(), body: body.clone(), layout: 1 }).await.unwrap_err();

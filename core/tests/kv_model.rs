@@ -271,6 +271,7 @@ fn old_hints_expire_even_behind_many_fresh_ones() {
         key: format!("k{i}"),
         versions: vec![Version { clock: VClock([("n1".to_owned(), 1)].into()), ts_ms: 1, value: None }],
         layout: 7,
+        taken_ms: None,
     };
     // "a" sorts first and holds 1200 fresh hints; "b" holds one old one.
     step(&mut m, &store, 1, hint("b", 0));

@@ -824,6 +824,7 @@ impl<P: Peers> KvCoordinator<P> {
                 key: key.to_owned(),
                 versions: versions.clone(),
                 layout,
+                taken_ms: None,
             };
             self.peers.spawn(Box::pin(async move {
                 let merged = match left > 0 {
@@ -1301,6 +1302,9 @@ impl<P: Peers> KvCoordinator<P> {
                         key: h.key.clone(),
                         versions: h.versions.clone(),
                         layout: placement.version,
+                        // Its age goes with it: a version must not travel longer than a hint
+                        // lives (past it, its key's tombstones may have been collected).
+                        taken_ms: Some(h.taken_ms),
                     };
                     if !matches!(self.peers.send(&me, keep, PEER_TIMEOUT_MS).await, Ok(Ok(_))) {
                         return Err(Unreachable(format!("{node}: {refused}; and this node could not keep a hint")));

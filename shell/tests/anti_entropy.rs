@@ -297,6 +297,7 @@ async fn a_hint_from_an_older_layout_goes_to_the_keys_owners_under_the_layout_in
         key: key.into(),
         versions: vec![v.clone()],
         layout,
+        taken_ms: None,
     };
     replica(&net, "n1", hint("n3", "k", 1)).await;
     // Then n3 leaves and n4 joins (version 2, the change done): n3 owns no key any more.
@@ -341,6 +342,7 @@ async fn a_redirected_hint_an_owner_misses_becomes_that_owners_hint_and_holds_up
             key: key.into(),
             versions: vec![v.clone()],
             layout: 1,
+            taken_ms: None,
         };
         replica(&net, "n1", hint).await;
     }
@@ -350,6 +352,13 @@ async fn a_redirected_hint_an_owner_misses_becomes_that_owners_hint_and_holds_up
     let mut next = Layout::initial(&members);
     next.version = 2;
     *net.placement.lock().unwrap() = Some(Arc::new(Placement::new(&next)));
+    let KvResponse::Hints(for_n3) = replica(&net, "n1", KvRequest::Hints { target: "n3".into(), limit: 10 }).await
+    else {
+        panic!()
+    };
+    let taken: Vec<u64> = for_n3.iter().map(|h| h.taken_ms).collect();
+    // A clock tick or more later, so a hint kept anew would show a later time.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     assert_eq!(coordinator(&net, "n1").hand_off_to("n3").await.unwrap(), 2, "n5 holds up neither hint");
     for key in ["a", "b"] {
         assert_eq!(held(&net, "n2", "t3", key).await, vec![v.clone()]);
@@ -361,6 +370,8 @@ async fn a_redirected_hint_an_owner_misses_becomes_that_owners_hint_and_holds_up
         panic!()
     };
     assert_eq!(for_n5.iter().map(|h| (h.key.as_str(), h.layout)).collect::<Vec<_>>(), [("a", 2), ("b", 2)]);
+    // Kept again, each is as old as it was: no version travels longer than a hint lives.
+    assert_eq!(for_n5.iter().map(|h| h.taken_ms).collect::<Vec<_>>(), taken);
 }
 
 #[tokio::test]

@@ -121,6 +121,9 @@ pub struct Hint {
     pub versions: Vec<Version>,
     /// The layout version its write was placed by; 0 for a hint kept before hints recorded it.
     pub layout: u64,
+    /// When it was first taken (by this node's clock): a hint kept again for another owner
+    /// keeps its age, so no version travels longer than a hint lives.
+    pub taken_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +167,9 @@ pub enum KvRequest {
         versions: Vec<Version>,
         /// The layout version the write was placed by.
         layout: u64,
+        /// When the hint was first taken, for one kept again for another owner (its age
+        /// carries over); `None`: now.
+        taken_ms: Option<u64>,
     },
     /// Up to `limit` hints held for `target`, oldest first.
     Hints {
@@ -717,7 +723,7 @@ impl KvMachine {
                 Ok((KvResponse::Versions(Self::versions(store, &tenant, &key)?.unwrap_or_default()), batch))
             }
             KvRequest::IdemLookup { tenant, key, idem } => Ok((Self::idem_lookup(store, &tenant, &key, &idem)?, batch)),
-            KvRequest::Hint { target, tenant, key, versions, layout } => {
+            KvRequest::Hint { target, tenant, key, versions, layout, taken_ms } => {
                 let held = count(store, keys::HINT_COUNT)?;
                 if held >= MAX_HINTS {
                     return Err(CoreError::ResourceExhausted(format!(
@@ -725,7 +731,7 @@ impl KvMachine {
                     )));
                 }
                 let body = Encoder::new()
-                    .u64(now)
+                    .u64(taken_ms.map_or(now, |t| t.min(now)))
                     .str(&tenant)
                     .str(&key)
                     .bytes(&encode_versions(&versions))
@@ -755,7 +761,7 @@ impl KvMachine {
                     // Too old to deliver, though not swept yet: its versions may predate a
                     // delete whose tombstone is gone by now.
                     if !self.config.hint_expired(at, now) {
-                        out.push(Hint { seq, tenant, key, versions, layout });
+                        out.push(Hint { seq, tenant, key, versions, layout, taken_ms: at });
                     }
                 }
                 Ok((KvResponse::Hints(out), batch))
@@ -921,6 +927,10 @@ impl KvMachine {
                                 versions.iter().filter(|v| !self.config.spent(v, now)).cloned().collect();
                             if kept.len() < versions.len() {
                                 self.put_versions(&mut batch, rkey.to_vec(), &kept);
+                            } else if let Some(at) = self.config.purge_at(&kept) {
+                                // None spent yet (the grace grew since the entry was made): the
+                                // entry comes back for when one is.
+                                batch.put(KEYSPACE, keys::expiry(at, rkey), Vec::new());
                             }
                         }
                         Some(buf) if IdemRecord::decode(&buf)?.0.expires_ms <= now => {
@@ -1189,6 +1199,7 @@ mod mint_tests {
                 value: Some(value.to_vec()),
             }],
             layout: 1,
+            taken_ms: None,
         };
         let bytes = |store: &MemStore| count(store, keys::HINT_BYTES).unwrap();
         assert!(matches!(&step(&mut m, &store, 0, hint(&[7; 100])).replies[..], [(0, Ok(KvResponse::Done))]));
@@ -1218,7 +1229,7 @@ mod mint_tests {
         let store = MemStore::new();
         let config = KvConfig { hint_max_age_ms: 1_000, ..KvConfig::new("n1") };
         let mut m = KvMachine::new(config);
-        let hint = |value: &[u8]| KvRequest::Hint {
+        let hint = |value: &[u8], taken_ms| KvRequest::Hint {
             target: "n2".into(),
             tenant: "t".into(),
             key: "k".into(),
@@ -1228,14 +1239,15 @@ mod mint_tests {
                 value: Some(value.to_vec()),
             }],
             layout: 1,
+            taken_ms,
         };
         let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
             let ready = m.step(now, 0, req, &store).unwrap();
             store.write(&ready.writes).unwrap();
             ready.replies.into_iter().next().map(|(_, r)| r)
         };
-        at(&mut m, 100, hint(b"old"));
-        at(&mut m, 900, hint(b"new"));
+        at(&mut m, 100, hint(b"old", None));
+        at(&mut m, 900, hint(b"new", None));
         let offered =
             |m: &mut KvMachine, now: u64| match at(m, now, KvRequest::Hints { target: "n2".into(), limit: 10 }) {
                 Some(Ok(KvResponse::Hints(h))) => h.into_iter().map(|h| h.seq).collect::<Vec<_>>(),
@@ -1246,6 +1258,10 @@ mod mint_tests {
         assert_eq!(offered(&mut m, 1_100), vec![2]);
         assert_eq!(count(&store, keys::HINT_COUNT).unwrap(), 2);
         assert_eq!(offered(&mut m, 1_900), Vec::<u64>::new());
+        // One kept again for another owner keeps its age.
+        at(&mut m, 1_900, hint(b"again", Some(950)));
+        assert_eq!(offered(&mut m, 1_949), vec![3]);
+        assert_eq!(offered(&mut m, 1_950), Vec::<u64>::new());
     }
 
     #[test]
@@ -1421,6 +1437,25 @@ mod mint_tests {
             KvMachine::read_only(&lookup, &new),
             Some(Ok(Ok(KvResponse::Idem { record: None, held: false })))
         ));
+    }
+
+    #[test]
+    fn a_tombstone_whose_grace_grew_since_it_was_stored_still_goes_in_the_end() {
+        let store = MemStore::new();
+        let config = |grace| KvConfig { tombstone_grace_ms: grace, idempotency_ttl_ms: 1, ..KvConfig::new("n1") };
+        let delete = KvRequest::Coordinate { tenant: "t".into(), key: "k".into(), value: None, idem: None, keep: true };
+        let mut m = KvMachine::new(config(100));
+        store.write(&m.step(10, 0, delete, &store).unwrap().writes).unwrap();
+        // Restarted with a longer grace: the entry made for the shorter one falls due first.
+        let mut m = KvMachine::new(config(500));
+        let held = || match KvMachine::read_only(&KvRequest::Read { tenant: "t".into(), key: "k".into() }, &store) {
+            Some(Ok(Ok(KvResponse::Versions(v)))) => v.len(),
+            other => panic!("{other:?}"),
+        };
+        store.write(&m.tick(110, &store).unwrap().writes).unwrap();
+        assert_eq!(held(), 1, "the tombstone went before its grace");
+        store.write(&m.tick(510, &store).unwrap().writes).unwrap();
+        assert_eq!(held(), 0, "the tombstone stayed past its grace: its entry was not made again");
     }
 
     #[test]

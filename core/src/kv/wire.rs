@@ -98,8 +98,12 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
         }
         KvRequest::Read { tenant, key } => e.u8(3).str(tenant).str(key),
         KvRequest::IdemLookup { tenant, key, idem } => e.u8(17).str(tenant).str(key).str(idem),
-        KvRequest::Hint { target, tenant, key, versions: vs, layout } => {
-            versions(e.u8(6).str(target).str(tenant).str(key), vs).u64(*layout)
+        KvRequest::Hint { target, tenant, key, versions: vs, layout, taken_ms } => {
+            let e = versions(e.u8(6).str(target).str(tenant).str(key), vs).u64(*layout);
+            match taken_ms {
+                Some(t) => e.u64(*t),
+                None => e,
+            }
         }
         KvRequest::Hints { target, limit } => e.u8(7).str(target).u64(*limit as u64),
         KvRequest::HintsDelivered { target, upto } => e.u8(8).str(target).u64(*upto),
@@ -147,7 +151,9 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
         17 => KvRequest::IdemLookup { tenant: d.string()?, key: d.string()?, idem: d.string()? },
         6 => {
             let (target, tenant, key) = (d.string()?, d.string()?, d.string()?);
-            KvRequest::Hint { target, tenant, key, versions: read_versions(&mut d)?, layout: d.u64()? }
+            let (versions, layout) = (read_versions(&mut d)?, d.u64()?);
+            let taken_ms = if d.is_empty() { None } else { Some(d.u64()?) };
+            KvRequest::Hint { target, tenant, key, versions, layout, taken_ms }
         }
         7 => KvRequest::Hints { target: d.string()?, limit: d.u64()?.min(1000) as usize },
         8 => KvRequest::HintsDelivered { target: d.string()?, upto: d.u64()? },
@@ -217,6 +223,9 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
             for h in hs {
                 e = versions(e.u64(h.seq).str(&h.tenant).str(&h.key), &h.versions).u64(h.layout);
             }
+            for h in hs {
+                e = e.u64(h.taken_ms);
+            }
             e
         }
         Ok(KvResponse::Stats { keys, hints }) => e.u8(7).u64(*keys).u64(*hints),
@@ -285,7 +294,13 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
             let mut hs = Vec::with_capacity(n.min(1000) as usize);
             for _ in 0..n {
                 let (seq, tenant, key) = (d.u64()?, d.string()?, d.string()?);
-                hs.push(Hint { seq, tenant, key, versions: read_versions(&mut d)?, layout: d.u64()? });
+                hs.push(Hint { seq, tenant, key, versions: read_versions(&mut d)?, layout: d.u64()?, taken_ms: 0 });
+            }
+            // Appended after the list, one per hint (an older node's list has none).
+            if !d.is_empty() {
+                for h in &mut hs {
+                    h.taken_ms = d.u64()?;
+                }
             }
             Ok(KvResponse::Hints(hs))
         }
@@ -387,6 +402,15 @@ mod tests {
                 key: "k".into(),
                 versions: vec![v.clone()],
                 layout: 3,
+                taken_ms: None,
+            },
+            KvRequest::Hint {
+                target: "n2".into(),
+                tenant: "t".into(),
+                key: "k".into(),
+                versions: vec![v.clone()],
+                layout: 3,
+                taken_ms: Some(77),
             },
             KvRequest::IdemLookup { tenant: "t".into(), key: "k".into(), idem: "op-1".into() },
             KvRequest::Stats,
@@ -423,6 +447,7 @@ mod tests {
                 key: "k".into(),
                 versions: vec![v],
                 layout: 2,
+                taken_ms: 12,
             }])),
             Ok(KvResponse::Digests(vec![("t".into(), "k".into(), vec![3; 16])])),
             Ok(KvResponse::Fence(9)),
