@@ -1124,6 +1124,22 @@ mod mint_tests {
     use crate::store::Store;
 
     /// Steps `m` and writes what it wrote (visible, not synced).
+    /// A hint for n2 of a write of `value` to key "k".
+    fn hint_for_n2(value: &[u8], taken_ms: Option<u64>) -> KvRequest {
+        KvRequest::Hint {
+            target: "n2".into(),
+            tenant: "t".into(),
+            key: "k".into(),
+            versions: vec![Version {
+                clock: VClock([("n1".to_owned(), 1)].into()),
+                ts_ms: 1,
+                value: Some(value.to_vec()),
+            }],
+            layout: 1,
+            taken_ms,
+        }
+    }
+
     fn step(m: &mut KvMachine, store: &MemStore, token: ClientToken, req: KvRequest) -> Ready<CoreResult<KvResponse>> {
         let ready = m.step(1, token, req, store).unwrap();
         store.write(&ready.writes).unwrap();
@@ -1189,18 +1205,7 @@ mod mint_tests {
     fn hints_are_bounded_in_bytes_and_give_their_bytes_back_when_delivered_or_expired() {
         let store = MemStore::new();
         let mut m = KvMachine::new(KvConfig { idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
-        let hint = |value: &[u8]| KvRequest::Hint {
-            target: "n2".into(),
-            tenant: "t".into(),
-            key: "k".into(),
-            versions: vec![Version {
-                clock: VClock([("n1".to_owned(), 1)].into()),
-                ts_ms: 1,
-                value: Some(value.to_vec()),
-            }],
-            layout: 1,
-            taken_ms: None,
-        };
+        let hint = |value: &[u8]| hint_for_n2(value, None);
         let bytes = |store: &MemStore| count(store, keys::HINT_BYTES).unwrap();
         assert!(matches!(&step(&mut m, &store, 0, hint(&[7; 100])).replies[..], [(0, Ok(KvResponse::Done))]));
         let one = bytes(&store);
@@ -1229,18 +1234,7 @@ mod mint_tests {
         let store = MemStore::new();
         let config = KvConfig { hint_max_age_ms: 1_000, ..KvConfig::new("n1") };
         let mut m = KvMachine::new(config);
-        let hint = |value: &[u8], taken_ms| KvRequest::Hint {
-            target: "n2".into(),
-            tenant: "t".into(),
-            key: "k".into(),
-            versions: vec![Version {
-                clock: VClock([("n1".to_owned(), 1)].into()),
-                ts_ms: 1,
-                value: Some(value.to_vec()),
-            }],
-            layout: 1,
-            taken_ms,
-        };
+        let hint = hint_for_n2;
         let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
             let ready = m.step(now, 0, req, &store).unwrap();
             store.write(&ready.writes).unwrap();
