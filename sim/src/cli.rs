@@ -88,7 +88,7 @@ pub fn main() -> ExitCode {
     // A layout change needs time to commit and move keys under faults, and tombstones need
     // their grace to pass while clients still write: give both longer.
     let default = match (opts.layout_changes, opts.tombstone_gc) {
-        (_, true) => 12_000,
+        (_, true) => 14_000,
         (true, false) => 8_000,
         (false, false) => opts.duration_ms,
     };

@@ -26,8 +26,8 @@ pub struct FaultPlan {
 
 impl FaultPlan {
     /// A plan for `nodes` nodes whose faults come `min_fault_every_ms` apart on average at
-    /// the most.
-    pub fn draw(rng: &mut Rng, nodes: usize, min_fault_every_ms: u64) -> Self {
+    /// the most, and whose clocks are off by up to `max_skew_ms` each way.
+    pub fn draw(rng: &mut Rng, nodes: usize, min_fault_every_ms: u64, max_skew_ms: i64) -> Self {
         let calm = rng.chance(0.1);
         let pick = |rng: &mut Rng, max: f64| if calm { 0.0 } else { (rng.below(1000) as f64 / 1000.0) * max };
         Self {
@@ -39,7 +39,7 @@ impl FaultPlan {
             disk_error_share: 0.15,
             max_outage_ms: 20 + rng.below(300),
             max_fsync_ms: 1 + rng.below(8),
-            skew_ms: (0..nodes).map(|_| rng.below(2001) as i64 - 1000).collect(),
+            skew_ms: (0..nodes).map(|_| (rng.below(2001) as i64 - 1000) * max_skew_ms / 1000).collect(),
         }
     }
 

@@ -42,16 +42,18 @@ const KEYS_PER_CLIENT: usize = 3;
 /// Life of an idempotency record (tesserad: 24 h): longer than any run.
 const RECORD_TTL_MS: u64 = 60_000;
 /// With `--tombstone-gc`: tombstones go and records expire this long after their write...
-pub const GC_GRACE_MS: u64 = 5_000;
+pub const GC_GRACE_MS: u64 = 6_000;
 /// ...hints older than this are not delivered (under the grace by more than the clocks'
 /// spread, as tesserad's 3 h are under its 4 h or more)...
-const GC_HINT_AGE_MS: u64 = 1_500;
+const GC_HINT_AGE_MS: u64 = 2_000;
 /// ...and each node sweeps this often (tesserad: every minute).
 const GC_SWEEP_MS: u64 = 250;
 /// With `--tombstone-gc`: how long each client leaves its last key unwritten after a write.
-const GC_REST_MS: u64 = 6_000;
-/// Node clocks are off real time by at most this much (see `FaultPlan::skew_ms`).
+const GC_REST_MS: u64 = 7_000;
+/// Node clocks are off real time by at most this much (see `FaultPlan::skew_ms`)...
 const MAX_SKEW_MS: u64 = 1_000;
+/// ...and with `--tombstone-gc`, this much.
+pub const GC_MAX_SKEW_MS: u64 = 250;
 
 /// A node's key-value configuration in this run.
 pub fn kv_config(opts: &crate::run::Options, node: &str) -> KvConfig {
@@ -73,12 +75,17 @@ fn gc_grace(world: &World) -> Option<u64> {
     world.opts.tombstone_gc.then_some(GC_GRACE_MS)
 }
 
+/// How far node clocks are off real time at most in this run.
+fn max_skew(world: &World) -> u64 {
+    if world.opts.tombstone_gc { GC_MAX_SKEW_MS } else { MAX_SKEW_MS }
+}
+
 /// Whether a write first sent at `started_ms` may still be replayed as a duplicate: its
 /// record lives the records' life from its coordination by the coordinator's clock, checked
 /// by a replica's clock, and the replay takes up to a request timeout to get there.
 fn replayable_now(world: &World, started_ms: u64) -> bool {
     let ttl = if world.opts.tombstone_gc { GC_GRACE_MS } else { RECORD_TTL_MS };
-    let window = ttl - 2 * MAX_SKEW_MS - REQUEST_TIMEOUT.as_millis() as u64 - 100;
+    let window = ttl - 2 * max_skew(world) - REQUEST_TIMEOUT.as_millis() as u64 - 100;
     world.elapsed_ms() < started_ms + window
 }
 
@@ -611,9 +618,9 @@ async fn put(world: &Arc<World>, client: usize, node: usize, op: &Put, what: &st
 
 /// Whether the tombstones of a delete first sent at `started_ms` may be gone by `now_ms` on
 /// some replica (collected after the run's grace, if tombstones are collected in it): its
-/// coordinator's clock, and the collecting replica's, are each off by up to `MAX_SKEW_MS`.
+/// coordinator's clock, and the collecting replica's, are each off by up to `GC_MAX_SKEW_MS`.
 fn collectable(started_ms: u64, now_ms: u64, grace_ms: Option<u64>) -> bool {
-    grace_ms.is_some_and(|grace| now_ms >= started_ms + grace.saturating_sub(2 * MAX_SKEW_MS))
+    grace_ms.is_some_and(|grace| now_ms >= started_ms + grace.saturating_sub(2 * GC_MAX_SKEW_MS))
 }
 
 /// Whether a read's `versions` show the last write or delete `state` knows acknowledged, or
@@ -672,8 +679,10 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
             world.lock().kv.collected_reads += 1;
         }
         if !sees(&v, &at_start, now, grace) {
+            let held = replicas_hold(world, key).await;
             world.violation(format!(
-                "kv get {key} at quorum saw {seen}, but write {must_see} was acknowledged before the read began"
+                "kv get {key} at quorum saw {seen}, but write {must_see} was acknowledged before the read began \
+                 (replicas hold {held})"
             ));
         }
         // One client writes this key, one write at a time: two acknowledged writes are never
@@ -699,6 +708,28 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
             ));
         }
     }
+}
+
+/// What each node holds for `key` (the versions' numbers or deletes, times and clocks), for
+/// a violation's report.
+async fn replicas_hold(world: &World, key: &str) -> String {
+    let mut out = Vec::new();
+    for n in 0..world.opts.all_nodes() {
+        let Some(h) = world.kv_handle(n) else {
+            out.push(format!("n{n}: down"));
+            continue;
+        };
+        let shown = match h.call(KvRequest::Read { tenant: TENANT.into(), key: key.to_owned() }).await {
+            Ok(Ok(KvResponse::Versions(v))) => v
+                .iter()
+                .map(|x| format!("{}@{} {:?}", seq(x).map_or("deleted".into(), |s| s.to_string()), x.ts_ms, x.clock.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            other => format!("unreadable: {other:?}"),
+        };
+        out.push(format!("n{n}: [{shown}]"));
+    }
+    out.join("; ")
 }
 
 /// After the heal and a restart of every node: with no client reading, hinted handoff and
@@ -827,6 +858,10 @@ async fn replays_after_the_heal(world: &Arc<World>) {
     for _ in 0..n.min(30) {
         let i = world.rng_below(n) as usize;
         let op = ops[i].clone();
+        // Replays before this one may have taken long (a node waiting for metadata).
+        if !replayable_now(world, op.started_ms) {
+            continue;
+        }
         let node = world.rng_below(world.opts.all_nodes() as u64) as usize;
         let Some((coord, id)) = world.coordinator(node) else { continue };
         let Some(handle) = madsim::runtime::Handle::current().get_node(id) else { continue };

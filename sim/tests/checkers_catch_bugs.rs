@@ -40,7 +40,7 @@ fn different_seeds_give_different_histories() {
 /// deleted keys gone) and by the end, and the checks pass.
 #[test]
 fn tombstone_collection_runs_and_passes() {
-    let opts = Options { tombstone_gc: true, duration_ms: 12_000, ..Options::default() };
+    let opts = Options { tombstone_gc: true, duration_ms: 14_000, ..Options::default() };
     let (mut collected, mut read_gone) = (0u64, 0u64);
     for seed in 0..4 {
         let (r, deterministic) = check_seed(seed, &opts);
