@@ -84,7 +84,7 @@ fn max_skew(world: &World) -> u64 {
 /// record lives the records' life from its coordination by the coordinator's clock, checked
 /// by a replica's clock, and the replay takes up to a request timeout to get there.
 fn replayable_now(world: &World, started_ms: u64) -> bool {
-    let ttl = if world.opts.tombstone_gc { GC_GRACE_MS } else { RECORD_TTL_MS };
+    let ttl = kv_config(&world.opts, "").idempotency_ttl_ms;
     let window = ttl - 2 * max_skew(world) - REQUEST_TIMEOUT.as_millis() as u64 - 100;
     world.elapsed_ms() < started_ms + window
 }
@@ -455,12 +455,11 @@ pub async fn setup(world: &Arc<World>) {
 
 pub async fn client(world: Arc<World>, client: usize, until_ms: u64) {
     while world.elapsed_ms() < until_ms {
-        let index = world.rng_below(KEYS_PER_CLIENT as u64);
-        let key = format!("c{client}-k{index}");
+        let key = format!("c{client}-k{}", world.rng_below(KEYS_PER_CLIENT as u64));
         let node = world.rng_below(world.opts.all_nodes() as u64) as usize;
         if world.chance(0.04) {
             late_replay(&world, client, node).await;
-        } else if world.chance(0.55) && !resting(&world, index, &key) {
+        } else if world.chance(0.55) && !resting(&world, &key) {
             write(&world, client, node, &key).await;
         } else {
             read(&world, client, node, &key).await;
@@ -472,10 +471,13 @@ pub async fn client(world: Arc<World>, client: usize, until_ms: u64) {
 /// [`GC_REST_MS`] (half of the writes deletes) and read in between: so reads find a key whose
 /// tombstones went, under faults, and the next write comes to a key collected on some
 /// replicas and maybe not on others.
-fn resting(world: &World, index: u64, key: &str) -> bool {
-    world.opts.tombstone_gc
-        && index + 1 == KEYS_PER_CLIENT as u64
-        && world.lock().kv.keys.get(key).is_some_and(|s| world.elapsed_ms() < s.last_sent_ms + GC_REST_MS)
+fn resting(world: &World, key: &str) -> bool {
+    rests(world, key) && world.lock().kv.keys.get(key).is_some_and(|s| world.elapsed_ms() < s.last_sent_ms + GC_REST_MS)
+}
+
+/// Whether `key` is a client's last key in a run that collects tombstones (see [`resting`]).
+fn rests(world: &World, key: &str) -> bool {
+    world.opts.tombstone_gc && key.ends_with(&format!("-k{}", KEYS_PER_CLIENT - 1))
 }
 
 /// One write or delete of a client's key, as sent (and sent again).
@@ -494,8 +496,7 @@ struct Put {
 
 async fn write(world: &Arc<World>, client: usize, node: usize, key: &str) {
     let consistency = if world.chance(0.15) { Consistency::All } else { Consistency::Quorum };
-    let rests = world.opts.tombstone_gc && key.ends_with(&format!("-k{}", KEYS_PER_CLIENT - 1));
-    let delete = world.chance(if rests { 0.5 } else { 0.15 });
+    let delete = world.chance(if rests(world, key) { 0.5 } else { 0.15 });
     let started_ms = world.elapsed_ms();
     let seq = {
         let mut w = world.lock();
@@ -715,21 +716,27 @@ async fn read(world: &Arc<World>, client: usize, node: usize, key: &str) {
 async fn replicas_hold(world: &World, key: &str) -> String {
     let mut out = Vec::new();
     for n in 0..world.opts.all_nodes() {
-        let Some(h) = world.kv_handle(n) else {
-            out.push(format!("n{n}: down"));
-            continue;
-        };
-        let shown = match h.call(KvRequest::Read { tenant: TENANT.into(), key: key.to_owned() }).await {
-            Ok(Ok(KvResponse::Versions(v))) => v
+        let shown = match held_on(world, n, key).await {
+            Ok(v) => v
                 .iter()
                 .map(|x| format!("{}@{} {:?}", seq(x).map_or("deleted".into(), |s| s.to_string()), x.ts_ms, x.clock.0))
                 .collect::<Vec<_>>()
                 .join(", "),
-            other => format!("unreadable: {other:?}"),
+            Err(why) => why,
         };
         out.push(format!("n{n}: [{shown}]"));
     }
     out.join("; ")
+}
+
+/// What node `n`'s replica holds for `key`, read from its driver directly; or why it cannot
+/// tell (the node is down, or its driver did not answer).
+async fn held_on(world: &World, n: usize, key: &str) -> Result<Vec<Version>, String> {
+    let h = world.kv_handle(n).ok_or_else(|| "the node is down".to_owned())?;
+    match h.call(KvRequest::Read { tenant: TENANT.into(), key: key.to_owned() }).await {
+        Ok(Ok(KvResponse::Versions(v))) => Ok(v),
+        other => Err(format!("unreadable: {other:?}")),
+    }
 }
 
 /// After the heal and a restart of every node: with no client reading, hinted handoff and
@@ -758,10 +765,7 @@ pub async fn final_check(world: &Arc<World>) {
             let mut per_node = Vec::new();
             let replicas = ring.replicas(TENANT, key, rf as usize);
             for n in (0..world.opts.all_nodes()).filter(|n| replicas.contains(&format!("n{n}").as_str())) {
-                let Some(h) = world.kv_handle(n) else { continue };
-                if let Ok(Ok(KvResponse::Versions(v))) =
-                    h.call(KvRequest::Read { tenant: TENANT.into(), key: key.clone() }).await
-                {
+                if let Ok(v) = held_on(world, n, key).await {
                     let mut clocks: Vec<_> = v.iter().map(|x| x.clock.clone()).collect();
                     clocks.sort();
                     per_node.push((n, clocks));
@@ -822,18 +826,14 @@ async fn tombstones_collected(world: &Arc<World>, grace: u64, keys: &[(String, u
     for (key, _) in keys {
         let mut empty = 0;
         for n in 0..world.opts.all_nodes() {
-            let Some(h) = world.kv_handle(n) else {
-                kept.push(format!("n{n}:{key} (the node is down)"));
-                continue;
-            };
-            match h.call(KvRequest::Read { tenant: TENANT.into(), key: key.clone() }).await {
-                Ok(Ok(KvResponse::Versions(v))) if v.is_empty() => empty += 1,
+            match held_on(world, n, key).await {
+                Ok(v) if v.is_empty() => empty += 1,
                 // Alone or beside a value: every delete was sent before the heal.
-                Ok(Ok(KvResponse::Versions(v))) if v.iter().any(|x| x.value.is_none()) => {
+                Ok(v) if v.iter().any(|x| x.value.is_none()) => {
                     kept.push(format!("n{n}:{key} ({})", shown_versions(&v)))
                 }
-                Ok(Ok(KvResponse::Versions(_))) => {}
-                other => kept.push(format!("n{n}:{key} (unreadable: {other:?})")),
+                Ok(_) => {}
+                Err(why) => kept.push(format!("n{n}:{key} ({why})")),
             }
         }
         gone += usize::from(empty == world.opts.all_nodes());
@@ -894,10 +894,8 @@ async fn stale_copies_go(world: &Arc<World>, ring: &tessera_core::kv::Ring, rf: 
         let mut stale = Vec::new();
         for (node, _) in ring.nodes() {
             let Some(n) = node.strip_prefix('n').and_then(|i| i.parse::<usize>().ok()) else { continue };
-            let Some(h) = world.kv_handle(n) else { continue };
             for (key, _) in keys.iter().filter(|(k, _)| !ring.replicas(TENANT, k, rf as usize).contains(&node)) {
-                let read = KvRequest::Read { tenant: TENANT.into(), key: key.clone() };
-                if matches!(h.call(read).await, Ok(Ok(KvResponse::Versions(v))) if !v.is_empty()) {
+                if matches!(held_on(world, n, key).await, Ok(v) if !v.is_empty()) {
                     stale.push(format!("{node}:{key}"));
                 }
             }

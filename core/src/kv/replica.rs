@@ -356,6 +356,11 @@ impl KvConfig {
         v.value.is_none() && v.ts_ms.saturating_add(self.grace_ms()) <= now
     }
 
+    /// `versions` without the deletes [spent](KvConfig::spent) at `now`.
+    fn unspent(&self, versions: Vec<Version>, now: u64) -> Vec<Version> {
+        versions.into_iter().filter(|v| !self.spent(v, now)).collect()
+    }
+
     /// When the first tombstone among `versions` may go (its grace after it), if any stands
     /// there: beside a value too, or nothing would remove it from a replica no write reaches.
     fn purge_at(&self, versions: &[Version]) -> Option<u64> {
@@ -460,7 +465,7 @@ impl KvMachine {
         // A delete past its grace goes from any set it is in: a replica that swept it may
         // coordinate a write without it in its context, and the two would stand as siblings
         // wherever it was not swept yet, and spread from there.
-        let versions: Vec<Version> = versions.into_iter().filter(|v| !self.config.spent(v, now)).collect();
+        let versions = self.config.unspent(versions, now);
         match (holds_value(before), holds_value(&versions)) {
             (false, true) => Self::add_keys(store, batch, 1)?,
             (true, false) => Self::add_keys(store, batch, -1)?,
@@ -923,9 +928,9 @@ impl KvMachine {
                     match store.get(KEYSPACE, rkey)? {
                         Some(buf) if rkey.starts_with(keys::VALUE_PREFIX) => {
                             let versions = decode_versions(KEYSPACE, &buf)?;
-                            let kept: Vec<Version> =
-                                versions.iter().filter(|v| !self.config.spent(v, now)).cloned().collect();
-                            if kept.len() < versions.len() {
+                            let held = versions.len();
+                            let kept = self.config.unspent(versions, now);
+                            if kept.len() < held {
                                 self.put_versions(&mut batch, rkey.to_vec(), &kept);
                             } else if let Some(at) = self.config.purge_at(&kept) {
                                 // None spent yet (the grace grew since the entry was made): the
@@ -1123,7 +1128,6 @@ mod mint_tests {
     use crate::mem_store::MemStore;
     use crate::store::Store;
 
-    /// Steps `m` and writes what it wrote (visible, not synced).
     /// A hint for n2 of a write of `value` to key "k".
     fn hint_for_n2(value: &[u8], taken_ms: Option<u64>) -> KvRequest {
         KvRequest::Hint {
@@ -1140,6 +1144,7 @@ mod mint_tests {
         }
     }
 
+    /// Steps `m` and writes what it wrote (visible, not synced).
     fn step(m: &mut KvMachine, store: &MemStore, token: ClientToken, req: KvRequest) -> Ready<CoreResult<KvResponse>> {
         let ready = m.step(1, token, req, store).unwrap();
         store.write(&ready.writes).unwrap();
