@@ -16,7 +16,7 @@
 mod anti_entropy;
 mod clean_up;
 
-pub use anti_entropy::AntiEntropyReport;
+pub use anti_entropy::{AntiEntropyReport, REPAIR_MARGIN_MS};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -359,6 +359,9 @@ pub struct KvCoordinator<P: Peers> {
     hand_over_grace_ms: u64,
     /// Trees built to answer peers' anti-entropy questions, by peer.
     trees: Mutex<BTreeMap<String, anti_entropy::KeptTree>>,
+    /// When the last anti-entropy pass that compared this node with each peer to the end
+    /// began (see `anti_entropy`).
+    compared: Mutex<BTreeMap<String, u64>>,
     clean_up: Mutex<clean_up::CleanUp>,
 }
 
@@ -374,6 +377,7 @@ impl<P: Peers> KvCoordinator<P> {
             rng: Mutex::new(Rng::new(seed)),
             hand_over_grace_ms: HAND_OVER_GRACE_MS,
             trees: Mutex::new(BTreeMap::new()),
+            compared: Mutex::new(BTreeMap::new()),
             clean_up: Mutex::new(clean_up::CleanUp::default()),
         }
     }

@@ -94,9 +94,10 @@ impl Peers for LocalPeers {
         _timeout_ms: u64,
     ) -> BoxFuture<CoreResult<TreeAnswer>> {
         let coordinator = self.net.coordinators.lock().unwrap().get(node).cloned();
+        let down = self.net.down.lock().unwrap().contains(node);
         let me = self.me.clone();
         Box::pin(async move {
-            let c = coordinator.ok_or_else(|| CoreError::Unavailable("no such node".into()))?;
+            let c = coordinator.filter(|_| !down).ok_or_else(|| CoreError::Unavailable("no answer".into()))?;
             let query = TreeQuery::decode(&query.encode()).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
             let answer = c.answer_tree(&me, layout, query).await?;
             TreeAnswer::decode(&answer.encode()).map_err(|e| CoreError::Unavailable(e.to_string()))
@@ -124,13 +125,17 @@ impl Peers for LocalPeers {
 }
 
 fn start() -> Arc<Net> {
+    start_with(|n| KvConfig { idempotency_ttl_ms: 60_000, ..KvConfig::new(n) })
+}
+
+fn start_with(config: impl Fn(&str) -> KvConfig) -> Arc<Net> {
     let mut net = Net::default();
     let members: Vec<(String, String, u32)> =
         NODES.iter().map(|n| (n.to_string(), format!("{n}.local:7000"), 32)).collect();
     net.placement = Mutex::new(Some(Arc::new(Placement::new(&Layout::initial(&members)))));
     net.tenants = [("t3".to_owned(), 3), ("t1".to_owned(), 1)].into();
     for n in NODES.into_iter().chain(["n4"]) {
-        let machine = KvMachine::new(KvConfig { idempotency_ttl_ms: 60_000, ..KvConfig::new(n) });
+        let machine = KvMachine::new(config(n));
         let store = MemStore::new();
         net.stores.insert(n.into(), store.clone());
         let (driver, handle) = Driver::new(
@@ -546,5 +551,58 @@ async fn a_factor_change_hands_the_tenants_records_over_with_its_keys() {
             let KvResponse::Idem { record, held } = replica(&net, owner, lookup).await else { panic!() };
             assert!(held && record.is_some_and(|r| r.clock == *clock), "{owner} lacks {key}'s record");
         }
+    }
+}
+
+/// A delete whose grace passes while a replica is down stays on the others until anti-entropy
+/// has compared them with it: else the value the down replica still holds would come back
+/// when it returns, as nothing would be left to say it was deleted.
+#[tokio::test]
+async fn a_tombstone_stays_until_every_replica_was_compared_since_it_came() {
+    use std::time::Duration;
+    // A grace of 50 ms, swept every 10 ms.
+    let net = start_with(|n| KvConfig {
+        tombstone_grace_ms: 50,
+        idempotency_ttl_ms: 50,
+        sweep_every_ms: 10,
+        ..KvConfig::new(n)
+    });
+    let n1 = coordinator(&net, "n1");
+    let far = n1.peers().now_ms() + 60_000;
+    n1.write("t3", "k", Some(b"v".to_vec()), Consistency::All, String::new(), far).await.unwrap();
+    for n in NODES {
+        coordinator(&net, n).anti_entropy_pass().await;
+    }
+    // n3 is away: the delete reaches n1 and n2 only.
+    net.down.lock().unwrap().insert("n3".into());
+    let deleted = n1.peers().now_ms();
+    n1.write("t3", "k", None, Consistency::Quorum, String::new(), far).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in ["n1", "n2"] {
+        let r = coordinator(&net, n).anti_entropy_pass().await;
+        assert!(r.repaired_before.is_some_and(|t| t < deleted), "{n} counted a pass that could not reach n3: {r:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for n in ["n1", "n2"] {
+        let v = held(&net, n, "t3", "k").await;
+        assert!(v.len() == 1 && v[0].value.is_none(), "{n} dropped the tombstone while n3 was away: {v:?}");
+    }
+    // n3 returns with the value. The passes carry the delete to it (where it is spent, so it
+    // removes the value and is not kept); once passes that began after the tombstone came
+    // have reached every node, the sweeps drop it.
+    net.down.lock().unwrap().clear();
+    let stored = n1.peers().now_ms();
+    for n in NODES {
+        coordinator(&net, n).anti_entropy_pass().await;
+    }
+    assert!(held(&net, "n3", "t3", "k").await.is_empty(), "n3 kept the deleted value");
+    tokio::time::sleep(Duration::from_millis(tessera_shell::kv_coordinator::REPAIR_MARGIN_MS + 100)).await;
+    for n in NODES {
+        let r = coordinator(&net, n).anti_entropy_pass().await;
+        assert!(r.repaired_before.is_some_and(|t| t > stored), "{n}: {r:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for n in NODES {
+        assert_eq!(held(&net, n, "t3", "k").await, vec![], "{n} still holds the key");
     }
 }

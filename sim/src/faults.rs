@@ -22,6 +22,9 @@ pub struct FaultPlan {
     pub max_fsync_ms: u64,
     /// Per-node clock skew in milliseconds.
     pub skew_ms: Vec<i64>,
+    /// A node kept down from this long after the clients start until the heal, longer than
+    /// the tombstone grace: (node, from). Drawn only where tombstones are collected in the run.
+    pub long_outage: Option<(usize, u64)>,
 }
 
 impl FaultPlan {
@@ -40,12 +43,25 @@ impl FaultPlan {
             max_outage_ms: 20 + rng.below(300),
             max_fsync_ms: 1 + rng.below(8),
             skew_ms: (0..nodes).map(|_| (rng.below(2001) as i64 - 1000) * max_skew_ms / 1000).collect(),
+            long_outage: None,
+        }
+    }
+
+    /// On half the seeds, one of `nodes` goes down between `from_ms` and twice that into the
+    /// run, and stays down until the heal.
+    pub fn draw_long_outage(&mut self, rng: &mut Rng, nodes: usize, from_ms: u64) {
+        if rng.chance(0.5) {
+            self.long_outage = Some((rng.below(nodes as u64) as usize, from_ms + rng.below(from_ms)));
         }
     }
 
     pub fn describe(&self) -> String {
+        let long = match self.long_outage {
+            Some((node, from)) => format!(" n{node} down from {from}ms to the heal"),
+            None => String::new(),
+        };
         format!(
-            "loss={:.3} dup={:.3} delay<={}ms fault_every={}ms outage<={}ms fsync<={}ms skew={:?}",
+            "loss={:.3} dup={:.3} delay<={}ms fault_every={}ms outage<={}ms fsync<={}ms skew={:?}{long}",
             self.loss,
             self.duplicate,
             self.max_delay_ms,

@@ -74,6 +74,8 @@ pub struct WorldInner {
     pub healed: bool,
     /// Nodes cut off from the other nodes.
     pub isolated: BTreeSet<usize>,
+    /// The node of the plan's long outage while it lasts: no fault restarts it meanwhile.
+    pub held_down: Option<usize>,
     pub model: Model,
     pub kv: crate::kv_model::KvModel,
     pub meta: crate::meta_model::MetaModel,
@@ -194,8 +196,10 @@ async fn faults(world: Arc<World>, until_ms: u64) {
                 let w = world.clone();
                 madsim::task::spawn(async move {
                     madsim::time::sleep(Duration::from_millis(outage)).await;
-                    w.with_nodes(|nodes| nodes[node].restart());
-                    w.event(format!("n{node} restart"));
+                    if w.lock().held_down != Some(node) {
+                        w.with_nodes(|nodes| nodes[node].restart());
+                        w.event(format!("n{node} restart"));
+                    }
                 });
             }
         } else if roll < plan.crash_share + plan.disk_error_share {
@@ -231,10 +235,27 @@ async fn faults(world: Arc<World>, until_ms: u64) {
     }
 }
 
+/// The plan's long outage: its node goes down (or stays down) until the heal, longer than
+/// the tombstone grace, while the others take writes and deletes (those of the resting keys'
+/// second round among them) and sweep; the heal brings it back with what it held. Nothing it
+/// missed may come back.
+async fn long_outage(world: Arc<World>, started_ms: u64, until_ms: u64) {
+    let Some((node, from)) = world.plan.long_outage else { return };
+    madsim::time::sleep(Duration::from_millis((started_ms + from).saturating_sub(world.elapsed_ms()))).await;
+    world.lock().held_down = Some(node);
+    world.with_nodes(|nodes| {
+        if nodes[node].up {
+            nodes[node].crash();
+        }
+    });
+    world.event(format!("n{node} DOWN until the heal, longer than the tombstone grace"));
+    madsim::time::sleep(Duration::from_millis(until_ms.saturating_sub(world.elapsed_ms()))).await;
+    world.lock().held_down = None;
+}
+
 /// With tombstones collected within the run, a node whose storage failed is restarted within
-/// 100 ms instead of at the next fault: the grace is seconds here, and a node kept down longer
-/// than the grace must come back empty (as in tesserad's contract), which the run does not
-/// model.
+/// 100 ms instead of at the next fault: the grace is seconds here. (A node kept down longer
+/// than the grace on purpose is the plan's long outage.)
 async fn prompt_supervisor(world: Arc<World>, until_ms: u64) {
     while world.elapsed_ms() < until_ms {
         madsim::time::sleep(Duration::from_millis(100)).await;
@@ -252,7 +273,8 @@ fn supervise(world: &Arc<World>) {
             .map(|(i, _)| i)
             .collect()
     });
-    for i in failed {
+    let held = world.lock().held_down;
+    for i in failed.into_iter().filter(|i| Some(*i) != held) {
         world.with_nodes(|nodes| {
             nodes[i].crash();
             nodes[i].restart();
@@ -288,7 +310,12 @@ fn run_seed_here(seed: u64, opts: &Options) -> SeedReport {
             true => (250, crate::kv_model::GC_MAX_SKEW_MS as i64),
             false => (50, 1_000),
         };
-        let plan = FaultPlan::draw(&mut rng, opts.all_nodes(), min_fault_every, max_skew);
+        let mut plan = FaultPlan::draw(&mut rng, opts.all_nodes(), min_fault_every, max_skew);
+        if opts.tombstone_gc {
+            // After the resting keys' first round and before their second, which comes
+            // GC_REST_MS later: its deletes pass their grace before the heal.
+            plan.draw_long_outage(&mut rng, opts.all_nodes(), 3_000);
+        }
         let world = Arc::new(World {
             seed,
             plan: plan.clone(),
@@ -301,6 +328,7 @@ fn run_seed_here(seed: u64, opts: &Options) -> SeedReport {
                 cuts: BTreeSet::new(),
                 healed: false,
                 isolated: BTreeSet::new(),
+                held_down: None,
                 model: Model::new(opts.nodes),
                 kv: crate::kv_model::KvModel::default(),
                 meta: crate::meta_model::MetaModel::default(),
@@ -334,6 +362,7 @@ fn run_seed_here(seed: u64, opts: &Options) -> SeedReport {
         tasks.push(madsim::task::spawn(faults(world.clone(), until)));
         if opts.tombstone_gc {
             tasks.push(madsim::task::spawn(prompt_supervisor(world.clone(), until)));
+            tasks.push(madsim::task::spawn(long_outage(world.clone(), until - opts.duration_ms, until)));
         }
         if opts.layout_changes {
             tasks.push(madsim::task::spawn(crate::kv_model::layout_changes(world.clone(), until)));

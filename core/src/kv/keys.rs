@@ -5,6 +5,8 @@
 //! t <tenant>                    -> tenant record
 //! i <tenant> 0 <idem key>       -> idempotency record (and its write's key)
 //! e <at:u64> <i-key or v-key>  -> ()   (records by expiry, tombstones by end of grace)
+//! a <v-key>                     -> when its versions were last stored holding a tombstone
+//! w <since:u64> <v-key>         -> ()   (spent tombstones waiting for anti-entropy)
 //! h <target> 0 <seq:u64>        -> hint for a replica that did not answer
 //! #keys, #hints, #hbytes, #hseq -> counters
 //! #mint                         -> ceiling of the clock counters this node may hand out
@@ -53,6 +55,34 @@ pub fn idempotency(tenant: &str, key: &str) -> Vec<u8> {
 }
 
 pub use crate::expiry_keys::{EXPIRY_PREFIX, expiry, expiry_at, record_key};
+
+/// `a <v-key>`: when the key's versions were last stored while a tombstone stood among
+/// them. A spent tombstone goes only once anti-entropy has compared this node with every
+/// other since then (see `KvRequest::Repaired`): then every replica holds it, or nothing it
+/// deleted, whatever hints and reads missed.
+pub fn tombstone_since(vkey: &[u8]) -> Vec<u8> {
+    let mut k = b"a".to_vec();
+    k.extend_from_slice(vkey);
+    k
+}
+
+pub const WAITING_PREFIX: &[u8] = b"w";
+
+/// `w <since:u64> <v-key>`: a key whose spent tombstones wait for an anti-entropy pass with
+/// every other node that began after `since`, in the order the sweep takes them.
+pub fn waiting(since: u64, vkey: &[u8]) -> Vec<u8> {
+    let mut k = WAITING_PREFIX.to_vec();
+    k.extend_from_slice(&since.to_be_bytes());
+    k.extend_from_slice(vkey);
+    k
+}
+
+/// (since, v-key) of a waiting key.
+pub fn split_waiting(key: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = key.strip_prefix(WAITING_PREFIX)?;
+    let (since, vkey) = rest.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*since), vkey))
+}
 
 pub const HINT_PREFIX: &[u8] = b"h";
 

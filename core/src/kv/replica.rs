@@ -227,6 +227,13 @@ pub enum KvRequest {
         layout: u64,
         keys: Vec<(String, String, Vec<u8>)>,
     },
+    /// Anti-entropy has compared this node's keys with every other node's, each in a pass
+    /// that began at or after `before_ms`: spent tombstones stored before then may go (see
+    /// [`KvMachine::collect`]). Kept in memory: after a restart, tombstones wait for the
+    /// first passes again.
+    Repaired {
+        before_ms: u64,
+    },
 }
 
 impl KvRequest {
@@ -249,6 +256,7 @@ impl KvRequest {
             KvRequest::TenantKeys { .. } => "TenantKeys",
             KvRequest::Placed { .. } => "Placed",
             KvRequest::Discard { .. } => "Discard",
+            KvRequest::Repaired { .. } => "Repaired",
         }
     }
 
@@ -266,6 +274,7 @@ impl KvRequest {
                 | KvRequest::Hint { .. }
                 | KvRequest::Hints { .. }
                 | KvRequest::HintsDelivered { .. }
+                | KvRequest::Repaired { .. }
         )
     }
 }
@@ -387,6 +396,9 @@ pub struct KvMachine {
     /// idempotency key): a replay or a reuse of the key for another write meanwhile is still
     /// recognised. With the version minted and when.
     pending: BTreeMap<(String, String), (IdemRecord, Vec<Version>, u64)>,
+    /// Anti-entropy has compared this node with every other in passes that began at or
+    /// after this time (see [`KvRequest::Repaired`]); 0 until the first since start-up.
+    repaired_before: u64,
 }
 
 fn count(store: &dyn StoreRead, key: &[u8]) -> Result<u64, StoreError> {
@@ -404,6 +416,7 @@ impl KvMachine {
             early: false,
             keeps: false,
             pending: BTreeMap::new(),
+            repaired_before: 0,
         }
     }
 
@@ -448,9 +461,8 @@ impl KvMachine {
 
     /// Writes `versions` for the key in place of `before`, keeping the count of live keys
     /// (those with a value among their versions: a key whose versions are all deletes is
-    /// not counted). Tombstones alone are kept for their grace, then swept; ones past it
-    /// already (anti-entropy or a hand-over bringing them from a replica that has not swept
-    /// yet) remove the key at once. Returns what the key holds after.
+    /// not counted). Tombstones are kept for their grace, then swept once anti-entropy has
+    /// run with every other replica (see [`KvMachine::collect`]).
     #[allow(clippy::too_many_arguments)]
     fn store_versions(
         &self,
@@ -460,32 +472,37 @@ impl KvMachine {
         tenant: &str,
         key: &str,
         before: &[Version],
-        versions: Vec<Version>,
-    ) -> Result<Vec<Version>, StoreError> {
-        // A delete past its grace goes from any set it is in: a replica that swept it may
-        // coordinate a write without it in its context, and the two would stand as siblings
-        // wherever it was not swept yet, and spread from there.
-        let versions = self.config.unspent(versions, now);
-        match (holds_value(before), holds_value(&versions)) {
+        versions: &[Version],
+    ) -> Result<(), StoreError> {
+        match (holds_value(before), holds_value(versions)) {
             (false, true) => Self::add_keys(store, batch, 1)?,
             (true, false) => Self::add_keys(store, batch, -1)?,
             _ => {}
         }
-        self.put_versions(batch, keys::value(tenant, key), &versions);
-        Ok(versions)
+        self.put_versions(batch, now, keys::value(tenant, key), before, versions);
+        Ok(())
     }
 
-    /// Writes a key's versions (none: the key goes) under `vkey`, with an expiry entry for
-    /// the sweep when a tombstone stands among them.
-    fn put_versions(&self, batch: &mut WriteBatch, vkey: Vec<u8>, versions: &[Version]) {
+    /// Writes a key's versions (none: the key goes) under `vkey` in place of `before`. While
+    /// a tombstone stands among them: an expiry entry for the sweep, and when they were
+    /// stored (the sweep waits for anti-entropy since then).
+    fn put_versions(&self, batch: &mut WriteBatch, now: u64, vkey: Vec<u8>, before: &[Version], versions: &[Version]) {
+        match self.config.purge_at(versions) {
+            Some(at) => {
+                batch.put(KEYSPACE, keys::expiry(at, &vkey), Vec::new());
+                batch.put(KEYSPACE, keys::tombstone_since(&vkey), now.to_be_bytes().to_vec());
+            }
+            // Only a set that held one may have the mark (no extra write on a plain put).
+            None if before.iter().any(|v| v.value.is_none()) => {
+                batch.delete(KEYSPACE, keys::tombstone_since(&vkey));
+            }
+            None => {}
+        }
         if versions.is_empty() {
             batch.delete(KEYSPACE, vkey);
-            return;
+        } else {
+            batch.put(KEYSPACE, vkey, encode_versions(versions));
         }
-        if let Some(at) = self.config.purge_at(versions) {
-            batch.put(KEYSPACE, keys::expiry(at, &vkey), Vec::new());
-        }
-        batch.put(KEYSPACE, vkey, encode_versions(versions));
     }
 
     fn add_keys(store: &dyn StoreRead, batch: &mut WriteBatch, delta: i64) -> Result<(), StoreError> {
@@ -507,13 +524,18 @@ impl KvMachine {
         current: Option<Vec<Version>>,
         versions: &[Version],
     ) -> Result<Vec<Version>, StoreError> {
-        let existed = current.is_some();
         let current = current.unwrap_or_default();
-        let merged = reconcile(&current, versions);
-        // Also when nothing new came but a delete here is spent: it goes now (the replicas
-        // that dropped it already would otherwise differ from this one until a write).
-        if !existed || merged != current || merged.iter().any(|v| self.config.spent(v, now)) {
-            return self.store_versions(store, batch, now, tenant, key, &current, merged);
+        // A delete past its grace that arrives (anti-entropy or a hand-over from a replica
+        // that has not swept it yet) removes what it supersedes here and is not stored: the
+        // sender holds it until it may go there. One stored here already stays for the
+        // sweep, which alone knows whether every replica has it; a merge that brings nothing
+        // else writes nothing, so it does not restart that wait.
+        let merged: Vec<Version> = reconcile(&current, versions)
+            .into_iter()
+            .filter(|v| !self.config.spent(v, now) || current.contains(v))
+            .collect();
+        if merged != current {
+            self.store_versions(store, batch, now, tenant, key, &current, &merged)?;
         }
         Ok(merged)
     }
@@ -840,6 +862,12 @@ impl KvMachine {
                 }
                 Ok((KvResponse::Discarded(gone.len() as u64), batch))
             }
+            KvRequest::Repaired { before_ms } => {
+                // Passes finish out of order with each other's starts only by a clock that
+                // stepped back: never let the mark go back.
+                self.repaired_before = self.repaired_before.max(before_ms);
+                Ok((KvResponse::Done, batch))
+            }
             KvRequest::Stats => Ok((
                 KvResponse::Stats { keys: count(store, keys::KEY_COUNT)?, hints: count(store, keys::HINT_COUNT)? },
                 batch,
@@ -915,8 +943,36 @@ impl KvMachine {
         Ok(out)
     }
 
-    /// Removes expired idempotency records, tombstones past their grace and hints too old
-    /// to deliver.
+    /// Drops the spent tombstones from `vkey`'s `versions`, if anti-entropy has compared
+    /// this node with every other since they were stored here; else the key waits for it.
+    /// Such a pass carried each of them to every other replica of the key (or removed there
+    /// what it deleted), so no copy that a hint, a read or a node kept down longer than the
+    /// grace missed can bring a deleted value back (Scylla's repair-based tombstone
+    /// collection, on top of the grace).
+    fn collect(
+        &self,
+        store: &dyn StoreRead,
+        batch: &mut WriteBatch,
+        now: u64,
+        vkey: &[u8],
+        versions: Vec<Version>,
+    ) -> Result<(), StoreError> {
+        // A set stored before the mark existed carries none: as old as can be.
+        let since = count(store, &keys::tombstone_since(vkey))?;
+        if since >= self.repaired_before {
+            batch.put(KEYSPACE, keys::waiting(since, vkey), Vec::new());
+            return Ok(());
+        }
+        // Only deletes go: whether the key counts as live does not change.
+        let kept = self.config.unspent(versions.clone(), now);
+        if kept.len() < versions.len() {
+            self.put_versions(batch, now, vkey.to_vec(), &versions, &kept);
+        }
+        Ok(())
+    }
+
+    /// Removes expired idempotency records, tombstones past their grace that every replica
+    /// has had the chance to learn of, and hints too old to deliver.
     fn sweep(&self, now: u64, store: &dyn StoreRead) -> Result<WriteBatch, StoreError> {
         let mut batch = WriteBatch::default();
         for (k, _) in store.prefix(KEYSPACE, keys::EXPIRY_PREFIX, None, SWEEP_BATCH)? {
@@ -928,18 +984,22 @@ impl KvMachine {
                     match store.get(KEYSPACE, rkey)? {
                         Some(buf) if rkey.starts_with(keys::VALUE_PREFIX) => {
                             let versions = decode_versions(KEYSPACE, &buf)?;
-                            let held = versions.len();
-                            let kept = self.config.unspent(versions, now);
-                            if kept.len() < held {
-                                self.put_versions(&mut batch, rkey.to_vec(), &kept);
-                            } else if let Some(at) = self.config.purge_at(&kept) {
+                            match self.config.purge_at(&versions) {
+                                Some(first) if first <= now => self.collect(store, &mut batch, now, rkey, versions)?,
                                 // None spent yet (the grace grew since the entry was made): the
                                 // entry comes back for when one is.
-                                batch.put(KEYSPACE, keys::expiry(at, rkey), Vec::new());
+                                Some(first) => batch.put(KEYSPACE, keys::expiry(first, rkey), Vec::new()),
+                                None => {}
                             }
                         }
-                        Some(buf) if IdemRecord::decode(&buf)?.0.expires_ms <= now => {
+                        Some(buf)
+                            if rkey.starts_with(keys::IDEM_PREFIX) && IdemRecord::decode(&buf)?.0.expires_ms <= now =>
+                        {
                             batch.delete(KEYSPACE, rkey.to_vec());
+                        }
+                        // The key went meanwhile (a stale copy removed): so goes its mark.
+                        None if rkey.starts_with(keys::VALUE_PREFIX) => {
+                            batch.delete(KEYSPACE, keys::tombstone_since(rkey));
                         }
                         _ => {}
                     }
@@ -947,6 +1007,20 @@ impl KvMachine {
                 }
                 _ => break,
             }
+        }
+        // Keys whose spent tombstones wait for anti-entropy, oldest first: those stored
+        // before the passes that covered every other node go now.
+        for (k, _) in store.prefix(KEYSPACE, keys::WAITING_PREFIX, None, SWEEP_BATCH)? {
+            let Some((since, vkey)) = keys::split_waiting(&k) else {
+                return Err(StoreError::Corrupt { keyspace: KEYSPACE, reason: "bad waiting key".into() });
+            };
+            if since >= self.repaired_before {
+                break;
+            }
+            if let Some(buf) = store.get(KEYSPACE, vkey)? {
+                self.collect(store, &mut batch, now, vkey, decode_versions(KEYSPACE, &buf)?)?;
+            }
+            batch.delete(KEYSPACE, k);
         }
         let mut held = count(store, keys::HINT_COUNT)?;
         let mut bytes = count(store, keys::HINT_BYTES)?;
@@ -1023,6 +1097,7 @@ impl Machine for KvMachine {
                 | KvRequest::Digests { .. }
                 | KvRequest::Records { .. }
                 | KvRequest::TenantKeys { .. }
+                | KvRequest::Repaired { .. }
         );
         (self.token, self.early, self.keeps) = (token, false, false);
         let mut ready = Ready::answer(token, self.handle(now, input, store))?;
@@ -1451,10 +1526,73 @@ mod mint_tests {
             Some(Ok(Ok(KvResponse::Versions(v)))) => v.len(),
             other => panic!("{other:?}"),
         };
+        store.write(&m.step(11, 0, KvRequest::Repaired { before_ms: 11 }, &store).unwrap().writes).unwrap();
         store.write(&m.tick(110, &store).unwrap().writes).unwrap();
         assert_eq!(held(), 1, "the tombstone went before its grace");
         store.write(&m.tick(510, &store).unwrap().writes).unwrap();
         assert_eq!(held(), 0, "the tombstone stayed past its grace: its entry was not made again");
+    }
+
+    #[test]
+    fn a_spent_tombstone_waits_for_anti_entropy_with_every_other_node() {
+        let store = MemStore::new();
+        let grace = MIN_TOMBSTONE_GRACE_MS;
+        let config = || KvConfig { tombstone_grace_ms: grace, idempotency_ttl_ms: 1, ..KvConfig::new("n1") };
+        let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
+            store.write(&m.step(now, 0, req, &store).unwrap().writes).unwrap();
+        };
+        let delete = |key: &str| KvRequest::Coordinate {
+            tenant: "t".into(),
+            key: key.into(),
+            value: None,
+            idem: None,
+            keep: true,
+        };
+        let sweep = |m: &mut KvMachine, now: u64| store.write(&m.tick(now, &store).unwrap().writes).unwrap();
+        let held =
+            |key: &str| match KvMachine::read_only(&KvRequest::Read { tenant: "t".into(), key: key.into() }, &store) {
+                Some(Ok(Ok(KvResponse::Versions(v)))) => v.len(),
+                other => panic!("{other:?}"),
+            };
+        let mut m = KvMachine::new(config());
+        at(&mut m, 10, delete("a"));
+        at(&mut m, 20, delete("b"));
+        // The last complete pass began before the deletes came: past their grace, they stay
+        // (a node down since then may still hold what they deleted).
+        at(&mut m, 30, KvRequest::Repaired { before_ms: 5 });
+        sweep(&mut m, 20 + grace);
+        assert_eq!((held("a"), held("b")), (1, 1), "a tombstone went before anti-entropy reached every node");
+        // Anti-entropy from a replica that holds another delete of "a", concurrent and spent
+        // too: not stored, and nothing written, so the wait does not start over (else the
+        // two replicas would repair the key, and restart each other's wait, every pass).
+        let other = Version { clock: VClock([("n9".to_owned(), 1)].into()), ts_ms: 10, value: None };
+        let apply = KvRequest::Apply { tenant: "t".into(), key: "a".into(), versions: vec![other], idem: None };
+        let ready = m.step(20 + grace, 0, apply, &store).unwrap();
+        assert!(ready.writes.is_empty(), "a merge that brought only a spent delete wrote: {:?}", ready.writes);
+        // A pass that began after "a" came, and before "b" did: "a" goes at the next sweep.
+        at(&mut m, 40, KvRequest::Repaired { before_ms: 15 });
+        sweep(&mut m, 21 + grace);
+        assert_eq!((held("a"), held("b")), (0, 1));
+        // What counts is when a tombstone came here, not when it was made: one made at 12
+        // that came late (a hint) waits for a pass that began after it came.
+        let late = Version { clock: VClock([("n2".to_owned(), 1)].into()), ts_ms: 12, value: None };
+        at(&mut m, 50, KvRequest::Apply { tenant: "t".into(), key: "c".into(), versions: vec![late], idem: None });
+        at(&mut m, 60, KvRequest::Repaired { before_ms: 45 });
+        sweep(&mut m, 22 + grace);
+        assert_eq!((held("b"), held("c")), (0, 1), "a tombstone went by a pass that began before it came");
+        // A restart forgets the passes: nothing goes before the next one.
+        let mut m = KvMachine::new(config());
+        sweep(&mut m, 23 + grace);
+        assert_eq!(held("c"), 1, "a tombstone went by a pass made before a restart");
+        at(&mut m, 24 + grace, KvRequest::Repaired { before_ms: 51 });
+        sweep(&mut m, 25 + grace);
+        assert_eq!(held("c"), 0, "a tombstone stayed after a pass reached every node");
+        let left = store.prefix(KEYSPACE, b"", None, 100).unwrap();
+        assert!(
+            left.iter().all(|(k, _)| k.starts_with(b"#")),
+            "marks or entries left behind: {:?}",
+            left.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -1481,6 +1619,9 @@ mod mint_tests {
             idem: None,
             keep: true,
         };
+        // Anti-entropy with every other node has run since all of the below (see
+        // `a_spent_tombstone_waits_for_anti_entropy_with_every_other_node` for when not).
+        at(&mut m, 0, KvRequest::Repaired { before_ms: u64::MAX });
         // "a" is written, then deleted at 10; "b" is deleted at 10, then written again at 20.
         at(&mut m, 5, write("a", Some(b"x")));
         at(&mut m, 10, write("a", None));
@@ -1508,8 +1649,9 @@ mod mint_tests {
             idem: None,
         };
         let now = 20 + grace;
-        // A write whose coordinator swept a tombstone does not bring it back as a sibling
-        // where the tombstone was not swept yet ("f" holds one past its grace).
+        // A write whose coordinator swept a tombstone stands beside it where it was not
+        // swept yet ("f" holds one past its grace), until the sweep there: only the sweep
+        // knows whether anti-entropy has carried the tombstone to every replica.
         at(
             &mut m,
             12,
@@ -1522,6 +1664,8 @@ mod mint_tests {
         );
         let fresh = Version { clock: VClock([("n2".to_owned(), 5)].into()), ts_ms: now, value: Some(b"w".to_vec()) };
         at(&mut m, now, apply("f", &fresh));
+        assert_eq!(held("f").len(), 2);
+        sweep(&mut m, now);
         assert_eq!(held("f"), vec![fresh.clone()]);
         // A value concurrent with a tombstone, older than it, arriving after it: the
         // tombstone's entry falls due, and the value stays.
@@ -1546,11 +1690,12 @@ mod mint_tests {
         // this key here, and the replicas that dropped it would differ from this one forever.
         assert_eq!(held("g"), vec![older.clone()], "a value went with the tombstone beside it, or it stayed");
         assert_eq!(held("i"), vec![older.clone()], "a value went with the tombstone beside it, or it stayed");
-        // Before any sweep, an apply that brings nothing new drops a spent tombstone too.
+        // An apply that brings nothing new leaves a spent tombstone to the sweep.
         at(&mut m, now, apply("h", &tomb));
         at(&mut m, now + 1, apply("h", &older));
         let out = at(&mut m, now + grace, apply("h", &older));
-        assert!(matches!(&out, Some(Ok(KvResponse::Versions(v))) if *v == vec![older.clone()]), "{out:?}");
+        assert!(matches!(&out, Some(Ok(KvResponse::Versions(v))) if v.len() == 2), "{out:?}");
+        sweep(&mut m, now + grace);
         assert_eq!(held("h"), vec![older.clone()]);
         at(&mut m, now, apply("d", &value));
         let keys = |m: &mut KvMachine| match at(m, now, KvRequest::Stats) {

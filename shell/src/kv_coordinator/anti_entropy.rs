@@ -9,6 +9,14 @@
 //!
 //! Which keys two nodes share is a function of the layout, so both sides must build by the
 //! same layout version; a peer that serves by another refuses, and the next pass tries again.
+//!
+//! A pass that compared this node with a peer to the end, repairing every key that differed,
+//! began at a time since which every tombstone held here is held there too (or what it
+//! deleted is gone there). Once that time is known for every other node, this node's replica
+//! hears of the earliest ([`KvRequest::Repaired`]): its spent tombstones stored before it
+//! may go. A node that stays away holds them back on the others until it returns and is
+//! compared, as Scylla's repair-based tombstone collection does, so a node kept down longer
+//! than the grace cannot bring back what was deleted meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,6 +46,9 @@ pub struct AntiEntropyReport {
     pub keys_compared: usize,
     /// Keys brought to the same versions on both sides.
     pub repaired: usize,
+    /// What the replica was told: every other node compared to the end in passes begun at or
+    /// after this time (less [`REPAIR_MARGIN_MS`]); `None` while some node never was.
+    pub repaired_before: Option<u64>,
 }
 
 /// A key this node holds: (tenant, key, digest of its versions).
@@ -60,6 +71,10 @@ const TREES_KEPT: usize = 64;
 /// How long a tree question may take: the peer scans its keys to answer, which takes long on
 /// a big node, and nothing waits on anti-entropy.
 pub const TREE_TIMEOUT_MS: u64 = 60_000;
+/// Taken off a pass's start before the replica hears of it: a tombstone stored just before
+/// the pass began may reach the store just after its scan read it (the replica stamps a
+/// write before applying it), or the clock may have stepped back a little.
+pub const REPAIR_MARGIN_MS: u64 = 1_000;
 
 fn bad_answer(peer: &str, what: &str) -> CoreError {
     CoreError::Unavailable(format!("{peer} answered an anti-entropy question with {what}"))
@@ -68,11 +83,12 @@ fn bad_answer(peer: &str, what: &str) -> CoreError {
 impl<P: Peers> KvCoordinator<P> {
     /// One anti-entropy pass with every other node that holds keys. Returns what it found.
     pub async fn anti_entropy_pass(&self) -> AntiEntropyReport {
+        let began = self.peers.now_ms();
         let me = self.peers.me().to_owned();
         let placement = self.peers.placement();
         let peers: Vec<String> = self.peers.members().into_iter().filter(|m| *m != me).collect();
         let mut report = AntiEntropyReport::default();
-        let trees = match self.build_trees(&placement, &peers).await {
+        let (trees, whole) = match self.build_trees(&placement, &peers).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(error = %e, "anti-entropy pass stopped while building its trees");
@@ -81,11 +97,35 @@ impl<P: Peers> KvCoordinator<P> {
         };
         for (peer, tree) in &trees {
             match self.compare_with(&placement, peer, tree, &mut report).await {
-                Ok(()) => report.peers += 1,
+                Ok(clean) => {
+                    report.peers += 1;
+                    if clean && whole {
+                        lock(&self.compared).insert(peer.clone(), began);
+                    }
+                }
                 Err(e) => tracing::debug!(%peer, error = %e, "anti-entropy skipped a peer this pass"),
             }
         }
+        report.repaired_before = self.tell_repaired(&me, &peers, began, placement.version).await;
         report
+    }
+
+    /// Tells this node's replica since when every other node has been compared with it to
+    /// the end (see the module's doc), and returns that time.
+    async fn tell_repaired(&self, me: &str, peers: &[String], began: u64, layout: u64) -> Option<u64> {
+        let since = {
+            let mut compared = lock(&self.compared);
+            compared.retain(|p, _| peers.contains(p));
+            peers.iter().map(|p| compared.get(p).copied()).try_fold(began, |low, at| at.map(|at| low.min(at)))?
+        };
+        let before_ms = since.saturating_sub(REPAIR_MARGIN_MS);
+        match self.peers.send_at(me, KvRequest::Repaired { before_ms }, layout, PEER_TIMEOUT_MS).await {
+            Ok(Ok(_)) => Some(before_ms),
+            other => {
+                tracing::debug!(answer = ?other, "the replica did not take the anti-entropy mark");
+                None
+            }
+        }
     }
 
     /// Answers `from`'s question about the tree over the keys this node shares with it.
@@ -128,7 +168,7 @@ impl<P: Peers> KvCoordinator<P> {
         {
             return Ok(t.clone());
         }
-        let mut built = self.build_trees(placement, &[peer.to_owned()]).await?;
+        let (mut built, _) = self.build_trees(placement, &[peer.to_owned()]).await?;
         let tree = Arc::new(built.remove(peer).unwrap_or_else(|| TreeBuilder::new().finish()));
         let mut kept = lock(&self.trees);
         if kept.len() >= TREES_KEPT
@@ -142,14 +182,14 @@ impl<P: Peers> KvCoordinator<P> {
     }
 
     /// Compares this node's tree for `peer` with the peer's, top down, and repairs the keys
-    /// of the segments that differ.
+    /// of the segments that differ. Whether every key that differed was repaired.
     async fn compare_with(
         &self,
         placement: &Placement,
         peer: &str,
         tree: &MerkleTree,
         report: &mut AntiEntropyReport,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<bool> {
         let mut differing: Vec<u32> = (0..merkle::RANGES as u32).collect();
         for level in 1..=LEAF_LEVEL {
             if level > 1 {
@@ -165,10 +205,11 @@ impl<P: Peers> KvCoordinator<P> {
                 report.ranges_differing += differing.len();
             }
             if differing.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
         }
         report.segments_differing += differing.len();
+        let mut clean = true;
         let mut rest = differing;
         while !rest.is_empty() {
             let query = TreeQuery::Keys { segments: rest.clone() };
@@ -203,11 +244,14 @@ impl<P: Peers> KvCoordinator<P> {
                     Err(e @ CoreError::Unavailable(_)) => return Err(e),
                     // One key that cannot be merged (say, too many siblings) must not keep
                     // the others from being repaired.
-                    Err(e) => tracing::warn!(%peer, key = %key, error = %e, "anti-entropy could not repair a key"),
+                    Err(e) => {
+                        clean = false;
+                        tracing::warn!(%peer, key = %key, error = %e, "anti-entropy could not repair a key");
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(clean)
     }
 
     /// Brings one key to the same versions here and on `peer`: pushes this node's versions
@@ -233,19 +277,25 @@ impl<P: Peers> KvCoordinator<P> {
     }
 
     /// One tree per peer in `peers` over the keys this node and that peer should both hold
-    /// under `placement`, from one scan.
-    async fn build_trees(&self, placement: &Placement, peers: &[String]) -> CoreResult<BTreeMap<String, MerkleTree>> {
+    /// under `placement`, from one scan, and whether they cover every key held here (none
+    /// of a tenant this node's metadata does not know yet was left out).
+    async fn build_trees(
+        &self,
+        placement: &Placement,
+        peers: &[String],
+    ) -> CoreResult<(BTreeMap<String, MerkleTree>, bool)> {
         let mut builders: BTreeMap<String, TreeBuilder> =
             peers.iter().map(|p| (p.clone(), TreeBuilder::new())).collect();
-        self.for_each_shared(placement, |(t, k, d), position, replicas| {
-            for r in replicas {
-                if let Some(b) = builders.get_mut(r) {
-                    b.add(position, t, k, d);
+        let skipped = self
+            .for_each_shared(placement, |(t, k, d), position, replicas| {
+                for r in replicas {
+                    if let Some(b) = builders.get_mut(r) {
+                        b.add(position, t, k, d);
+                    }
                 }
-            }
-        })
-        .await?;
-        Ok(builders.into_iter().map(|(p, b)| (p, b.finish())).collect())
+            })
+            .await?;
+        Ok((builders.into_iter().map(|(p, b)| (p, b.finish())).collect(), !skipped))
     }
 
     /// This node's keys that `peer` should hold too, in the first of `segments` (ascending),
@@ -333,14 +383,15 @@ impl<P: Peers> KvCoordinator<P> {
 
     /// Calls `each` with every key this node holds and is a replica of under `placement`
     /// (in storage order, with its ring position and replicas). A key of a tenant not known
-    /// here is skipped; a metadata machine that does not answer stops the walk.
+    /// here is skipped (the answer says whether one was); a metadata machine that does not
+    /// answer stops the walk.
     async fn for_each_shared(
         &self,
         placement: &Placement,
         mut each: impl FnMut(&Digested, u64, &[String]) + Send,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<bool> {
         let me = self.peers.me().to_owned();
-        let (mut after, mut factors) = (None, Factors::new());
+        let (mut after, mut factors, mut skipped) = (None, Factors::new(), false);
         loop {
             let scan = |after| KvRequest::Digests { after, limit: 1000 };
             let page = self
@@ -350,10 +401,13 @@ impl<P: Peers> KvCoordinator<P> {
                 })
                 .await?;
             if page.is_empty() {
-                return Ok(());
+                return Ok(skipped);
             }
             for item in &page {
-                let Some(rf) = self.replication_factor(&mut factors, &item.0).await? else { continue };
+                let Some(rf) = self.replication_factor(&mut factors, &item.0).await? else {
+                    skipped = true;
+                    continue;
+                };
                 let replicas = placement.write_nodes(&item.0, &item.1, rf);
                 if replicas.contains(&me) {
                     each(item, key_position(&item.0, &item.1), &replicas);
