@@ -360,8 +360,8 @@ pub struct KvCoordinator<P: Peers> {
     /// Trees built to answer peers' anti-entropy questions, by peer.
     trees: Mutex<BTreeMap<String, anti_entropy::KeptTree>>,
     /// When the last anti-entropy pass that compared this node with each peer to the end
-    /// began (see `anti_entropy`).
-    compared: Mutex<BTreeMap<String, u64>>,
+    /// began, and by which layout version (see `anti_entropy`).
+    compared: Mutex<BTreeMap<String, (u64, u64)>>,
     clean_up: Mutex<clean_up::CleanUp>,
 }
 

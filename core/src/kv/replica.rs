@@ -484,13 +484,16 @@ impl KvMachine {
     }
 
     /// Writes a key's versions (none: the key goes) under `vkey` in place of `before`. While
-    /// a tombstone stands among them: an expiry entry for the sweep, and when they were
-    /// stored (the sweep waits for anti-entropy since then).
+    /// a tombstone stands among them: an expiry entry for the sweep, and when the newest of
+    /// them came (the sweep waits for anti-entropy since then; values written beside them
+    /// do not restart that wait, or a busy key would keep a spent delete for good).
     fn put_versions(&self, batch: &mut WriteBatch, now: u64, vkey: Vec<u8>, before: &[Version], versions: &[Version]) {
         match self.config.purge_at(versions) {
             Some(at) => {
                 batch.put(KEYSPACE, keys::expiry(at, &vkey), Vec::new());
-                batch.put(KEYSPACE, keys::tombstone_since(&vkey), now.to_be_bytes().to_vec());
+                if versions.iter().any(|v| v.value.is_none() && !before.contains(v)) {
+                    batch.put(KEYSPACE, keys::tombstone_since(&vkey), now.to_be_bytes().to_vec());
+                }
             }
             // Only a set that held one may have the mark (no extra write on a plain put).
             None if before.iter().any(|v| v.value.is_none()) => {
@@ -526,14 +529,17 @@ impl KvMachine {
     ) -> Result<Vec<Version>, StoreError> {
         let current = current.unwrap_or_default();
         // A delete past its grace that arrives (anti-entropy or a hand-over from a replica
-        // that has not swept it yet) removes what it supersedes here and is not stored: the
-        // sender holds it until it may go there. One stored here already stays for the
+        // that has not swept it yet) is not stored where it finds nothing to remove: the
+        // sender holds it until it may go there, and replicas that swept it would otherwise
+        // hand it back and forth. Where it does remove something it stays, and waits for
+        // anti-entropy from here: another replica not reached yet may hold that value too,
+        // and pass it back after the sender has swept. One stored here already stays for the
         // sweep, which alone knows whether every replica has it; a merge that brings nothing
-        // else writes nothing, so it does not restart that wait.
-        let merged: Vec<Version> = reconcile(&current, versions)
-            .into_iter()
-            .filter(|v| !self.config.spent(v, now) || current.contains(v))
-            .collect();
+        // else writes nothing.
+        let reconciled = reconcile(&current, versions);
+        let removes = current.iter().any(|v| !reconciled.contains(v));
+        let merged: Vec<Version> =
+            reconciled.into_iter().filter(|v| removes || !self.config.spent(v, now) || current.contains(v)).collect();
         if merged != current {
             self.store_versions(store, batch, now, tenant, key, &current, &merged)?;
         }
@@ -852,6 +858,9 @@ impl KvMachine {
                         && let Some(v) = Self::versions_for_update(store, &tenant, &key)?
                         && digest(&v) == seen
                     {
+                        if v.iter().any(|x| x.value.is_none()) {
+                            batch.delete(KEYSPACE, keys::tombstone_since(&k));
+                        }
                         batch.delete(KEYSPACE, k.clone());
                         gone.insert(k);
                         live_gone += i64::from(holds_value(&v));
@@ -989,7 +998,9 @@ impl KvMachine {
                                 // None spent yet (the grace grew since the entry was made): the
                                 // entry comes back for when one is.
                                 Some(first) => batch.put(KEYSPACE, keys::expiry(first, rkey), Vec::new()),
-                                None => {}
+                                // Its tombstones went (a stale copy removed, the key held again
+                                // since): so goes their mark, if left.
+                                None => batch.delete(KEYSPACE, keys::tombstone_since(rkey)),
                             }
                         }
                         Some(buf)
@@ -1017,8 +1028,9 @@ impl KvMachine {
             if since >= self.repaired_before {
                 break;
             }
-            if let Some(buf) = store.get(KEYSPACE, vkey)? {
-                self.collect(store, &mut batch, now, vkey, decode_versions(KEYSPACE, &buf)?)?;
+            match store.get(KEYSPACE, vkey)? {
+                Some(buf) => self.collect(store, &mut batch, now, vkey, decode_versions(KEYSPACE, &buf)?)?,
+                None => batch.delete(KEYSPACE, keys::tombstone_since(vkey)),
             }
             batch.delete(KEYSPACE, k);
         }
@@ -1639,7 +1651,8 @@ mod mint_tests {
         sweep(&mut m, 1000 + grace);
         assert!(held("c").is_empty());
         // Tombstones past their grace that arrive later (a replica that has not swept yet)
-        // remove an older value held here, and store nothing where there was none.
+        // remove an older value held here (and stay, see "d" below), and store nothing where
+        // there was none.
         let old = Version { clock: VClock([("n2".to_owned(), 9)].into()), ts_ms: 10, value: None };
         let value = Version { clock: VClock([("n2".to_owned(), 1)].into()), ts_ms: 1, value: Some(b"v".to_vec()) };
         let apply = |key: &str, v: &Version| KvRequest::Apply {
@@ -1703,10 +1716,15 @@ mod mint_tests {
             other => panic!("{other:?}"),
         };
         let before = keys(&mut m);
-        assert!(matches!(at(&mut m, now, apply("d", &old)), Some(Ok(KvResponse::Versions(v))) if v.is_empty()));
-        assert!(held("d").is_empty());
+        // Where it removes a value, it stays for anti-entropy to carry on from here (another
+        // replica may hold that value too), until the sweep; where it removes nothing, it
+        // is not stored.
+        let out = at(&mut m, now, apply("d", &old));
+        assert!(matches!(&out, Some(Ok(KvResponse::Versions(v))) if *v == vec![old.clone()]), "{out:?}");
         assert_eq!(keys(&mut m), before - 1);
         at(&mut m, now, apply("e", &old));
         assert!(held("e").is_empty());
+        sweep(&mut m, now + 1);
+        assert!(held("d").is_empty());
     }
 }

@@ -86,8 +86,16 @@ impl<P: Peers> KvCoordinator<P> {
         let began = self.peers.now_ms();
         let me = self.peers.me().to_owned();
         let placement = self.peers.placement();
-        let peers: Vec<String> = self.peers.members().into_iter().filter(|m| *m != me).collect();
+        let members = self.peers.members();
         let mut report = AntiEntropyReport::default();
+        if !members.is_empty() && !members.contains(&me) {
+            // Removed (ids are never reused): this node replicates nothing any more, and what
+            // it still holds is served to no one, so its tombstones wait for nothing. (A layout
+            // that names no storage node is one this node has not learnt yet.)
+            report.repaired_before = self.tell_repaired(&me, &[], began, placement.version).await;
+            return report;
+        }
+        let peers: Vec<String> = members.into_iter().filter(|m| *m != me).collect();
         let (trees, whole) = match self.build_trees(&placement, &peers).await {
             Ok(t) => t,
             Err(e) => {
@@ -100,7 +108,7 @@ impl<P: Peers> KvCoordinator<P> {
                 Ok(clean) => {
                     report.peers += 1;
                     if clean && whole {
-                        lock(&self.compared).insert(peer.clone(), began);
+                        lock(&self.compared).insert(peer.clone(), (placement.version, began));
                     }
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "anti-entropy skipped a peer this pass"),
@@ -111,12 +119,16 @@ impl<P: Peers> KvCoordinator<P> {
     }
 
     /// Tells this node's replica since when every other node has been compared with it to
-    /// the end (see the module's doc), and returns that time.
+    /// the end (see the module's doc), and returns that time. Only comparisons by the layout
+    /// in use count: under another, the two nodes shared other keys.
     async fn tell_repaired(&self, me: &str, peers: &[String], began: u64, layout: u64) -> Option<u64> {
         let since = {
             let mut compared = lock(&self.compared);
-            compared.retain(|p, _| peers.contains(p));
-            peers.iter().map(|p| compared.get(p).copied()).try_fold(began, |low, at| at.map(|at| low.min(at)))?
+            compared.retain(|p, (by, _)| peers.contains(p) && *by == layout);
+            peers
+                .iter()
+                .map(|p| compared.get(p).map(|(_, at)| *at))
+                .try_fold(began, |low, at| at.map(|at| low.min(at)))?
         };
         let before_ms = since.saturating_sub(REPAIR_MARGIN_MS);
         match self.peers.send_at(me, KvRequest::Repaired { before_ms }, layout, PEER_TIMEOUT_MS).await {
