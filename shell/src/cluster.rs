@@ -457,11 +457,13 @@ async fn batcher(me: String, client: PeerClient, mut rx: mpsc::Receiver<Queued>)
 /// How often a node compares its keys with their other replicas.
 const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(10);
 
-/// Anti-entropy, forever (a background task): repairs what hints and reads missed.
-pub async fn anti_entropy(coordinator: Arc<KvCoordinator<Cluster>>) {
+/// Anti-entropy, forever (a background task): repairs what hints and reads missed, and
+/// reports how far it has reached to `metrics`.
+pub async fn anti_entropy(coordinator: Arc<KvCoordinator<Cluster>>, metrics: crate::metrics::Metrics) {
     loop {
         tokio::time::sleep(ANTI_ENTROPY_EVERY).await;
         let r = coordinator.anti_entropy_pass().await;
+        metrics.anti_entropy_mark(r.repaired_before);
         if r.repaired > 0 {
             tracing::info!(
                 keys = r.repaired,

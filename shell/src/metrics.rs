@@ -1,11 +1,13 @@
 //! Prometheus text metrics: request counts and latency histograms per RPC (a tower layer on
-//! the gRPC server), and fsync count and latency (the driver's observer). Served over plain
-//! HTTP on `--metrics-listen`.
+//! the gRPC server), fsync count and latency (the driver's observer), the row cache, and how
+//! far anti-entropy has reached (tombstones wait for it). Served over plain HTTP on
+//! `--metrics-listen`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -67,6 +69,9 @@ pub struct Metrics {
     inner: Arc<Mutex<Inner>>,
     /// The store whose row cache is reported, once set.
     store: Arc<std::sync::OnceLock<Arc<crate::fjall_store::FjallStore>>>,
+    /// Anti-entropy's mark, in ms since the epoch: every other member was compared with this
+    /// node in passes begun after it (0 until one pass reached them all).
+    repaired_before_ms: Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -87,6 +92,14 @@ impl Metrics {
             }
         }
         rpc.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Takes the mark an anti-entropy pass told the replica (`None`: some member was never
+    /// compared; the last mark stays).
+    pub fn anti_entropy_mark(&self, before_ms: Option<u64>) {
+        if let Some(ms) = before_ms {
+            self.repaired_before_ms.fetch_max(ms, Ordering::Relaxed);
+        }
     }
 
     /// Reports `store`'s row cache from now on.
@@ -118,6 +131,14 @@ impl Metrics {
         let _ = writeln!(out, "tessera_commit_groups_total {}", m.groups);
         out.push_str("# HELP tessera_commit_group_requests_total Requests served by those groups.\n# TYPE tessera_commit_group_requests_total counter\n");
         let _ = writeln!(out, "tessera_commit_group_requests_total {}", m.grouped_requests);
+        out.push_str(
+            "# HELP tessera_kv_repaired_before_timestamp_seconds Spent tombstones stored before this time may \
+             go: anti-entropy has compared this node with every other member since (0: not yet). Falling behind \
+             the clock, it names a member away: tombstones wait for it.\n# TYPE \
+             tessera_kv_repaired_before_timestamp_seconds gauge\n",
+        );
+        let mark = self.repaired_before_ms.load(Ordering::Relaxed);
+        let _ = writeln!(out, "tessera_kv_repaired_before_timestamp_seconds {}.{:03}", mark / 1000, mark % 1000);
         if let Some(c) = self.store.get().and_then(|s| s.row_cache_stats()) {
             out.push_str("# HELP tessera_row_cache_lookups_total Row cache lookups of key-value keys, by result.\n# TYPE tessera_row_cache_lookups_total counter\n");
             let _ = writeln!(out, "tessera_row_cache_lookups_total{{result=\"hit\"}} {}", c.hits);
@@ -254,6 +275,21 @@ where
 mod tests {
     use super::*;
     use tessera_core::store::{KV, Store, StoreRead, WriteBatch};
+
+    #[test]
+    fn the_anti_entropy_mark_is_reported_and_never_goes_back() {
+        let metrics = Metrics::default();
+        let gauge = |m: &Metrics| {
+            m.render()
+                .lines()
+                .find_map(|l| l.strip_prefix("tessera_kv_repaired_before_timestamp_seconds ").map(str::to_owned))
+        };
+        assert_eq!(gauge(&metrics).as_deref(), Some("0.000"));
+        metrics.anti_entropy_mark(Some(1_700_000_000_250));
+        metrics.anti_entropy_mark(None);
+        metrics.anti_entropy_mark(Some(1_600_000_000_000));
+        assert_eq!(gauge(&metrics).as_deref(), Some("1700000000.250"));
+    }
 
     #[test]
     fn the_row_cache_is_reported_once_watched() {

@@ -271,7 +271,7 @@ pub async fn run(
     let coordinator = Coordinator::new(cluster.clone(), rng.next_u64());
     let peer = Peer::new(meta_handle, cluster.clone(), coordinator.coordinator(), cluster_id);
     let handoff = tokio::spawn(crate::cluster::hand_off(coordinator.coordinator()));
-    let anti_entropy = tokio::spawn(crate::cluster::anti_entropy(coordinator.coordinator()));
+    let anti_entropy = tokio::spawn(crate::cluster::anti_entropy(coordinator.coordinator(), metrics.clone()));
     let follow = tokio::spawn(crate::cluster::follow_layout(cluster.clone()));
     let hand_over = tokio::spawn(crate::cluster::hand_over(coordinator.coordinator()));
     let clean_up = tokio::spawn(crate::cluster::clean_up(coordinator.coordinator()));
