@@ -29,7 +29,7 @@ use futures_util::stream::FuturesUnordered;
 use sha2::{Digest, Sha256};
 use tessera_core::kv::merkle::{TreeAnswer, TreeQuery};
 use tessera_core::kv::quorum::{Consistency, resolve_read};
-use tessera_core::kv::vclock::holds_value;
+use tessera_core::kv::vclock::{holds_value, reconcile};
 use tessera_core::kv::{Causal, IdemKey, IdemRecord, KvRequest, KvResponse, TenantRecord, VClock, Version};
 use tessera_core::meta::{Layout, MetaRequest, MetaResponse, Migration, MigrationKind, Placement};
 use tessera_core::rng::Rng;
@@ -696,6 +696,14 @@ impl<P: Peers> KvCoordinator<P> {
         // write since overwritten (at quorum, so a replica here shows it) changes nothing;
         // writing its value again would undo the later write.
         let overwritten = duplicate && held.iter().any(|v| v.clock.compare(&clock) == Causal::After);
+        if targets.met(&acked) && overwritten {
+            // The later version may be the first attempt's own supersede, which reached too
+            // few replicas (a quorum answered with the write beside the one acknowledged
+            // before it): it goes to a quorum now, or this answer would acknowledge two
+            // sequential writes as siblings there.
+            (acked, _) =
+                self.replicate(tenant_id, key, &targets, &[], None, reconcile(&[], &held), None, until_ms).await;
+        }
         let missed: Vec<Version> = held.into_iter().filter(|v| v.clock.compare(&clock) == Causal::Concurrent).collect();
         if targets.met(&acked) && !missed.is_empty() && !overwritten {
             (clock, acked) = self.supersede(tenant_id, key, value, &targets, coord, missed, until_ms).await?;
