@@ -536,10 +536,11 @@ impl KvMachine {
         // and pass it back after the sender has swept. One stored here already stays for the
         // sweep, which alone knows whether every replica has it; a merge that brings nothing
         // else writes nothing.
-        let reconciled = reconcile(&current, versions);
-        let removes = current.iter().any(|v| !reconciled.contains(v));
-        let merged: Vec<Version> =
-            reconciled.into_iter().filter(|v| removes || !self.config.spent(v, now) || current.contains(v)).collect();
+        let removes = |d: &Version| current.iter().any(|c| d.clock.compare(&c.clock) == Causal::After);
+        let merged: Vec<Version> = reconcile(&current, versions)
+            .into_iter()
+            .filter(|v| !self.config.spent(v, now) || current.contains(v) || removes(v))
+            .collect();
         if merged != current {
             self.store_versions(store, batch, now, tenant, key, &current, &merged)?;
         }

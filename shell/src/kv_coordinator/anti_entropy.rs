@@ -88,10 +88,14 @@ impl<P: Peers> KvCoordinator<P> {
         let placement = self.peers.placement();
         let members = self.peers.members();
         let mut report = AntiEntropyReport::default();
-        if !members.is_empty() && !members.contains(&me) {
+        if members.is_empty() {
+            // A layout this node has not learnt yet: it may hold writes placed by the one
+            // the others follow, so its tombstones wait for a pass by that one.
+            return report;
+        }
+        if !members.contains(&me) {
             // Removed (ids are never reused): this node replicates nothing any more, and what
-            // it still holds is served to no one, so its tombstones wait for nothing. (A layout
-            // that names no storage node is one this node has not learnt yet.)
+            // it still holds is served to no one, so its tombstones wait for nothing.
             report.repaired_before = self.tell_repaired(&me, &[], began, placement.version).await;
             return report;
         }
