@@ -607,3 +607,49 @@ async fn a_tombstone_stays_until_every_replica_was_compared_since_it_came() {
         assert_eq!(held(&net, n, "t3", "k").await, vec![], "{n} still holds the key");
     }
 }
+
+/// A replay answered as a duplicate because a replica holds a later version puts that version
+/// on a quorum: the later version may be the first attempt's own supersede, which reached one
+/// replica, while the replicas that acknowledge the replay hold the write beside the one
+/// acknowledged before it (the simulator's seed 589 of `--tombstone-gc`).
+#[tokio::test]
+async fn a_replay_puts_the_first_attempts_supersede_on_a_quorum() {
+    let net = start();
+    let far = coordinator(&net, "n1").peers().now_ms() + 60_000;
+    // Write 1 reaches n1 and n2 (n3 away).
+    net.down.lock().unwrap().insert("n3".into());
+    coordinator(&net, "n1")
+        .write("t3", "k", Some(b"v1".to_vec()), Consistency::Quorum, String::new(), far)
+        .await
+        .unwrap();
+    net.down.lock().unwrap().clear();
+    let first = held(&net, "n1", "t3", "k").await;
+    // Write 2's first attempt, coordinated on n3, which had not seen write 1. A quorum showed
+    // write 1 beside it, so n3 was given write 1 and coordinated once more (storing nothing);
+    // that supersede reached n1 alone, and the client got no answer.
+    coordinate_on_one(&net, "n3", "k", b"v2", Some("op-2")).await;
+    let apply =
+        |versions: Vec<Version>| KvRequest::Apply { tenant: "t3".into(), key: "k".into(), versions, idem: None };
+    replica(&net, "n3", apply(first)).await;
+    let again = KvRequest::Coordinate {
+        tenant: "t3".into(),
+        key: "k".into(),
+        value: Some(b"v2".to_vec()),
+        idem: None,
+        keep: false,
+    };
+    let KvResponse::Coordinated { clock: supersede, versions, .. } = replica(&net, "n3", again).await else {
+        panic!("not coordinated")
+    };
+    replica(&net, "n1", apply(versions)).await;
+    // The client's replay through n2, whose own replica does not answer: n3 (which holds the
+    // record) coordinates it, and n1 and n3 acknowledge it.
+    net.down.lock().unwrap().insert("n2".into());
+    let replay =
+        coordinator(&net, "n2").write("t3", "k", Some(b"v2".to_vec()), Consistency::Quorum, "op-2".into(), far).await;
+    assert!(replay.as_ref().is_ok_and(|w| w.duplicate), "{replay:?}");
+    // n3 holds the supersede alone, not write 1 beside write 2: with n2 back (holding write
+    // 1), a quorum read through n2 and n3 would show those two as siblings.
+    let on_n3: Vec<VClock> = held(&net, "n3", "t3", "k").await.into_iter().map(|v| v.clock).collect();
+    assert_eq!(on_n3, vec![supersede], "n3 holds two acknowledged sequential writes as siblings");
+}
