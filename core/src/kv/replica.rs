@@ -24,7 +24,7 @@ use crate::store::{StoreError, StoreRead, WriteBatch};
 
 use super::keys;
 use super::vclock::{
-    Causal, VClock, Version, context, decode_versions, digest, encode_versions, holds_value, reconcile,
+    Causal, VClock, Version, context, decode_versions, digest, encode_versions, holds_delete, holds_value, reconcile,
 };
 
 pub(super) const KEYSPACE: &str = crate::store::KV;
@@ -366,8 +366,8 @@ impl KvConfig {
     }
 
     /// `versions` without the deletes [spent](KvConfig::spent) at `now`.
-    fn unspent(&self, versions: Vec<Version>, now: u64) -> Vec<Version> {
-        versions.into_iter().filter(|v| !self.spent(v, now)).collect()
+    fn unspent(&self, versions: &[Version], now: u64) -> Vec<Version> {
+        versions.iter().filter(|v| !self.spent(v, now)).cloned().collect()
     }
 
     /// When the first tombstone among `versions` may go (its grace after it), if any stands
@@ -496,7 +496,7 @@ impl KvMachine {
                 }
             }
             // Only a set that held one may have the mark (no extra write on a plain put).
-            None if before.iter().any(|v| v.value.is_none()) => {
+            None if holds_delete(before) => {
                 batch.delete(KEYSPACE, keys::tombstone_since(&vkey));
             }
             None => {}
@@ -859,7 +859,7 @@ impl KvMachine {
                         && let Some(v) = Self::versions_for_update(store, &tenant, &key)?
                         && digest(&v) == seen
                     {
-                        if v.iter().any(|x| x.value.is_none()) {
+                        if holds_delete(&v) {
                             batch.delete(KEYSPACE, keys::tombstone_since(&k));
                         }
                         batch.delete(KEYSPACE, k.clone());
@@ -974,7 +974,7 @@ impl KvMachine {
             return Ok(());
         }
         // Only deletes go: whether the key counts as live does not change.
-        let kept = self.config.unspent(versions.clone(), now);
+        let kept = self.config.unspent(&versions, now);
         if kept.len() < versions.len() {
             self.put_versions(batch, now, vkey.to_vec(), &versions, &kept);
         }

@@ -147,6 +147,11 @@ pub fn holds_value(versions: &[Version]) -> bool {
     versions.iter().any(|v| v.value.is_some())
 }
 
+/// Whether a tombstone stands among `versions` (alone or beside values).
+pub fn holds_delete(versions: &[Version]) -> bool {
+    versions.iter().any(|v| v.value.is_none())
+}
+
 /// The value a reader is shown: the winner among the versions that hold one. A delete
 /// hides a key only when every sibling is a delete; one concurrent with a write (across a
 /// partition, say) stands beside it as a sibling rather than hiding it.

@@ -377,6 +377,15 @@ mod tests {
             expires_ms: 5,
             fresh: true,
         };
+        // A hint kept anew (its age starts now) and one kept again for another owner.
+        let hint = |taken_ms| KvRequest::Hint {
+            target: "n2".into(),
+            tenant: "t".into(),
+            key: "k".into(),
+            versions: vec![v.clone()],
+            layout: 3,
+            taken_ms,
+        };
         let reqs = [
             KvRequest::Coordinate {
                 tenant: "t".into(),
@@ -398,22 +407,8 @@ mod tests {
                 versions: vec![v.clone()],
                 idem: Some(rec.clone()),
             },
-            KvRequest::Hint {
-                target: "n2".into(),
-                tenant: "t".into(),
-                key: "k".into(),
-                versions: vec![v.clone()],
-                layout: 3,
-                taken_ms: None,
-            },
-            KvRequest::Hint {
-                target: "n2".into(),
-                tenant: "t".into(),
-                key: "k".into(),
-                versions: vec![v.clone()],
-                layout: 3,
-                taken_ms: Some(77),
-            },
+            hint(None),
+            hint(Some(77)),
             KvRequest::IdemLookup { tenant: "t".into(), key: "k".into(), idem: "op-1".into() },
             KvRequest::Stats,
             KvRequest::Scan { after: Some(("t".into(), "k".into())), limit: 5 },
