@@ -147,7 +147,7 @@ impl ViewCell {
     /// `req`, placed by `sender`: a request that may store a copy, placed by a layout newer
     /// than any on record.
     pub fn to_record(&self, req: &KvRequest, sender: u64) -> Option<u64> {
-        let stores = matches!(req, KvRequest::Coordinate { .. } | KvRequest::Apply { .. });
+        let stores = matches!(req, KvRequest::Coordinate { .. } | KvRequest::Apply { .. } | KvRequest::HandOver { .. });
         (stores && sender > self.placed.load(Ordering::SeqCst)).then_some(sender)
     }
 
@@ -218,6 +218,7 @@ pub fn check_layout(req: &KvRequest, sender: u64, mine: u64) -> CoreResult<()> {
         req,
         KvRequest::Coordinate { .. }
             | KvRequest::Apply { .. }
+            | KvRequest::HandOver { .. }
             | KvRequest::Read { .. }
             | KvRequest::IdemLookup { .. }
             | KvRequest::Discard { .. }
@@ -1200,8 +1201,7 @@ impl<P: Peers> KvCoordinator<P> {
         // unreachable: stop, rather than count a key that did not move.
         let rf = self.tenant(&tenant, self.peers.now_ms() + PEER_TIMEOUT_MS).await?.replication_factor as usize;
         for target in placement.handoff_targets(me, &tenant, &key, rf) {
-            let req =
-                KvRequest::Apply { tenant: tenant.clone(), key: key.clone(), versions: versions.clone(), idem: None };
+            let req = KvRequest::HandOver { tenant: tenant.clone(), key: key.clone(), versions: versions.clone() };
             new_owner_took(&target, self.peers.send_at(&target, req, placement.version, PEER_TIMEOUT_MS).await)?;
         }
         Ok(())

@@ -608,6 +608,79 @@ async fn a_tombstone_stays_until_every_replica_was_compared_since_it_came() {
     }
 }
 
+/// A layout change hands a spent tombstone to a new owner, which keeps it: an old owner that
+/// was away while the key was deleted hands its copy, the deleted value, over later in the
+/// same change, and the tombstone must still be there to remove it. And while the change is
+/// under way, anti-entropy tells the replicas nothing, so no tombstone goes before every old
+/// owner has handed its keys over.
+#[tokio::test]
+async fn a_spent_tombstone_handed_over_outlives_the_value_a_late_old_owner_hands_over() {
+    use std::time::Duration;
+    let net = start_with(|n| KvConfig {
+        tombstone_grace_ms: 50,
+        idempotency_ttl_ms: 50,
+        sweep_every_ms: 10,
+        ..KvConfig::new(n)
+    });
+    let n1 = coordinator(&net, "n1");
+    let far = n1.peers().now_ms() + 60_000;
+    // n4 joins the ring: a key it will replicate.
+    let all: Vec<(String, String, u32)> =
+        ["n1", "n2", "n3", "n4"].iter().map(|n| (n.to_string(), format!("{n}.local:7000"), 32)).collect();
+    let mut joining = Layout::initial(&all);
+    joining.version = 2;
+    joining.previous = Some(NODES.iter().map(|n| (n.to_string(), 32)).collect());
+    let placement = Arc::new(Placement::new(&joining));
+    let key = (0..1000)
+        .map(|i| format!("k{i}"))
+        .find(|k| placement.current.replicas("t3", k, 3).contains(&"n4"))
+        .expect("n4 replicates some key");
+    n1.write("t3", &key, Some(b"v".to_vec()), Consistency::All, String::new(), far).await.unwrap();
+    // n3 is away: the delete reaches n1 and n2, and its grace passes.
+    net.down.lock().unwrap().insert("n3".into());
+    n1.write("t3", &key, None, Consistency::Quorum, String::new(), far).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The change begins; n1 and n2 hand their keys over while n3 is still away.
+    *net.placement.lock().unwrap() = Some(placement.clone());
+    *net.migration.lock().unwrap() = Some(Migration {
+        id: "mig-1".into(),
+        kind: MigrationKind::AddNode,
+        node: "n4".into(),
+        version: 2,
+        started_ms: 0,
+        finished_ms: None,
+        cancelled: false,
+        progress: NODES.iter().map(|n| (n.to_string(), NodeProgress::default())).collect(),
+    });
+    for n in ["n1", "n2"] {
+        coordinator(&net, n).hand_over_pass().await.unwrap();
+    }
+    let v = held(&net, "n4", "t3", &key).await;
+    assert!(v.len() == 1 && v[0].value.is_none(), "n4 did not keep the spent tombstone handed to it: {v:?}");
+    // n3 returns and hands over what it holds: the value deleted while it was away.
+    net.down.lock().unwrap().clear();
+    coordinator(&net, "n3").hand_over_pass().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for n in placement.current.replicas("t3", &key, 3) {
+        let v = held(&net, n, "t3", &key).await;
+        assert!(v.iter().all(|v| v.value.is_none()), "{n} holds the deleted value again: {v:?}");
+    }
+    // Every node is up and compared, but the change has not settled: no tombstone may go.
+    for n in NODES {
+        let r = coordinator(&net, n).anti_entropy_pass().await;
+        assert_eq!(r.repaired_before, None, "{n} let tombstones go during the change: {r:?}");
+    }
+    // Settled (a new version): passes count again.
+    let mut settled = Layout::initial(&all);
+    settled.version = 3;
+    *net.placement.lock().unwrap() = Some(Arc::new(Placement::new(&settled)));
+    *net.migration.lock().unwrap() = None;
+    for n in NODES {
+        let r = coordinator(&net, n).anti_entropy_pass().await;
+        assert!(r.repaired_before.is_some(), "{n}: {r:?}");
+    }
+}
+
 /// A replay answered as a duplicate because a replica holds a later version puts that version
 /// on a quorum: the later version may be the first attempt's own supersede, which reached one
 /// replica, while the replicas that acknowledge the replay hold the write beside the one

@@ -147,6 +147,16 @@ pub enum KvRequest {
         versions: Vec<Version>,
         idem: Option<IdemRecord>,
     },
+    /// Merge a key's versions handed over by an old owner during a layout change. Unlike an
+    /// `Apply`, a spent tombstone is kept even where it deletes nothing held here: the old
+    /// owners drop their copies once the change settles, and an old owner that was down
+    /// may still hand over the value it deleted; the tombstone then waits here for
+    /// anti-entropy like any other.
+    HandOver {
+        tenant: String,
+        key: String,
+        versions: Vec<Version>,
+    },
     Read {
         tenant: String,
         key: String,
@@ -242,6 +252,7 @@ impl KvRequest {
         match self {
             KvRequest::Coordinate { .. } => "Coordinate",
             KvRequest::Apply { .. } => "Apply",
+            KvRequest::HandOver { .. } => "HandOver",
             KvRequest::Read { .. } => "Read",
             KvRequest::IdemLookup { .. } => "IdemLookup",
             KvRequest::Hint { .. } => "Hint",
@@ -526,12 +537,13 @@ impl KvMachine {
         key: &str,
         current: Option<Vec<Version>>,
         versions: &[Version],
+        keep_spent: bool,
     ) -> Result<Vec<Version>, StoreError> {
         let current = current.unwrap_or_default();
-        // A delete past its grace that arrives (anti-entropy or a hand-over from a replica
-        // that has not swept it yet) is not stored where it finds nothing to remove: the
-        // sender holds it until it may go there, and replicas that swept it would otherwise
-        // hand it back and forth. Where it does remove something it stays, and waits for
+        // A delete past its grace that arrives (anti-entropy from a replica that has not
+        // swept it yet) is not stored where it finds nothing to remove: the sender holds it
+        // until it may go there, and replicas that swept it would otherwise hand it back and
+        // forth. A hand-over (`keep_spent`) keeps it: its sender drops its copy soon. Where it does remove something it stays, and waits for
         // anti-entropy from here: another replica not reached yet may hold that value too,
         // and pass it back after the sender has swept. One stored here already stays for the
         // sweep, which alone knows whether every replica has it; a merge that brings nothing
@@ -539,12 +551,22 @@ impl KvMachine {
         let removes = |d: &Version| current.iter().any(|c| d.clock.compare(&c.clock) == Causal::After);
         let merged: Vec<Version> = reconcile(&current, versions)
             .into_iter()
-            .filter(|v| !self.config.spent(v, now) || current.contains(v) || removes(v))
+            .filter(|v| keep_spent || !self.config.spent(v, now) || current.contains(v) || removes(v))
             .collect();
         if merged != current {
             self.store_versions(store, batch, now, tenant, key, &current, &merged)?;
         }
         Ok(merged)
+    }
+
+    /// The bounds on versions another node sends to be merged.
+    fn check_versions(what: &str, key: &str, versions: &[Version]) -> CoreResult<()> {
+        if versions.len() > MAX_SIBLINGS || versions.iter().any(|v| !v.clock.is_sane()) {
+            return Err(CoreError::InvalidArgument(format!(
+                "{what} of {key:?}: at most {MAX_SIBLINGS} versions with sane clocks"
+            )));
+        }
+        Ok(())
     }
 
     fn idem(&self, store: &dyn StoreRead, now: u64, tenant: &str, key: &str) -> CoreResult<Option<IdemRecord>> {
@@ -629,7 +651,7 @@ impl KvMachine {
         if let Some(r) = rec.filter(|r| r.expires_ms > now) {
             Self::remember(batch, tenant, key, r);
         }
-        self.merge(store, batch, now, tenant, key, current, versions)
+        self.merge(store, batch, now, tenant, key, current, versions, false)
     }
 
     fn handle(&mut self, now: u64, req: KvRequest, store: &dyn StoreRead) -> CoreResult<(KvResponse, WriteBatch)> {
@@ -719,12 +741,14 @@ impl KvMachine {
                 }
                 Ok((KvResponse::Coordinated { clock, versions, duplicate: false, idem: rec }, batch))
             }
+            KvRequest::HandOver { tenant, key, versions } => {
+                Self::check_versions("hand-over", &key, &versions)?;
+                let current = Self::versions_for_update(store, &tenant, &key)?;
+                let merged = self.merge(store, &mut batch, now, &tenant, &key, current, &versions, true)?;
+                Ok((KvResponse::Versions(merged), batch))
+            }
             KvRequest::Apply { tenant, key, versions, idem } => {
-                if versions.len() > MAX_SIBLINGS || versions.iter().any(|v| !v.clock.is_sane()) {
-                    return Err(CoreError::InvalidArgument(format!(
-                        "apply of {key:?}: at most {MAX_SIBLINGS} versions with sane clocks"
-                    )));
-                }
+                Self::check_versions("apply", &key, &versions)?;
                 let current = Self::versions_for_update(store, &tenant, &key)?;
                 if versions.is_empty() {
                     // Nothing to merge: a replay of a key this replica never held, or a record
@@ -741,7 +765,7 @@ impl KvMachine {
                     }
                     return Ok((KvResponse::Versions(current), batch));
                 }
-                let merged = self.merge(store, &mut batch, now, &tenant, &key, current, &versions)?;
+                let merged = self.merge(store, &mut batch, now, &tenant, &key, current, &versions, false)?;
                 if let Some(r) = &idem {
                     self.pending.remove(&(tenant.clone(), r.key.clone()));
                 }
@@ -1593,13 +1617,27 @@ mod mint_tests {
         at(&mut m, 60, KvRequest::Repaired { before_ms: 45 });
         sweep(&mut m, 22 + grace);
         assert_eq!((held("b"), held("c")), (0, 1), "a tombstone went by a pass that began before it came");
+        // A spent delete that deletes nothing here: dropped when anti-entropy brings it, kept
+        // when a layout change hands it over (the old owner drops its copy soon, and one
+        // that was away may still hand over the value it deleted). It waits like the others.
+        let handed = Version { clock: VClock([("n3".to_owned(), 1)].into()), ts_ms: 13, value: None };
+        let d = |versions: Vec<Version>| (String::from("t"), String::from("d"), versions);
+        let (tenant, key, versions) = d(vec![handed.clone()]);
+        at(&mut m, 22 + grace, KvRequest::Apply { tenant, key, versions, idem: None });
+        assert_eq!(held("d"), 0, "anti-entropy stored a spent delete that deletes nothing");
+        let (tenant, key, versions) = d(vec![handed]);
+        at(&mut m, 22 + grace, KvRequest::HandOver { tenant, key, versions });
+        assert_eq!(held("d"), 1, "a spent delete handed over was not kept");
         // A restart forgets the passes: nothing goes before the next one.
         let mut m = KvMachine::new(config());
         sweep(&mut m, 23 + grace);
-        assert_eq!(held("c"), 1, "a tombstone went by a pass made before a restart");
+        assert_eq!((held("c"), held("d")), (1, 1), "a tombstone went by a pass made before a restart");
         at(&mut m, 24 + grace, KvRequest::Repaired { before_ms: 51 });
         sweep(&mut m, 25 + grace);
-        assert_eq!(held("c"), 0, "a tombstone stayed after a pass reached every node");
+        assert_eq!((held("c"), held("d")), (0, 1), "a tombstone stayed after a pass reached every node");
+        at(&mut m, 26 + grace, KvRequest::Repaired { before_ms: 23 + grace });
+        sweep(&mut m, 27 + grace);
+        assert_eq!(held("d"), 0, "a tombstone handed over stayed after a pass reached every node");
         let left = store.prefix(KEYSPACE, b"", None, 100).unwrap();
         assert!(
             left.iter().all(|(k, _)| k.starts_with(b"#")),

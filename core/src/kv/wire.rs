@@ -96,6 +96,7 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
         KvRequest::Apply { tenant, key, versions: vs, idem } => {
             idem_record(versions(e.u8(2).str(tenant).str(key), vs), idem)
         }
+        KvRequest::HandOver { tenant, key, versions: vs } => versions(e.u8(20).str(tenant).str(key), vs),
         KvRequest::Read { tenant, key } => e.u8(3).str(tenant).str(key),
         KvRequest::IdemLookup { tenant, key, idem } => e.u8(17).str(tenant).str(key).str(idem),
         KvRequest::Hint { target, tenant, key, versions: vs, layout, taken_ms } => {
@@ -147,6 +148,10 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
             let key = d.string()?;
             let versions = read_versions(&mut d)?;
             KvRequest::Apply { tenant, key, versions, idem: read_idem_record(&mut d)? }
+        }
+        20 => {
+            let (tenant, key) = (d.string()?, d.string()?);
+            KvRequest::HandOver { tenant, key, versions: read_versions(&mut d)? }
         }
         3 => KvRequest::Read { tenant: d.string()?, key: d.string()? },
         17 => KvRequest::IdemLookup { tenant: d.string()?, key: d.string()?, idem: d.string()? },
@@ -407,6 +412,7 @@ mod tests {
                 versions: vec![v.clone()],
                 idem: Some(rec.clone()),
             },
+            KvRequest::HandOver { tenant: "t".into(), key: "k".into(), versions: vec![v.clone()] },
             hint(None),
             hint(Some(77)),
             KvRequest::IdemLookup { tenant: "t".into(), key: "k".into(), idem: "op-1".into() },

@@ -93,10 +93,17 @@ impl<P: Peers> KvCoordinator<P> {
             // the others follow, so its tombstones wait for a pass by that one.
             return report;
         }
+        // While a layout change is under way, an old owner that was away may still hand over
+        // a value deleted meanwhile, to a new owner that holds the tombstone only since its
+        // own hand-over: tombstones wait for passes by the settled layout (a new version, so
+        // the comparisons made until then no longer count). Repairs go on.
+        let settled = placement.previous.is_none() && placement.rf_change.is_none();
         if !members.contains(&me) {
             // Removed (ids are never reused): this node replicates nothing any more, and what
             // it still holds is served to no one, so its tombstones wait for nothing.
-            report.repaired_before = self.tell_repaired(&me, &[], began, placement.version).await;
+            if settled {
+                report.repaired_before = self.tell_repaired(&me, &[], began, placement.version).await;
+            }
             return report;
         }
         let peers: Vec<String> = members.into_iter().filter(|m| *m != me).collect();
@@ -111,14 +118,16 @@ impl<P: Peers> KvCoordinator<P> {
             match self.compare_with(&placement, peer, tree, &mut report).await {
                 Ok(clean) => {
                     report.peers += 1;
-                    if clean && whole {
+                    if clean && whole && settled {
                         lock(&self.compared).insert(peer.clone(), (placement.version, began));
                     }
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "anti-entropy skipped a peer this pass"),
             }
         }
-        report.repaired_before = self.tell_repaired(&me, &peers, began, placement.version).await;
+        if settled {
+            report.repaired_before = self.tell_repaired(&me, &peers, began, placement.version).await;
+        }
         report
     }
 
