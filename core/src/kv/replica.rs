@@ -244,6 +244,10 @@ pub enum KvRequest {
     Repaired {
         before_ms: u64,
     },
+    /// The replica's stamp ([`KvResponse::Stamp`]): an anti-entropy pass takes its start from
+    /// it, so that it compares with the times tombstones were stored on one scale that never
+    /// goes back, whatever the wall clock does.
+    Stamp,
 }
 
 impl KvRequest {
@@ -268,6 +272,7 @@ impl KvRequest {
             KvRequest::Placed { .. } => "Placed",
             KvRequest::Discard { .. } => "Discard",
             KvRequest::Repaired { .. } => "Repaired",
+            KvRequest::Stamp => "Stamp",
         }
     }
 
@@ -286,6 +291,7 @@ impl KvRequest {
                 | KvRequest::Hints { .. }
                 | KvRequest::HintsDelivered { .. }
                 | KvRequest::Repaired { .. }
+                | KvRequest::Stamp
         )
     }
 }
@@ -323,6 +329,8 @@ pub enum KvResponse {
         found: Vec<(String, String, IdemRecord)>,
         last: Option<(String, String)>,
     },
+    /// The replica's clock as of this step, never behind an earlier step's since start-up.
+    Stamp(u64),
     /// How many keys a `TenantKeys` found, and the last of them when there may be more.
     Count(u64, Option<String>),
     /// The idempotency record an `IdemLookup` found, and whether this replica also holds
@@ -410,6 +418,11 @@ pub struct KvMachine {
     /// Anti-entropy has compared this node with every other in passes that began at or
     /// after this time (see [`KvRequest::Repaired`]); 0 until the first since start-up.
     repaired_before: u64,
+    /// The latest time any step was given since start-up: when a key's tombstones came is
+    /// recorded by it, and passes start by it (`KvRequest::Stamp`), so a wall clock stepped
+    /// back cannot make a pass that began before a tombstone came look as if it began after.
+    /// (After a restart it may be behind marks stored before: they only wait longer.)
+    stamp: u64,
 }
 
 fn count(store: &dyn StoreRead, key: &[u8]) -> Result<u64, StoreError> {
@@ -428,6 +441,7 @@ impl KvMachine {
             keeps: false,
             pending: BTreeMap::new(),
             repaired_before: 0,
+            stamp: 0,
         }
     }
 
@@ -474,12 +488,10 @@ impl KvMachine {
     /// (those with a value among their versions: a key whose versions are all deletes is
     /// not counted). Tombstones are kept for their grace, then swept once anti-entropy has
     /// run with every other replica (see [`KvMachine::collect`]).
-    #[allow(clippy::too_many_arguments)]
     fn store_versions(
         &self,
         store: &dyn StoreRead,
         batch: &mut WriteBatch,
-        now: u64,
         tenant: &str,
         key: &str,
         before: &[Version],
@@ -490,7 +502,7 @@ impl KvMachine {
             (true, false) => Self::add_keys(store, batch, -1)?,
             _ => {}
         }
-        self.put_versions(batch, now, keys::value(tenant, key), before, versions);
+        self.put_versions(batch, keys::value(tenant, key), before, versions);
         Ok(())
     }
 
@@ -498,12 +510,12 @@ impl KvMachine {
     /// a tombstone stands among them: an expiry entry for the sweep, and when the newest of
     /// them came (the sweep waits for anti-entropy since then; values written beside them
     /// do not restart that wait, or a busy key would keep a spent delete for good).
-    fn put_versions(&self, batch: &mut WriteBatch, now: u64, vkey: Vec<u8>, before: &[Version], versions: &[Version]) {
+    fn put_versions(&self, batch: &mut WriteBatch, vkey: Vec<u8>, before: &[Version], versions: &[Version]) {
         match self.config.purge_at(versions) {
             Some(at) => {
                 batch.put(KEYSPACE, keys::expiry(at, &vkey), Vec::new());
                 if versions.iter().any(|v| v.value.is_none() && !before.contains(v)) {
-                    batch.put(KEYSPACE, keys::tombstone_since(&vkey), now.to_be_bytes().to_vec());
+                    batch.put(KEYSPACE, keys::tombstone_since(&vkey), self.stamp.to_be_bytes().to_vec());
                 }
             }
             // Only a set that held one may have the mark (no extra write on a plain put).
@@ -554,7 +566,7 @@ impl KvMachine {
             .filter(|v| keep_spent || !self.config.spent(v, now) || current.contains(v) || removes(v))
             .collect();
         if merged != current {
-            self.store_versions(store, batch, now, tenant, key, &current, &merged)?;
+            self.store_versions(store, batch, tenant, key, &current, &merged)?;
         }
         Ok(merged)
     }
@@ -902,6 +914,7 @@ impl KvMachine {
                 self.repaired_before = self.repaired_before.max(before_ms);
                 Ok((KvResponse::Done, batch))
             }
+            KvRequest::Stamp => Ok((KvResponse::Stamp(self.stamp), batch)),
             KvRequest::Stats => Ok((
                 KvResponse::Stats { keys: count(store, keys::KEY_COUNT)?, hints: count(store, keys::HINT_COUNT)? },
                 batch,
@@ -1000,7 +1013,7 @@ impl KvMachine {
         // Only deletes go: whether the key counts as live does not change.
         let kept = self.config.unspent(&versions, now);
         if kept.len() < versions.len() {
-            self.put_versions(batch, now, vkey.to_vec(), &versions, &kept);
+            self.put_versions(batch, vkey.to_vec(), &versions, &kept);
         }
         Ok(())
     }
@@ -1135,7 +1148,9 @@ impl Machine for KvMachine {
                 | KvRequest::Records { .. }
                 | KvRequest::TenantKeys { .. }
                 | KvRequest::Repaired { .. }
+                | KvRequest::Stamp
         );
+        self.stamp = self.stamp.max(now);
         (self.token, self.early, self.keeps) = (token, false, false);
         let mut ready = Ready::answer(token, self.handle(now, input, store))?;
         // Reads promise nothing new about durable state. A coordination that writes nothing
@@ -1192,6 +1207,7 @@ impl Machine for KvMachine {
     fn tick(&mut self, now: u64, store: &dyn StoreRead) -> Result<Ready<Self::Output>, StoreError> {
         // A tick has no token: a ceiling raised here (none is today) must never be credited.
         self.token = ClientToken::MAX;
+        self.stamp = self.stamp.max(now);
         let writes = self.sweep(now, store)?;
         // A sweep that removed a full batch has more to do: come back at once, so records
         // never pile up faster than they expire.
@@ -1597,6 +1613,10 @@ mod mint_tests {
         // The last complete pass began before the deletes came: past their grace, they stay
         // (a node down since then may still hold what they deleted).
         at(&mut m, 30, KvRequest::Repaired { before_ms: 5 });
+        // What counts is when a tombstone came here, not when it was made: one made at 12
+        // that comes late (a hint) waits for a pass that began after it came.
+        let late = Version { clock: VClock([("n2".to_owned(), 1)].into()), ts_ms: 12, value: None };
+        at(&mut m, 50, KvRequest::Apply { tenant: "t".into(), key: "c".into(), versions: vec![late], idem: None });
         sweep(&mut m, 20 + grace);
         assert_eq!((held("a"), held("b")), (1, 1), "a tombstone went before anti-entropy reached every node");
         // Anti-entropy from a replica that holds another delete of "a", concurrent and spent
@@ -1607,14 +1627,10 @@ mod mint_tests {
         let ready = m.step(20 + grace, 0, apply, &store).unwrap();
         assert!(ready.writes.is_empty(), "a merge that brought only a spent delete wrote: {:?}", ready.writes);
         // A pass that began after "a" came, and before "b" did: "a" goes at the next sweep.
-        at(&mut m, 40, KvRequest::Repaired { before_ms: 15 });
+        at(&mut m, 20 + grace, KvRequest::Repaired { before_ms: 15 });
         sweep(&mut m, 21 + grace);
         assert_eq!((held("a"), held("b")), (0, 1));
-        // What counts is when a tombstone came here, not when it was made: one made at 12
-        // that came late (a hint) waits for a pass that began after it came.
-        let late = Version { clock: VClock([("n2".to_owned(), 1)].into()), ts_ms: 12, value: None };
-        at(&mut m, 50, KvRequest::Apply { tenant: "t".into(), key: "c".into(), versions: vec![late], idem: None });
-        at(&mut m, 60, KvRequest::Repaired { before_ms: 45 });
+        at(&mut m, 21 + grace, KvRequest::Repaired { before_ms: 45 });
         sweep(&mut m, 22 + grace);
         assert_eq!((held("b"), held("c")), (0, 1), "a tombstone went by a pass that began before it came");
         // A spent delete that deletes nothing here: dropped when anti-entropy brings it, kept
@@ -1644,6 +1660,44 @@ mod mint_tests {
             "marks or entries left behind: {:?}",
             left.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_cannot_date_a_tombstone_before_a_pass_that_began_earlier() {
+        let store = MemStore::new();
+        let grace = MIN_TOMBSTONE_GRACE_MS;
+        let mut m =
+            KvMachine::new(KvConfig { tombstone_grace_ms: grace, idempotency_ttl_ms: 1, ..KvConfig::new("n1") });
+        let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
+            let ready = m.step(now, 0, req, &store).unwrap();
+            store.write(&ready.writes).unwrap();
+            ready.replies.into_iter().next().map(|(_, r)| r)
+        };
+        let held =
+            |key: &str| match KvMachine::read_only(&KvRequest::Read { tenant: "t".into(), key: key.into() }, &store) {
+                Some(Ok(Ok(KvResponse::Versions(v)))) => v.len(),
+                other => panic!("{other:?}"),
+            };
+        let stamp = |m: &mut KvMachine, now: u64| match at(m, now, KvRequest::Stamp) {
+            Some(Ok(KvResponse::Stamp(t))) => t,
+            other => panic!("{other:?}"),
+        };
+        // A pass begins at 10 s; then the wall clock steps back 5 s, and a delete comes.
+        let began = stamp(&mut m, 10_000);
+        assert_eq!(began, 10_000);
+        let delete = KvRequest::Coordinate { tenant: "t".into(), key: "a".into(), value: None, idem: None, keep: true };
+        at(&mut m, 5_000, delete);
+        assert_eq!(stamp(&mut m, 5_100), 10_000, "the stamp went back with the clock");
+        // The pass compared every node; it is told (less the margin), and the delete's grace
+        // passes. The pass began before the delete came: it stays.
+        at(&mut m, 5_200, KvRequest::Repaired { before_ms: began - 1_000 });
+        store.write(&m.tick(5_000 + grace + 1, &store).unwrap().writes).unwrap();
+        assert_eq!(held("a"), 1, "a tombstone went by a pass that began before it came");
+        // A pass that begins after it came lets it go.
+        let next = stamp(&mut m, 5_100 + grace);
+        at(&mut m, 5_200 + grace, KvRequest::Repaired { before_ms: next - 1_000 });
+        store.write(&m.tick(5_300 + grace, &store).unwrap().writes).unwrap();
+        assert_eq!(held("a"), 0);
     }
 
     #[test]

@@ -120,6 +120,7 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
             None => e.u8(16).str(tenant).u8(0),
         },
         KvRequest::Repaired { before_ms } => e.u8(19).u64(*before_ms),
+        KvRequest::Stamp => e.u8(21),
         KvRequest::Discard { layout, keys } => {
             keys.iter().fold(e.u8(15).u64(*layout).u64(keys.len() as u64), |e, (t, k, d)| e.str(t).str(k).bytes(d))
         }
@@ -180,6 +181,7 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
         13 => KvRequest::HintTargets,
         14 => KvRequest::Placed { version: d.u64()? },
         19 => KvRequest::Repaired { before_ms: d.u64()? },
+        21 => KvRequest::Stamp,
         16 => {
             let tenant = d.string()?;
             let after = match d.u8()? {
@@ -247,6 +249,7 @@ pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
         Ok(KvResponse::Targets(ts)) => ts.iter().fold(e.u8(11).u64(ts.len() as u64), |e, t| e.str(t)),
         Ok(KvResponse::Placed(v)) => e.u8(12).u64(*v),
         Ok(KvResponse::Discarded(n)) => e.u8(13).u64(*n),
+        Ok(KvResponse::Stamp(t)) => e.u8(17).u64(*t),
         Ok(KvResponse::Idem { record, held }) => idem_record(e.u8(15), record).u8(u8::from(*held)),
         Ok(KvResponse::Count(n, last)) => match last {
             Some(k) => e.u8(14).u64(*n).u8(1).str(k),
@@ -340,6 +343,7 @@ pub fn decode_reply(buf: &[u8]) -> Result<Result<KvResponse, CoreError>, StoreEr
         }
         12 => Ok(KvResponse::Placed(d.u64()?)),
         13 => Ok(KvResponse::Discarded(d.u64()?)),
+        17 => Ok(KvResponse::Stamp(d.u64()?)),
         15 => Ok(KvResponse::Idem { record: read_idem_record(&mut d)?, held: d.u8()? != 0 }),
         16 => {
             let n = d.u64()?;
@@ -423,6 +427,7 @@ mod tests {
             KvRequest::Fence { version: 4 },
             KvRequest::HintTargets,
             KvRequest::Repaired { before_ms: 7 },
+            KvRequest::Stamp,
             KvRequest::Placed { version: 6 },
             KvRequest::TenantKeys { tenant: "t".into(), after: None },
             KvRequest::TenantKeys { tenant: "t".into(), after: Some("k".into()) },
@@ -458,6 +463,7 @@ mod tests {
             Ok(KvResponse::Targets(vec!["n2".into(), "n9".into()])),
             Ok(KvResponse::Placed(6)),
             Ok(KvResponse::Discarded(2)),
+            Ok(KvResponse::Stamp(11)),
             Ok(KvResponse::Count(3, None)),
             Ok(KvResponse::Count(3, Some("k".into()))),
             Err(CoreError::AlreadyExists("tenant exists".into())),

@@ -73,7 +73,7 @@ const TREES_KEPT: usize = 64;
 pub const TREE_TIMEOUT_MS: u64 = 60_000;
 /// Taken off a pass's start before the replica hears of it: a tombstone stored just before
 /// the pass began may reach the store just after its scan read it (the replica stamps a
-/// write before applying it), or the clock may have stepped back a little.
+/// write before applying it). The stamps themselves never go back (`KvRequest::Stamp`).
 pub const REPAIR_MARGIN_MS: u64 = 1_000;
 
 fn bad_answer(peer: &str, what: &str) -> CoreError {
@@ -83,11 +83,18 @@ fn bad_answer(peer: &str, what: &str) -> CoreError {
 impl<P: Peers> KvCoordinator<P> {
     /// One anti-entropy pass with every other node that holds keys. Returns what it found.
     pub async fn anti_entropy_pass(&self) -> AntiEntropyReport {
-        let began = self.peers.now_ms();
         let me = self.peers.me().to_owned();
         let placement = self.peers.placement();
         let members = self.peers.members();
         let mut report = AntiEntropyReport::default();
+        // When the pass began, by the replica's stamp: the scale it records tombstones by.
+        let began = match self.peers.send_at(&me, KvRequest::Stamp, placement.version, PEER_TIMEOUT_MS).await {
+            Ok(Ok(KvResponse::Stamp(t))) => t,
+            other => {
+                tracing::debug!(answer = ?other, "anti-entropy pass skipped: the replica gave no stamp");
+                return report;
+            }
+        };
         if members.is_empty() {
             // A layout this node has not learnt yet: it may hold writes placed by the one
             // the others follow, so its tombstones wait for a pass by that one.
