@@ -710,14 +710,21 @@ impl<P: Peers> KvCoordinator<P> {
             (clock, acked) = self.supersede(tenant_id, key, value, &targets, coord, missed, until_ms).await?;
         }
         if !targets.met(&acked) {
-            return Err(self.shortfall(
-                until_ms,
-                format!(
+            let what = match overwritten {
+                // The replay's own write stands (a later one superseded it); what fell short
+                // is carrying that later version to a quorum.
+                true => format!(
+                    "quorum not reached: this replays a write that a later version of the key superseded, and only {}                      acknowledged that later version (for {}); retry with the same idempotency key",
+                    targets.shortfall(&acked),
+                    consistency.name()
+                ),
+                false => format!(
                     "quorum not reached: {} acknowledged the write (for {}); it may still reach the others",
                     targets.shortfall(&acked),
                     consistency.name()
                 ),
-            ));
+            };
+            return Err(self.shortfall(until_ms, what));
         }
         let acks = acked.iter().filter(|a| **a).count();
         Ok(Written { clock, acks, duplicate, idempotency_key })
