@@ -697,7 +697,8 @@ impl<P: Peers> KvCoordinator<P> {
         // write since overwritten (at quorum, so a replica here shows it) changes nothing;
         // writing its value again would undo the later write.
         let overwritten = duplicate && held.iter().any(|v| v.clock.compare(&clock) == Causal::After);
-        if targets.met(&acked) && overwritten {
+        let carried = targets.met(&acked) && overwritten;
+        if carried {
             // The later version may be the first attempt's own supersede, which reached too
             // few replicas (a quorum answered with the write beside the one acknowledged
             // before it): it goes to a quorum now, or this answer would acknowledge two
@@ -710,11 +711,12 @@ impl<P: Peers> KvCoordinator<P> {
             (clock, acked) = self.supersede(tenant_id, key, value, &targets, coord, missed, until_ms).await?;
         }
         if !targets.met(&acked) {
-            let what = match overwritten {
+            let what = match carried {
                 // The replay's own write stands (a later one superseded it); what fell short
                 // is carrying that later version to a quorum.
                 true => format!(
-                    "quorum not reached: this replays a write that a later version of the key superseded, and only {}                      acknowledged that later version (for {}); retry with the same idempotency key",
+                    "quorum not reached: this replays a write that a later version of the key superseded, and only {} \
+                     acknowledged that later version (for {}); retry with the same idempotency key",
                     targets.shortfall(&acked),
                     consistency.name()
                 ),

@@ -631,10 +631,14 @@ async fn a_spent_tombstone_handed_over_outlives_the_value_a_late_old_owner_hands
     joining.version = 2;
     joining.previous = Some(NODES.iter().map(|n| (n.to_string(), 32)).collect());
     let placement = Arc::new(Placement::new(&joining));
+    // One n4 takes over from n3: n3 keeps its old copy until the change settles.
     let key = (0..1000)
         .map(|i| format!("k{i}"))
-        .find(|k| placement.current.replicas("t3", k, 3).contains(&"n4"))
-        .expect("n4 replicates some key");
+        .find(|k| {
+            let owners = placement.current.replicas("t3", k, 3);
+            owners.contains(&"n4") && !owners.contains(&"n3")
+        })
+        .expect("n4 takes some key over from n3");
     n1.write("t3", &key, Some(b"v".to_vec()), Consistency::All, String::new(), far).await.unwrap();
     // n3 is away: the delete reaches n1 and n2, and its grace passes.
     net.down.lock().unwrap().insert("n3".into());

@@ -243,6 +243,10 @@ pub enum KvRequest {
     /// first passes again.
     Repaired {
         before_ms: u64,
+        /// The layout version the passes compared by. Ignored once this replica took a write
+        /// placed by a newer one (a hand-over to it, say, while its own view lags): those
+        /// passes did not cover what that layout brings here.
+        layout: u64,
     },
     /// The replica's stamp ([`KvResponse::Stamp`]): an anti-entropy pass takes its start from
     /// it, so that it compares with the times tombstones were stored on one scale that never
@@ -908,9 +912,15 @@ impl KvMachine {
                 }
                 Ok((KvResponse::Discarded(gone.len() as u64), batch))
             }
-            KvRequest::Repaired { before_ms } => {
-                // Passes finish out of order with each other's starts only by a clock that
-                // stepped back: never let the mark go back.
+            KvRequest::Repaired { before_ms, layout } => {
+                let placed = count(store, keys::PLACED)?;
+                if placed > layout {
+                    return Err(CoreError::FailedPrecondition(format!(
+                        "this replica took a write placed by layout version {placed}, newer than version {layout} \
+                         the passes compared by; their mark is not taken"
+                    )));
+                }
+                // Never let the mark go back (a pass may finish after a later one began).
                 self.repaired_before = self.repaired_before.max(before_ms);
                 Ok((KvResponse::Done, batch))
             }
@@ -1579,7 +1589,7 @@ mod mint_tests {
             Some(Ok(Ok(KvResponse::Versions(v)))) => v.len(),
             other => panic!("{other:?}"),
         };
-        store.write(&m.step(11, 0, KvRequest::Repaired { before_ms: 11 }, &store).unwrap().writes).unwrap();
+        store.write(&m.step(11, 0, KvRequest::Repaired { before_ms: 11, layout: 0 }, &store).unwrap().writes).unwrap();
         store.write(&m.tick(110, &store).unwrap().writes).unwrap();
         assert_eq!(held(), 1, "the tombstone went before its grace");
         store.write(&m.tick(510, &store).unwrap().writes).unwrap();
@@ -1612,7 +1622,7 @@ mod mint_tests {
         at(&mut m, 20, delete("b"));
         // The last complete pass began before the deletes came: past their grace, they stay
         // (a node down since then may still hold what they deleted).
-        at(&mut m, 30, KvRequest::Repaired { before_ms: 5 });
+        at(&mut m, 30, KvRequest::Repaired { before_ms: 5, layout: 0 });
         // What counts is when a tombstone came here, not when it was made: one made at 12
         // that comes late (a hint) waits for a pass that began after it came.
         let late = Version { clock: VClock([("n2".to_owned(), 1)].into()), ts_ms: 12, value: None };
@@ -1627,10 +1637,10 @@ mod mint_tests {
         let ready = m.step(20 + grace, 0, apply, &store).unwrap();
         assert!(ready.writes.is_empty(), "a merge that brought only a spent delete wrote: {:?}", ready.writes);
         // A pass that began after "a" came, and before "b" did: "a" goes at the next sweep.
-        at(&mut m, 20 + grace, KvRequest::Repaired { before_ms: 15 });
+        at(&mut m, 20 + grace, KvRequest::Repaired { before_ms: 15, layout: 0 });
         sweep(&mut m, 21 + grace);
         assert_eq!((held("a"), held("b")), (0, 1));
-        at(&mut m, 21 + grace, KvRequest::Repaired { before_ms: 45 });
+        at(&mut m, 21 + grace, KvRequest::Repaired { before_ms: 45, layout: 0 });
         sweep(&mut m, 22 + grace);
         assert_eq!((held("b"), held("c")), (0, 1), "a tombstone went by a pass that began before it came");
         // A spent delete that deletes nothing here: dropped when anti-entropy brings it, kept
@@ -1648,10 +1658,10 @@ mod mint_tests {
         let mut m = KvMachine::new(config());
         sweep(&mut m, 23 + grace);
         assert_eq!((held("c"), held("d")), (1, 1), "a tombstone went by a pass made before a restart");
-        at(&mut m, 24 + grace, KvRequest::Repaired { before_ms: 51 });
+        at(&mut m, 24 + grace, KvRequest::Repaired { before_ms: 51, layout: 0 });
         sweep(&mut m, 25 + grace);
         assert_eq!((held("c"), held("d")), (0, 1), "a tombstone stayed after a pass reached every node");
-        at(&mut m, 26 + grace, KvRequest::Repaired { before_ms: 23 + grace });
+        at(&mut m, 26 + grace, KvRequest::Repaired { before_ms: 23 + grace, layout: 0 });
         sweep(&mut m, 27 + grace);
         assert_eq!(held("d"), 0, "a tombstone handed over stayed after a pass reached every node");
         let left = store.prefix(KEYSPACE, b"", None, 100).unwrap();
@@ -1690,13 +1700,44 @@ mod mint_tests {
         assert_eq!(stamp(&mut m, 5_100), 10_000, "the stamp went back with the clock");
         // The pass compared every node; it is told (less the margin), and the delete's grace
         // passes. The pass began before the delete came: it stays.
-        at(&mut m, 5_200, KvRequest::Repaired { before_ms: began - 1_000 });
+        at(&mut m, 5_200, KvRequest::Repaired { before_ms: began - 1_000, layout: 0 });
         store.write(&m.tick(5_000 + grace + 1, &store).unwrap().writes).unwrap();
         assert_eq!(held("a"), 1, "a tombstone went by a pass that began before it came");
         // A pass that begins after it came lets it go.
         let next = stamp(&mut m, 5_100 + grace);
-        at(&mut m, 5_200 + grace, KvRequest::Repaired { before_ms: next - 1_000 });
+        at(&mut m, 5_200 + grace, KvRequest::Repaired { before_ms: next - 1_000, layout: 0 });
         store.write(&m.tick(5_300 + grace, &store).unwrap().writes).unwrap();
+        assert_eq!(held("a"), 0);
+    }
+
+    #[test]
+    fn a_mark_from_passes_by_a_layout_older_than_a_write_placed_here_is_not_taken() {
+        let store = MemStore::new();
+        let grace = MIN_TOMBSTONE_GRACE_MS;
+        let mut m =
+            KvMachine::new(KvConfig { tombstone_grace_ms: grace, idempotency_ttl_ms: 1, ..KvConfig::new("n1") });
+        let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
+            let ready = m.step(now, 0, req, &store).unwrap();
+            store.write(&ready.writes).unwrap();
+            ready.replies.into_iter().next().map(|(_, r)| r)
+        };
+        let held =
+            |key: &str| match KvMachine::read_only(&KvRequest::Read { tenant: "t".into(), key: key.into() }, &store) {
+                Some(Ok(Ok(KvResponse::Versions(v)))) => v.len(),
+                other => panic!("{other:?}"),
+            };
+        // A tombstone handed over by layout 3, to a node whose own view still lags at 2.
+        at(&mut m, 5, KvRequest::Placed { version: 3 });
+        let handed = Version { clock: VClock([("n3".to_owned(), 1)].into()), ts_ms: 1, value: None };
+        at(&mut m, 10, KvRequest::HandOver { tenant: "t".into(), key: "a".into(), versions: vec![handed] });
+        // Its passes, by layout 2, did not cover what layout 3 brought here.
+        let out = at(&mut m, 20, KvRequest::Repaired { before_ms: 15, layout: 2 });
+        assert!(matches!(out, Some(Err(CoreError::FailedPrecondition(_)))), "{out:?}");
+        store.write(&m.tick(10 + grace, &store).unwrap().writes).unwrap();
+        assert_eq!(held("a"), 1, "a tombstone went by passes that did not cover its layout");
+        let out = at(&mut m, 20 + grace, KvRequest::Repaired { before_ms: 15, layout: 3 });
+        assert!(matches!(out, Some(Ok(KvResponse::Done))), "{out:?}");
+        store.write(&m.tick(21 + grace, &store).unwrap().writes).unwrap();
         assert_eq!(held("a"), 0);
     }
 
@@ -1726,7 +1767,7 @@ mod mint_tests {
         };
         // Anti-entropy with every other node has run since all of the below (see
         // `a_spent_tombstone_waits_for_anti_entropy_with_every_other_node` for when not).
-        at(&mut m, 0, KvRequest::Repaired { before_ms: u64::MAX });
+        at(&mut m, 0, KvRequest::Repaired { before_ms: u64::MAX, layout: 0 });
         // "a" is written, then deleted at 10; "b" is deleted at 10, then written again at 20.
         at(&mut m, 5, write("a", Some(b"x")));
         at(&mut m, 10, write("a", None));

@@ -119,7 +119,7 @@ pub fn encode_request(r: &KvRequest) -> Vec<u8> {
             Some(k) => e.u8(16).str(tenant).u8(1).str(k),
             None => e.u8(16).str(tenant).u8(0),
         },
-        KvRequest::Repaired { before_ms } => e.u8(19).u64(*before_ms),
+        KvRequest::Repaired { before_ms, layout } => e.u8(19).u64(*before_ms).u64(*layout),
         KvRequest::Stamp => e.u8(21),
         KvRequest::Discard { layout, keys } => {
             keys.iter().fold(e.u8(15).u64(*layout).u64(keys.len() as u64), |e, (t, k, d)| e.str(t).str(k).bytes(d))
@@ -180,7 +180,7 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
         12 => KvRequest::Fence { version: d.u64()? },
         13 => KvRequest::HintTargets,
         14 => KvRequest::Placed { version: d.u64()? },
-        19 => KvRequest::Repaired { before_ms: d.u64()? },
+        19 => KvRequest::Repaired { before_ms: d.u64()?, layout: d.u64()? },
         21 => KvRequest::Stamp,
         16 => {
             let tenant = d.string()?;
@@ -426,7 +426,7 @@ mod tests {
             KvRequest::Records { after: Some(("t".into(), "op-1".into())), limit: 9 },
             KvRequest::Fence { version: 4 },
             KvRequest::HintTargets,
-            KvRequest::Repaired { before_ms: 7 },
+            KvRequest::Repaired { before_ms: 7, layout: 3 },
             KvRequest::Stamp,
             KvRequest::Placed { version: 6 },
             KvRequest::TenantKeys { tenant: "t".into(), after: None },

@@ -71,9 +71,9 @@ const TREES_KEPT: usize = 64;
 /// How long a tree question may take: the peer scans its keys to answer, which takes long on
 /// a big node, and nothing waits on anti-entropy.
 pub const TREE_TIMEOUT_MS: u64 = 60_000;
-/// Taken off a pass's start before the replica hears of it: a tombstone stored just before
-/// the pass began may reach the store just after its scan read it (the replica stamps a
-/// write before applying it). The stamps themselves never go back (`KvRequest::Stamp`).
+/// Taken off a pass's start before the replica hears of it, as slack: the start is the
+/// replica's own stamp (`KvRequest::Stamp`, which never goes back), taken in its queue after
+/// every write stepped before it, so the pass's scan sees what the stamp covers.
 pub const REPAIR_MARGIN_MS: u64 = 1_000;
 
 fn bad_answer(peer: &str, what: &str) -> CoreError {
@@ -88,11 +88,13 @@ impl<P: Peers> KvCoordinator<P> {
         let members = self.peers.members();
         let mut report = AntiEntropyReport::default();
         // When the pass began, by the replica's stamp: the scale it records tombstones by.
+        // Without one (the replica is busy or failing) the pass still repairs, but counts for
+        // no tombstone.
         let began = match self.peers.send_at(&me, KvRequest::Stamp, placement.version, PEER_TIMEOUT_MS).await {
-            Ok(Ok(KvResponse::Stamp(t))) => t,
+            Ok(Ok(KvResponse::Stamp(t))) => Some(t),
             other => {
-                tracing::debug!(answer = ?other, "anti-entropy pass skipped: the replica gave no stamp");
-                return report;
+                tracing::debug!(answer = ?other, "the replica gave no stamp: this pass counts for no tombstone");
+                None
             }
         };
         if members.is_empty() {
@@ -104,11 +106,13 @@ impl<P: Peers> KvCoordinator<P> {
         // a value deleted meanwhile, to a new owner that holds the tombstone only since its
         // own hand-over: tombstones wait for passes by the settled layout (a new version, so
         // the comparisons made until then no longer count). Repairs go on.
-        let settled = placement.previous.is_none() && placement.rf_change.is_none();
+        let counts = began.filter(|_| placement.previous.is_none() && placement.rf_change.is_none());
         if !members.contains(&me) {
             // Removed (ids are never reused): this node replicates nothing any more, and what
-            // it still holds is served to no one, so its tombstones wait for nothing.
-            if settled {
+            // it still holds is served to no one, so its tombstones wait for nothing. (A node
+            // whose view lags its join looks the same: its replica refuses the mark once it
+            // took a hand-over placed by the layout that adds it.)
+            if let Some(began) = counts {
                 report.repaired_before = self.tell_repaired(&me, &[], began, placement.version).await;
             }
             return report;
@@ -125,14 +129,14 @@ impl<P: Peers> KvCoordinator<P> {
             match self.compare_with(&placement, peer, tree, &mut report).await {
                 Ok(clean) => {
                     report.peers += 1;
-                    if clean && whole && settled {
+                    if let Some(began) = counts.filter(|_| clean && whole) {
                         lock(&self.compared).insert(peer.clone(), (placement.version, began));
                     }
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "anti-entropy skipped a peer this pass"),
             }
         }
-        if settled {
+        if let Some(began) = counts {
             report.repaired_before = self.tell_repaired(&me, &peers, began, placement.version).await;
         }
         report
@@ -151,7 +155,7 @@ impl<P: Peers> KvCoordinator<P> {
                 .try_fold(began, |low, at| at.map(|at| low.min(at)))?
         };
         let before_ms = since.saturating_sub(REPAIR_MARGIN_MS);
-        match self.peers.send_at(me, KvRequest::Repaired { before_ms }, layout, PEER_TIMEOUT_MS).await {
+        match self.peers.send_at(me, KvRequest::Repaired { before_ms, layout }, layout, PEER_TIMEOUT_MS).await {
             Ok(Ok(_)) => Some(before_ms),
             other => {
                 tracing::debug!(answer = ?other, "the replica did not take the anti-entropy mark");
