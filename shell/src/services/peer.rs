@@ -133,3 +133,32 @@ impl PeerService for Peer {
 
 /// Most requests one peer batch may carry.
 pub const MAX_BATCH: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::kv::{VClock, Version};
+
+    #[test]
+    fn requests_for_a_nodes_own_replica_are_refused_from_peers() {
+        let own = [
+            KvRequest::Fence { version: 2 },
+            KvRequest::Placed { version: 2 },
+            KvRequest::Discard { layout: 2, keys: vec![] },
+            KvRequest::Records { after: None, limit: 10 },
+            KvRequest::Hints { target: "n2".into(), limit: 10 },
+            KvRequest::HintsDelivered { target: "n2".into(), upto: 1 },
+            KvRequest::Repaired { before_ms: u64::MAX, layout: 9 },
+            KvRequest::Stamp,
+        ];
+        for req in own {
+            let err = decode("n2", &wire::encode_request(&req)).expect_err(req.kind());
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", req.kind());
+            assert!(err.message().contains("own replica only"), "{}", err.message());
+        }
+        // A hand-over's keys come from another node.
+        let v = Version { clock: VClock([("n1".to_owned(), 1)].into()), ts_ms: 1, value: None };
+        let handed = KvRequest::HandOver { tenant: "t".into(), key: "k".into(), versions: vec![v] };
+        assert_eq!(decode("n1", &wire::encode_request(&handed)).expect("a hand-over"), handed);
+    }
+}
