@@ -1266,6 +1266,30 @@ mod mint_tests {
     use crate::mem_store::MemStore;
     use crate::store::Store;
 
+    /// A replica whose tombstones have the shortest grace allowed.
+    fn gc_replica() -> KvMachine {
+        KvMachine::new(KvConfig {
+            tombstone_grace_ms: MIN_TOMBSTONE_GRACE_MS,
+            idempotency_ttl_ms: 1,
+            ..KvConfig::new("n1")
+        })
+    }
+
+    /// Steps `req` at `now` over `store`, writes the step's batch, and returns its answer.
+    fn step_at(m: &mut KvMachine, store: &MemStore, now: u64, req: KvRequest) -> Option<CoreResult<KvResponse>> {
+        let ready = m.step(now, 0, req, store).unwrap();
+        store.write(&ready.writes).unwrap();
+        ready.replies.into_iter().next().map(|(_, r)| r)
+    }
+
+    /// How many versions of tenant t's `key` the store holds.
+    fn versions_held(store: &MemStore, key: &str) -> usize {
+        match KvMachine::read_only(&KvRequest::Read { tenant: "t".into(), key: key.into() }, store) {
+            Some(Ok(Ok(KvResponse::Versions(v)))) => v.len(),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// A hint for n2 of a write of `value` to key "k".
     fn hint_for_n2(value: &[u8], taken_ms: Option<u64>) -> KvRequest {
         KvRequest::Hint {
@@ -1674,20 +1698,10 @@ mod mint_tests {
 
     #[test]
     fn a_wall_clock_stepped_back_cannot_date_a_tombstone_before_a_pass_that_began_earlier() {
-        let store = MemStore::new();
-        let grace = MIN_TOMBSTONE_GRACE_MS;
-        let mut m =
-            KvMachine::new(KvConfig { tombstone_grace_ms: grace, idempotency_ttl_ms: 1, ..KvConfig::new("n1") });
-        let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
-            let ready = m.step(now, 0, req, &store).unwrap();
-            store.write(&ready.writes).unwrap();
-            ready.replies.into_iter().next().map(|(_, r)| r)
-        };
-        let held =
-            |key: &str| match KvMachine::read_only(&KvRequest::Read { tenant: "t".into(), key: key.into() }, &store) {
-                Some(Ok(Ok(KvResponse::Versions(v)))) => v.len(),
-                other => panic!("{other:?}"),
-            };
+        let (store, grace) = (MemStore::new(), MIN_TOMBSTONE_GRACE_MS);
+        let mut m = gc_replica();
+        let at = |m: &mut KvMachine, now: u64, req: KvRequest| step_at(m, &store, now, req);
+        let held = |key: &str| versions_held(&store, key);
         let stamp = |m: &mut KvMachine, now: u64| match at(m, now, KvRequest::Stamp) {
             Some(Ok(KvResponse::Stamp(t))) => t,
             other => panic!("{other:?}"),
@@ -1712,20 +1726,10 @@ mod mint_tests {
 
     #[test]
     fn a_mark_from_passes_by_a_layout_older_than_a_write_placed_here_is_not_taken() {
-        let store = MemStore::new();
-        let grace = MIN_TOMBSTONE_GRACE_MS;
-        let mut m =
-            KvMachine::new(KvConfig { tombstone_grace_ms: grace, idempotency_ttl_ms: 1, ..KvConfig::new("n1") });
-        let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
-            let ready = m.step(now, 0, req, &store).unwrap();
-            store.write(&ready.writes).unwrap();
-            ready.replies.into_iter().next().map(|(_, r)| r)
-        };
-        let held =
-            |key: &str| match KvMachine::read_only(&KvRequest::Read { tenant: "t".into(), key: key.into() }, &store) {
-                Some(Ok(Ok(KvResponse::Versions(v)))) => v.len(),
-                other => panic!("{other:?}"),
-            };
+        let (store, grace) = (MemStore::new(), MIN_TOMBSTONE_GRACE_MS);
+        let mut m = gc_replica();
+        let at = |m: &mut KvMachine, now: u64, req: KvRequest| step_at(m, &store, now, req);
+        let held = |key: &str| versions_held(&store, key);
         // A tombstone handed over by layout 3, to a node whose own view still lags at 2.
         at(&mut m, 5, KvRequest::Placed { version: 3 });
         let handed = Version { clock: VClock([("n3".to_owned(), 1)].into()), ts_ms: 1, value: None };
