@@ -128,6 +128,11 @@ fn start() -> Arc<Net> {
     start_with(|n| KvConfig { idempotency_ttl_ms: 60_000, ..KvConfig::new(n) })
 }
 
+/// Nodes whose tombstones (and records) live 50 ms, swept every 10 ms.
+fn start_gc() -> Arc<Net> {
+    start_with(|n| KvConfig { tombstone_grace_ms: 50, idempotency_ttl_ms: 50, sweep_every_ms: 10, ..KvConfig::new(n) })
+}
+
 fn start_with(config: impl Fn(&str) -> KvConfig) -> Arc<Net> {
     let mut net = Net::default();
     let members: Vec<(String, String, u32)> =
@@ -560,13 +565,7 @@ async fn a_factor_change_hands_the_tenants_records_over_with_its_keys() {
 #[tokio::test]
 async fn a_tombstone_stays_until_every_replica_was_compared_since_it_came() {
     use std::time::Duration;
-    // A grace of 50 ms, swept every 10 ms.
-    let net = start_with(|n| KvConfig {
-        tombstone_grace_ms: 50,
-        idempotency_ttl_ms: 50,
-        sweep_every_ms: 10,
-        ..KvConfig::new(n)
-    });
+    let net = start_gc();
     let n1 = coordinator(&net, "n1");
     let far = n1.peers().now_ms() + 60_000;
     n1.write("t3", "k", Some(b"v".to_vec()), Consistency::All, String::new(), far).await.unwrap();
@@ -616,12 +615,7 @@ async fn a_tombstone_stays_until_every_replica_was_compared_since_it_came() {
 #[tokio::test]
 async fn a_spent_tombstone_handed_over_outlives_the_value_a_late_old_owner_hands_over() {
     use std::time::Duration;
-    let net = start_with(|n| KvConfig {
-        tombstone_grace_ms: 50,
-        idempotency_ttl_ms: 50,
-        sweep_every_ms: 10,
-        ..KvConfig::new(n)
-    });
+    let net = start_gc();
     let n1 = coordinator(&net, "n1");
     let far = n1.peers().now_ms() + 60_000;
     // n4 joins the ring: a key it will replicate.

@@ -559,11 +559,11 @@ impl KvMachine {
         // A delete past its grace that arrives (anti-entropy from a replica that has not
         // swept it yet) is not stored where it finds nothing to remove: the sender holds it
         // until it may go there, and replicas that swept it would otherwise hand it back and
-        // forth. A hand-over (`keep_spent`) keeps it: its sender drops its copy soon. Where it does remove something it stays, and waits for
-        // anti-entropy from here: another replica not reached yet may hold that value too,
-        // and pass it back after the sender has swept. One stored here already stays for the
-        // sweep, which alone knows whether every replica has it; a merge that brings nothing
-        // else writes nothing.
+        // forth. A hand-over (`keep_spent`) keeps it: its sender drops its copy soon. Where
+        // it does remove something it stays, and waits for anti-entropy from here: another
+        // replica not reached yet may hold that value too, and pass it back after the sender
+        // has swept. One stored here already stays for the sweep, which alone knows whether
+        // every replica has it; a merge that brings nothing else writes nothing.
         let removes = |d: &Version| current.iter().any(|c| d.clock.compare(&c.clock) == Causal::After);
         let merged: Vec<Version> = reconcile(&current, versions)
             .into_iter()
@@ -1622,11 +1622,9 @@ mod mint_tests {
 
     #[test]
     fn a_spent_tombstone_waits_for_anti_entropy_with_every_other_node() {
-        let store = MemStore::new();
-        let grace = MIN_TOMBSTONE_GRACE_MS;
-        let config = || KvConfig { tombstone_grace_ms: grace, idempotency_ttl_ms: 1, ..KvConfig::new("n1") };
+        let (store, grace) = (MemStore::new(), MIN_TOMBSTONE_GRACE_MS);
         let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
-            store.write(&m.step(now, 0, req, &store).unwrap().writes).unwrap();
+            step_at(m, &store, now, req);
         };
         let delete = |key: &str| KvRequest::Coordinate {
             tenant: "t".into(),
@@ -1636,12 +1634,8 @@ mod mint_tests {
             keep: true,
         };
         let sweep = |m: &mut KvMachine, now: u64| store.write(&m.tick(now, &store).unwrap().writes).unwrap();
-        let held =
-            |key: &str| match KvMachine::read_only(&KvRequest::Read { tenant: "t".into(), key: key.into() }, &store) {
-                Some(Ok(Ok(KvResponse::Versions(v)))) => v.len(),
-                other => panic!("{other:?}"),
-            };
-        let mut m = KvMachine::new(config());
+        let held = |key: &str| versions_held(&store, key);
+        let mut m = gc_replica();
         at(&mut m, 10, delete("a"));
         at(&mut m, 20, delete("b"));
         // The last complete pass began before the deletes came: past their grace, they stay
@@ -1679,7 +1673,7 @@ mod mint_tests {
         at(&mut m, 22 + grace, KvRequest::HandOver { tenant, key, versions });
         assert_eq!(held("d"), 1, "a spent delete handed over was not kept");
         // A restart forgets the passes: nothing goes before the next one.
-        let mut m = KvMachine::new(config());
+        let mut m = gc_replica();
         sweep(&mut m, 23 + grace);
         assert_eq!((held("c"), held("d")), (1, 1), "a tombstone went by a pass made before a restart");
         at(&mut m, 24 + grace, KvRequest::Repaired { before_ms: 51, layout: 0 });

@@ -191,6 +191,12 @@ impl Placement {
         }
     }
 
+    /// Whether no change is under way: the current ring alone, at each tenant's factor, places
+    /// every key.
+    pub fn settled(&self) -> bool {
+        self.previous.is_none() && self.rf_change.is_none()
+    }
+
     /// The factors before and after the change under way for `tenant`'s keys, if one is.
     fn rf_change_of(&self, tenant: &str) -> Option<(usize, usize)> {
         self.rf_change.as_ref().filter(|c| c.tenant == tenant).map(|c| (c.from as usize, c.to as usize))

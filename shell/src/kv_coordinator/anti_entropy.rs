@@ -87,6 +87,11 @@ impl<P: Peers> KvCoordinator<P> {
         let placement = self.peers.placement();
         let members = self.peers.members();
         let mut report = AntiEntropyReport::default();
+        if members.is_empty() {
+            // A layout this node has not learnt yet: it may hold writes placed by the one
+            // the others follow, so its tombstones wait for a pass by that one.
+            return report;
+        }
         // When the pass began, by the replica's stamp: the scale it records tombstones by.
         // Without one (the replica is busy or failing) the pass still repairs, but counts for
         // no tombstone.
@@ -97,16 +102,11 @@ impl<P: Peers> KvCoordinator<P> {
                 None
             }
         };
-        if members.is_empty() {
-            // A layout this node has not learnt yet: it may hold writes placed by the one
-            // the others follow, so its tombstones wait for a pass by that one.
-            return report;
-        }
         // While a layout change is under way, an old owner that was away may still hand over
         // a value deleted meanwhile, to a new owner that holds the tombstone only since its
         // own hand-over: tombstones wait for passes by the settled layout (a new version, so
         // the comparisons made until then no longer count). Repairs go on.
-        let counts = began.filter(|_| placement.previous.is_none() && placement.rf_change.is_none());
+        let counts = began.filter(|_| placement.settled());
         if !members.contains(&me) {
             // Removed (ids are never reused): this node replicates nothing any more, and what
             // it still holds is served to no one, so its tombstones wait for nothing. (A node

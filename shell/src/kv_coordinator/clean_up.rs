@@ -44,8 +44,7 @@ impl<P: Peers> KvCoordinator<P> {
         // never changed scans nothing: only a change makes copies stale (except a factor
         // lowered in place by a binary from before factor migrations, whose copies stay until
         // the next change).
-        let settled = placement.previous.is_none() && placement.rf_change.is_none();
-        if !settled || version <= 1 || !self.peers.members().contains(&me) {
+        if !placement.settled() || version <= 1 || !self.peers.members().contains(&me) {
             return Ok(None);
         }
         let now = self.peers.now_ms();
