@@ -22,6 +22,9 @@ pub struct Figures {
     /// CPU the load generator itself spent per operation: on a shared machine, what it
     /// takes from the servers it measures.
     pub client_cpu_us_per_op: f64,
+    /// CPU the measured system's server processes spent per operation, when the bench was
+    /// told their pids (see [`processes_cpu_us`]).
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 impl Figures {
@@ -39,6 +42,7 @@ impl Figures {
             p99_us: pct(0.99),
             p999_us: pct(0.999),
             client_cpu_us_per_op: cpu_us as f64 / (lat_us.len() as u64 + errors).max(1) as f64,
+            server_cpu_us_per_op: None,
         }
     }
 
@@ -51,8 +55,12 @@ impl Figures {
             true => format!(", client CPU {:.1} us/op", self.client_cpu_us_per_op),
             false => String::new(),
         };
+        let servers = match self.server_cpu_us_per_op {
+            Some(us) => format!(", servers CPU {us:.1} us/op"),
+            None => String::new(),
+        };
         format!(
-            "{:<28} {:>10.0} ops/s  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  ({} ops, {} errors, {:.1}s{cpu})",
+            "{:<28} {:>10.0} ops/s  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  ({} ops, {} errors, {:.1}s{cpu}{servers})",
             self.label,
             self.per_sec(),
             self.p50_us,
@@ -134,6 +142,28 @@ fn process_cpu_us() -> u64 {
     }
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     us(usage.ru_utime) + us(usage.ru_stime)
+}
+
+/// CPU time (user and system) the processes `pids` have spent so far, in microseconds, read
+/// from /proc (Linux); `None` if one of them cannot be read (it has exited, or there is no
+/// /proc). Sampled around each turn of a comparison, it shows what each system's servers
+/// spend per operation on the same machine: the figure throughput follows once the machine
+/// is busy.
+pub fn processes_cpu_us(pids: &[u32]) -> Option<u64> {
+    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+    let ticks_per_sec = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|&t| t > 0)?;
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces and parentheses: count fields after
+        // its closing one, where field 3 (the state) comes first.
+        let after_name = stat.get(stat.rfind(')')? + 1..)?;
+        let mut fields = after_name.split_whitespace().skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        ticks += utime + stime;
+    }
+    Some(ticks * 1_000_000 / ticks_per_sec)
 }
 
 /// [`drive_samples`], summed up as [`Figures`] under `label`.
@@ -423,6 +453,7 @@ pub async fn catalog(
         p99_us: 0,
         p999_us: 0,
         client_cpu_us_per_op: 0.0,
+        server_cpu_us_per_op: None,
     }];
     let ids = std::sync::Arc::new(ids);
 
@@ -488,4 +519,27 @@ pub async fn catalog(
         .await?,
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_cpu_reading_grows_with_work_and_a_gone_process_reads_as_none() {
+        let me = std::process::id();
+        let before = processes_cpu_us(&[me]).expect("this process's /proc/PID/stat");
+        // Spin until the kernel's tick-grained count has moved (a few ticks at most).
+        let started = Instant::now();
+        let mut x = 0u64;
+        while processes_cpu_us(&[me]).expect("read again") <= before && started.elapsed() < Duration::from_secs(5) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        assert!(processes_cpu_us(&[me]).expect("read") > before, "5 s of spinning showed no CPU");
+        // Two readings of the same process add up.
+        let one = processes_cpu_us(&[me]).expect("read");
+        assert!(processes_cpu_us(&[me, me]).expect("read") >= 2 * one);
+        // Past the kernel's largest pid: no such process.
+        assert_eq!(processes_cpu_us(&[me, 4_194_305]), None);
+    }
 }

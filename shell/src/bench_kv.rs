@@ -12,7 +12,7 @@ use std::time::Duration;
 use tessera_proto::proto as kv;
 use tessera_proto::proto::coordinator_service_client::CoordinatorServiceClient;
 
-use crate::bench::{Figures, Samples, drive_samples};
+use crate::bench::{Figures, Samples, drive_samples, processes_cpu_us};
 use crate::grpc_unary::UnaryClient;
 
 /// Connections per system: several, so one HTTP/2 connection's ordering is not the
@@ -197,6 +197,29 @@ pub async fn etcd(chans: &[UnaryClient], load: &KvLoad, phase: Phase, duration: 
     .await
 }
 
+/// The server processes of each system, when known: each turn then also measures what they
+/// spent per operation ([`processes_cpu_us`]).
+#[derive(Debug, Clone, Default)]
+pub struct ServerPids {
+    pub tessera: Vec<u32>,
+    pub etcd: Vec<u32>,
+}
+
+/// What `pids` spent in CPU while `turn` ran, added to `total` (which stays `None` once a
+/// reading failed, so a partial sum is never shown).
+async fn measured<T>(pids: &[u32], total: &mut Option<u64>, turn: impl std::future::Future<Output = T>) -> T {
+    let before = processes_cpu_us(pids);
+    let out = turn.await;
+    let spent = before.zip(processes_cpu_us(pids)).map(|(b, a)| a.saturating_sub(b));
+    *total = total.zip(spent).map(|(t, s)| t + s);
+    out
+}
+
+/// Server CPU per operation of a phase, from the turns' sum.
+fn per_op(total: Option<u64>, f: &Figures) -> Option<f64> {
+    total.map(|us| us as f64 / (f.ops + f.errors).max(1) as f64)
+}
+
 /// Figures of each phase for tesserad and, when given, etcd. Each phase runs in `rounds`
 /// turns that alternate between the two systems (tessera, etcd, tessera, ...), so a shared
 /// machine that speeds up or slows down during the run weighs on both alike; each system
@@ -206,6 +229,7 @@ pub async fn compare(
     etcd_addr: Option<&str>,
     load: &KvLoad,
     rounds: u32,
+    servers: &ServerPids,
 ) -> anyhow::Result<Vec<(Phase, Figures, Option<Figures>)>> {
     let t = tessera_side(tessera_nodes, load).await?;
     let e = match etcd_addr {
@@ -214,18 +238,25 @@ pub async fn compare(
     };
     let rounds = rounds.max(1);
     let turn = load.duration / rounds;
+    let start = |pids: &[u32]| (!pids.is_empty()).then_some(0u64);
     let mut out = Vec::new();
     for phase in [Phase::Put, Phase::Get] {
         let (mut ts, mut es) = (Samples::default(), Samples::default());
+        let (mut t_cpu, mut e_cpu) = (start(&servers.tessera), start(&servers.etcd));
         for _ in 0..rounds {
-            ts.add(tessera(&t, load, phase, turn).await?);
+            ts.add(measured(&servers.tessera, &mut t_cpu, tessera(&t, load, phase, turn)).await?);
             if let Some(e) = &e {
-                es.add(etcd(e, load, phase, turn).await?);
+                es.add(measured(&servers.etcd, &mut e_cpu, etcd(e, load, phase, turn)).await?);
             }
         }
         let name = phase.name();
-        let tf = ts.figures(format!("tessera {name}, {} clients", load.clients));
-        let ef = e.is_some().then(|| es.figures(format!("etcd {name}, {} clients", load.clients)));
+        let mut tf = ts.figures(format!("tessera {name}, {} clients", load.clients));
+        tf.server_cpu_us_per_op = per_op(t_cpu, &tf);
+        let ef = e.is_some().then(|| {
+            let mut f = es.figures(format!("etcd {name}, {} clients", load.clients));
+            f.server_cpu_us_per_op = per_op(e_cpu, &f);
+            f
+        });
         out.push((phase, tf, ef));
     }
     Ok(out)

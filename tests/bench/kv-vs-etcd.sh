@@ -3,6 +3,8 @@
 # three tesserad nodes (tenant RF 3, quorum writes and reads, fsync before ack) and three etcd
 # members (Raft, fsync on, linearizable reads), all on loopback, one client process.
 #   tests/bench/kv-vs-etcd.sh [SECS] [CLIENTS] [VALUE_SIZE]      (defaults 10 32 256)
+# Each phase also shows the CPU each system's three server processes spent per operation (from
+# /proc, around each turn): once the machine is busy, throughput follows it.
 # Installs Debian's etcd-server if etcd is missing. Figures, not pass/fail.
 set -euo pipefail
 secs=${1:-10}; clients=${2:-32}; size=${3:-256}
@@ -50,4 +52,5 @@ done
 [ -n "$leader" ] || { echo "etcd elected no leader" >&2; exit 1; }
 echo "etcd leader: 127.0.0.1:$leader"
 "$bin/tessera" --addr "http://127.0.0.1:${t[0]}" bench kv --secs "$secs" --clients "$clients" \
-    --value-size "$size" --etcd "http://127.0.0.1:$leader" ${ROUNDS:+--rounds $ROUNDS}
+    --value-size "$size" --etcd "http://127.0.0.1:$leader" ${ROUNDS:+--rounds $ROUNDS} \
+    --tessera-pids "${pids[0]},${pids[1]},${pids[2]}" --etcd-pids "${pids[3]},${pids[4]},${pids[5]}"

@@ -127,6 +127,13 @@ enum BenchCmd {
         /// coordinator looks up on the key's replicas first; etcd's puts are unchanged
         #[arg(long)]
         client_keys: bool,
+        /// Process ids of the tesserad nodes (comma-separated): each phase then also shows
+        /// the CPU they spent per operation (read from /proc)
+        #[arg(long, value_delimiter = ',')]
+        tessera_pids: Vec<u32>,
+        /// Process ids of the etcd members, likewise
+        #[arg(long, value_delimiter = ',')]
+        etcd_pids: Vec<u32>,
     },
     /// Commits/s of 1-write transactions at each concurrency, then GetState reads/s
     State {
@@ -168,6 +175,8 @@ async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
             spread,
             threads: _,
             client_keys,
+            tessera_pids,
+            etcd_pids,
         } => {
             use tessera_shell::bench_kv;
             let load = bench_kv::KvLoad {
@@ -179,7 +188,8 @@ async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
                 client_keys,
             };
             let nodes: Vec<&str> = std::iter::once(addr).chain(spread.iter().map(String::as_str)).collect();
-            let phases = bench_kv::compare(&nodes, etcd.as_deref(), &load, rounds).await?;
+            let servers = bench_kv::ServerPids { tessera: tessera_pids, etcd: etcd_pids };
+            let phases = bench_kv::compare(&nodes, etcd.as_deref(), &load, rounds, &servers).await?;
             for (_, t, e) in &phases {
                 println!("{}", t.line());
                 if let Some(e) = e {
@@ -190,8 +200,12 @@ async fn bench(addr: &str, cmd: BenchCmd) -> anyhow::Result<()> {
                 .iter()
                 .filter_map(|(phase, t, e)| {
                     let e = e.as_ref()?;
+                    let cpu = match (t.server_cpu_us_per_op, e.server_cpu_us_per_op) {
+                        (Some(t), Some(e)) => format!(", servers CPU per op {:.2}x etcd's", t / e.max(1e-9)),
+                        _ => String::new(),
+                    };
                     Some(format!(
-                        "{} {:.2}x (p99 {} vs {} us)",
+                        "{} {:.2}x (p99 {} vs {} us{cpu})",
                         phase.name(),
                         t.per_sec() / e.per_sec().max(1e-9),
                         t.p99_us,
