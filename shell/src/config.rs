@@ -19,6 +19,8 @@ pub const MAX_ROW_CACHE_MIB: u64 = 1 << 20;
 pub const MAX_IDEMPOTENCY_TTL_SECS: u64 = 365 * 24 * 3600;
 /// Longest `tombstone_grace_secs`: a year.
 pub const MAX_TOMBSTONE_GRACE_SECS: u64 = 365 * 24 * 3600;
+/// Most `worker_threads`.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 /// tesserad: one daemon serving Tessera's gRPC APIs on one port, on embedded storage (fjall).
 #[derive(Debug, Parser)]
@@ -65,6 +67,10 @@ pub struct Flags {
     /// replica must learn of a delete within it (at least 4 hours) [default: 864000, 10 days]
     #[arg(long, env = "TESSERA_TOMBSTONE_GRACE_SECS")]
     pub tombstone_grace_secs: Option<u64>,
+    /// Threads serving gRPC (as Go's GOMAXPROCS for etcd): fewer than the cores when several
+    /// nodes, or other busy processes, share a machine [default: one per core]
+    #[arg(long, env = "TESSERA_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 /// The TOML file's shape. Every key is optional.
@@ -77,6 +83,7 @@ pub struct Flags {
 /// row_cache_mib = 64
 /// idempotency_ttl_secs = 86400   # replays of a write or mutation are recognised this long
 /// tombstone_grace_secs = 864000  # a deleted key's tombstones stay this long
+/// worker_threads = 4             # threads serving gRPC (default: one per core)
 ///
 /// [status.capacity]        # per meta-store; -1 (or absent) = unlimited
 /// key_generation = 1000
@@ -99,6 +106,7 @@ pub struct FileConfig {
     pub row_cache_mib: Option<u64>,
     pub idempotency_ttl_secs: Option<u64>,
     pub tombstone_grace_secs: Option<u64>,
+    pub worker_threads: Option<usize>,
     #[serde(default)]
     pub status: StatusSection,
     #[serde(default)]
@@ -141,6 +149,8 @@ pub struct Config {
     pub idempotency_ttl_ms: u64,
     /// How long a deleted key's tombstones stay (see `KvConfig::tombstone_grace_ms`).
     pub tombstone_grace_ms: u64,
+    /// Threads of the async runtime serving gRPC; `None`: one per core (tokio's default).
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +249,15 @@ impl Config {
                 )));
             }
         };
+        let worker_threads = match flags.worker_threads.or(file.worker_threads) {
+            Some(n @ 1..=MAX_WORKER_THREADS) => Some(n),
+            Some(n) => {
+                return Err(ConfigError::Invalid(format!(
+                    "worker_threads: {n} is out of range (1 to {MAX_WORKER_THREADS})"
+                )));
+            }
+            None => None,
+        };
         if tombstone_grace_ms < idempotency_ttl_ms {
             return Err(ConfigError::Invalid(format!(
                 "tombstone_grace_secs ({}) is shorter than idempotency_ttl_secs ({}): a replay of a write to a key \
@@ -251,6 +270,7 @@ impl Config {
             row_cache_bytes,
             idempotency_ttl_ms,
             tombstone_grace_ms,
+            worker_threads,
             listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
@@ -333,6 +353,21 @@ mod tests {
         }
         let e = Config::resolve(flags(&["--idempotency-ttl-secs", "1000000"])).unwrap_err().to_string();
         assert!(e.contains("shorter than idempotency_ttl_secs"), "{e}");
+    }
+
+    #[test]
+    fn worker_threads_from_flag_or_file_within_its_range() {
+        assert_eq!(Config::resolve(flags(&[])).unwrap().worker_threads, None);
+        assert_eq!(Config::resolve(flags(&["--worker-threads", "1"])).unwrap().worker_threads, Some(1));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "worker_threads = 3\n").unwrap();
+        let c = Config::resolve(flags(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(c.worker_threads, Some(3));
+        for bad in ["0", "1025"] {
+            let e = Config::resolve(flags(&["--worker-threads", bad])).unwrap_err().to_string();
+            assert!(e.contains("worker_threads") && e.contains("out of range"), "{e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 #   tests/bench/kv-vs-etcd.sh [SECS] [CLIENTS] [VALUE_SIZE]      (defaults 10 32 256)
 # Each phase also shows the CPU each system's three server processes spent per operation (from
 # /proc, around each turn): once the machine is busy, throughput follows it.
+# One thread per node for both (three nodes share two cores here):
+#   TESSERA_WORKER_THREADS=1 GOMAXPROCS=1 tests/bench/kv-vs-etcd.sh
 # Installs Debian's etcd-server if etcd is missing. Figures, not pass/fail.
 set -euo pipefail
 secs=${1:-10}; clients=${2:-32}; size=${3:-256}
