@@ -61,6 +61,11 @@ impl VClock {
         self.0.values().all(|c| *c < MAX_COUNTER) && self.0.keys().all(|n| !n.is_empty() && n.len() <= 128)
     }
 
+    /// Bytes [`VClock::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        8 + self.0.keys().map(|n| 4 + n.len() + 8).sum::<usize>()
+    }
+
     pub fn encode(&self, mut e: Encoder) -> Encoder {
         e = e.u64(self.0.len() as u64);
         for (n, c) in &self.0 {
@@ -90,6 +95,11 @@ pub struct Version {
 }
 
 impl Version {
+    /// Bytes [`Version::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        self.clock.encoded_len() + 8 + 1 + self.value.as_ref().map_or(0, |v| 4 + v.len())
+    }
+
     pub fn encode(&self, e: Encoder) -> Encoder {
         let e = self.clock.encode(e).u64(self.ts_ms);
         match &self.value {
@@ -168,8 +178,13 @@ pub fn context(versions: &[Version]) -> VClock {
     c
 }
 
+/// Bytes [`encode_versions`] writes.
+pub fn versions_len(versions: &[Version]) -> usize {
+    8 + versions.iter().map(Version::encoded_len).sum::<usize>()
+}
+
 pub fn encode_versions(versions: &[Version]) -> Vec<u8> {
-    let mut e = Encoder::new().u64(versions.len() as u64);
+    let mut e = Encoder::with_capacity(versions_len(versions)).u64(versions.len() as u64);
     for v in versions {
         e = v.encode(e);
     }
@@ -200,6 +215,23 @@ mod tests {
 
     fn version(node: &str, ts_ms: u64, value: Option<&[u8]>) -> Version {
         Version { clock: VClock([(node.to_owned(), 1)].into()), ts_ms, value: value.map(<[u8]>::to_vec) }
+    }
+
+    #[test]
+    fn encoded_lengths_are_exact() {
+        let mut clock = VClock([("n1".to_owned(), 7), ("node-two".to_owned(), 1 << 40)].into());
+        let vs = vec![
+            Version { clock: clock.clone(), ts_ms: 3, value: Some(vec![9; 300]) },
+            version("a", 5, None),
+            Version { clock: VClock::default(), ts_ms: 0, value: Some(Vec::new()) },
+        ];
+        assert_eq!(versions_len(&vs), encode_versions(&vs).len());
+        assert_eq!(versions_len(&[]), encode_versions(&[]).len());
+        for v in &vs {
+            assert_eq!(v.encoded_len(), v.encode(Encoder::new()).finish().len());
+        }
+        clock.0.clear();
+        assert_eq!(clock.encoded_len(), clock.encode(Encoder::new()).finish().len());
     }
 
     #[test]

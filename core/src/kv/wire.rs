@@ -7,7 +7,7 @@ use crate::error::CoreError;
 use crate::store::StoreError;
 
 use super::replica::{Hint, IdemKey, IdemRecord, KvRequest, KvResponse};
-use super::vclock::{VClock, Version};
+use super::vclock::{VClock, Version, versions_len};
 
 const WHAT: &str = "peer message";
 
@@ -83,7 +83,16 @@ fn read_scan(d: &mut Decoder<'_>) -> Result<(Option<(String, String)>, usize), S
 }
 
 pub fn encode_request(r: &KvRequest) -> Vec<u8> {
-    let e = Encoder::new();
+    // Room for the versions and value a write carries, and for the rest (names, keys, an
+    // idempotency record) in most cases, so the common requests take one allocation.
+    let carried = match r {
+        KvRequest::Apply { versions: vs, .. }
+        | KvRequest::HandOver { versions: vs, .. }
+        | KvRequest::Hint { versions: vs, .. } => versions_len(vs),
+        KvRequest::Coordinate { value, .. } => value.as_ref().map_or(0, Vec::len),
+        _ => 0,
+    };
+    let e = Encoder::with_capacity(carried + 256);
     match r {
         // `keep` stays home: a peer coordinating for another node stores through `Apply`.
         KvRequest::Coordinate { tenant, key, value, idem, keep: _ } => {
@@ -206,7 +215,12 @@ pub fn decode_request(buf: &[u8]) -> Result<KvRequest, StoreError> {
 }
 
 pub fn encode_reply(r: &Result<KvResponse, CoreError>) -> Vec<u8> {
-    let e = Encoder::new();
+    // As in `encode_request`: room for the versions of the answers to writes and reads.
+    let carried = match r {
+        Ok(KvResponse::Versions(vs)) | Ok(KvResponse::Coordinated { versions: vs, .. }) => versions_len(vs),
+        _ => 0,
+    };
+    let e = Encoder::with_capacity(carried + 256);
     match r {
         Err(err) => {
             let code = match err {
