@@ -21,6 +21,7 @@ use tonic::transport::Endpoint;
 
 use crate::cluster_id::{ClusterId, PeerClient, peer_client};
 use crate::driver::{DriverError, Durable, HandleFor};
+use crate::grpc_unary::UnaryClient;
 use crate::kv_coordinator::{BoxFuture, KeptResult, KvCoordinator, PeerResult, Peers, Unreachable, View, ViewCell};
 use crate::raft_transport::RaftTransport;
 
@@ -228,7 +229,7 @@ impl Cluster {
         // Anti-entropy answers carry up to a few MiB of key digests (and one segment more).
         let client = peer_client(ch, &self.cluster_id).max_decoding_message_size(64 << 20);
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(batcher(self.me.clone(), client.clone(), rx));
+        tokio::spawn(batcher(self.me.clone(), addr.clone(), self.cluster_id.clone(), rx));
         let link = Link { addr, client, queue: tx };
         links.insert(node.to_owned(), link.clone());
         Ok(link)
@@ -399,11 +400,18 @@ type Queued = (Vec<u8>, u64, oneshot::Sender<Result<Vec<u8>, Unreachable>>);
 /// nodes: puts and gets 10-20% faster than with 4 in flight, p99 no worse).
 const BATCHES_IN_FLIGHT: usize = 1;
 
+/// The batcher's connection to its peer, made on first use and again after a failure.
+type Connection = Arc<Mutex<Option<UnaryClient>>>;
+
 /// Drains one peer's queue into `CallBatch` messages: whatever has queued up while earlier
 /// batches were in flight goes in the next one, so batches grow with load and a lone request
-/// goes out at once.
-async fn batcher(me: String, client: PeerClient, mut rx: mpsc::Receiver<Queued>) {
+/// goes out at once. The batches go over the lean h2 client ([`UnaryClient`]), not a tonic
+/// `Channel`: two task hand-offs fewer each way per batch (two runs of five alternations
+/// with the tonic version, 32 clients: servers CPU per put 5-6 % less, per get 8-11 % less).
+async fn batcher(me: String, addr: String, cluster_id: Arc<ClusterId>, mut rx: mpsc::Receiver<Queued>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let conn: Connection = Arc::new(Mutex::new(None));
+    let url = format!("http://{addr}");
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let mut batch = vec![first];
@@ -421,38 +429,67 @@ async fn batcher(me: String, client: PeerClient, mut rx: mpsc::Receiver<Queued>)
             layouts.push(layout);
             waiters.push(waiter);
         }
-        let mut client = client.clone();
         let msg = peer::PeerBatch { from: me.clone(), bodies, layouts };
+        let (conn, url, cluster_id) = (conn.clone(), url.clone(), cluster_id.clone());
         tokio::spawn(async move {
-            let out = tokio::time::timeout(PEER_TIMEOUT, client.call_batch(msg)).await;
+            let out = tokio::time::timeout(PEER_TIMEOUT, send_batch(&conn, &url, &cluster_id, &msg)).await;
             drop(permit);
-            match out {
-                Ok(Ok(r)) => {
-                    let bodies = r.into_inner().bodies;
-                    if bodies.len() != waiters.len() {
-                        for w in waiters {
-                            let _ = w.send(Err(Unreachable("peer answered a batch with the wrong count".into())));
-                        }
-                        return;
-                    }
+            let answer = match out {
+                Ok(Ok(r)) if r.bodies.len() == waiters.len() => Ok(r.bodies),
+                Ok(Ok(_)) => Err("peer answered a batch with the wrong count".to_owned()),
+                Ok(Err(s)) => Err(s.message().to_owned()),
+                Err(_) => {
+                    // A connection that hangs is made anew for the next batch.
+                    lock(&conn).take();
+                    Err("peer batch timed out".to_owned())
+                }
+            };
+            match answer {
+                Ok(bodies) => {
                     for (w, b) in waiters.into_iter().zip(bodies) {
                         let _ = w.send(Ok(b));
                     }
                 }
-                Ok(Err(s)) => {
+                Err(why) => {
                     for w in waiters {
-                        let _ = w.send(Err(Unreachable(s.message().to_owned())));
-                    }
-                }
-                Err(_) => {
-                    for w in waiters {
-                        let _ = w.send(Err(Unreachable("peer batch timed out".into())));
+                        let _ = w.send(Err(Unreachable(why.clone())));
                     }
                 }
             }
         });
     }
 }
+
+/// One `CallBatch` over `conn` (connecting first if it has none), stamped with this node's
+/// cluster id; a broken connection is dropped, so the next batch connects again.
+async fn send_batch(
+    conn: &Connection,
+    url: &str,
+    cluster_id: &ClusterId,
+    msg: &peer::PeerBatch,
+) -> Result<peer::PeerBatchReply, tonic::Status> {
+    let held = lock(conn).clone();
+    let client = match held {
+        Some(c) => c,
+        None => {
+            let c = UnaryClient::connect(url).await?;
+            *lock(conn) = Some(c.clone());
+            c
+        }
+    };
+    let name = http::HeaderName::from_static(crate::cluster_id::HEADER);
+    // The id is ASCII hex, so it is a valid header value; without one (a node that has not
+    // learned its cluster's id yet) the call goes unstamped, as the tonic clients' do.
+    let value = cluster_id.header().and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok());
+    let out = client.call_with(CALL_BATCH, msg, value.as_ref().map(|v| (&name, v))).await;
+    if out.as_ref().is_err_and(|s| s.code() == tonic::Code::Unavailable) {
+        lock(conn).take();
+    }
+    out
+}
+
+/// `CallBatch`'s path.
+const CALL_BATCH: &str = "/tessera.peer.v1.PeerService/CallBatch";
 
 /// How often a node compares its keys with their other replicas.
 const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(10);

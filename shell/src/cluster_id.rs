@@ -105,7 +105,7 @@ impl ClusterId {
     }
 
     /// The id as a header value (none yet on a joining node).
-    fn header(&self) -> Option<&MetadataValue<Ascii>> {
+    pub(crate) fn header(&self) -> Option<&MetadataValue<Ascii>> {
         self.id.get().map(|(_, v)| v)
     }
 

@@ -1,12 +1,17 @@
 //! A lean gRPC unary client over one HTTP/2 connection, for the key-value bench's load
-//! generator. tonic's `Channel` hands every call to a buffer task, and hyper's client to a
-//! task of its own per request, before h2 sees it: on two shared cores those hops cost the
-//! load generator about as much CPU as a replica spends on a read, and they weigh on every
-//! system it measures. Here the caller drives its h2 stream itself; only the connection
-//! has a task. Both systems of a comparison are driven through it alike.
+//! generator and for the batches a node sends its peers' replicas. tonic's `Channel` hands
+//! every call to a buffer task, and hyper's client to a task of its own per request, before
+//! h2 sees it: on two shared cores those hops cost the load generator about as much CPU as a
+//! replica spends on a read, and a coordinator pays them for every peer batch. Here the
+//! caller drives its h2 stream itself; only the connection has a task. Both systems of a
+//! bench comparison are driven through it alike.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic::{Code, Status};
+
+/// The largest answer read, as tonic's `max_decoding_message_size` (a peer's anti-entropy
+/// and batch answers stay far below it).
+pub const MAX_ANSWER: usize = 64 << 20;
 
 /// One HTTP/2 connection to a gRPC server, shared by concurrent calls (clone it).
 #[derive(Clone)]
@@ -49,18 +54,30 @@ impl UnaryClient {
         path: &str,
         req: &Req,
     ) -> Result<Resp, Status> {
+        self.call_with(path, req, None).await
+    }
+
+    /// [`UnaryClient::call`] with one more header (a peer's cluster id, say).
+    pub async fn call_with<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        path: &str,
+        req: &Req,
+        header: Option<(&http::HeaderName, &http::HeaderValue)>,
+    ) -> Result<Resp, Status> {
         let len = req.encoded_len();
         let mut frame = BytesMut::with_capacity(5 + len);
         frame.put_u8(0);
         frame.put_u32(u32::try_from(len).map_err(|_| Status::invalid_argument("request over 4 GiB"))?);
         req.encode(&mut frame).map_err(|e| Status::internal(e.to_string()))?;
-        let head = http::Request::builder()
+        let mut head = http::Request::builder()
             .method(http::Method::POST)
             .uri(format!("http://{}{path}", self.authority))
             .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .body(())
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .header(http::header::TE, "trailers");
+        if let Some((name, value)) = header {
+            head = head.header(name, value);
+        }
+        let head = head.body(()).map_err(|e| Status::internal(e.to_string()))?;
         let mut send = self.send.clone().ready().await.map_err(|e| unavailable("connection", e))?;
         let (answer, mut stream) = send.send_request(head, false).map_err(|e| unavailable("request", e))?;
         stream.send_data(frame.freeze(), true).map_err(|e| unavailable("request body", e))?;
@@ -76,6 +93,9 @@ impl UnaryClient {
         while let Some(chunk) = body.data().await {
             let chunk = chunk.map_err(|e| unavailable("answer body", e))?;
             let _ = body.flow_control().release_capacity(chunk.len());
+            if buf.len() + chunk.len() > MAX_ANSWER + 5 {
+                return Err(Status::resource_exhausted(format!("the answer is over {MAX_ANSWER} bytes")));
+            }
             buf.extend_from_slice(&chunk);
         }
         let trailers = body.trailers().await.map_err(|e| unavailable("trailers", e))?;
@@ -143,6 +163,31 @@ mod tests {
         for r in futures_util::future::join_all(calls).await {
             assert_eq!(r.expect("concurrent call").status, ServingStatus::Serving as i32);
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_with_a_header_carries_it() {
+        let (_reporter, service) = tonic_health::server::health_reporter();
+        // Refuses calls without the header, as a peer refuses calls without a cluster id.
+        let service =
+            tonic::service::interceptor::InterceptedService::new(service, |req: tonic::Request<()>| {
+                match req.metadata().get("tessera-test").map(|v| v.to_str()) {
+                    Some(Ok("yes")) => Ok(req),
+                    _ => Err(Status::permission_denied("no tessera-test header")),
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+        let c = UnaryClient::connect(&url).await.expect("connect");
+        let path = "/grpc.health.v1.Health/Check";
+        let without = c.call::<_, HealthCheckResponse>(path, &HealthCheckRequest::default()).await;
+        assert_eq!(without.expect_err("refused").code(), Code::PermissionDenied);
+        let (name, value) = (http::HeaderName::from_static("tessera-test"), http::HeaderValue::from_static("yes"));
+        let any = HealthCheckRequest::default();
+        let with = c.call_with::<_, HealthCheckResponse>(path, &any, Some((&name, &value))).await;
+        assert_eq!(with.expect("the header passes").status, ServingStatus::Serving as i32);
     }
 
     #[tokio::test(flavor = "current_thread")]
