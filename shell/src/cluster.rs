@@ -83,9 +83,13 @@ pub fn parse_members(s: &str) -> Result<Vec<Member>, String> {
     Ok(out)
 }
 
+/// Longest wait for a peer's TCP connection: a host that does not answer is given up on
+/// before a call's own deadline.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How this node dials a peer at `addr` (host:port), for its replica calls and Raft messages.
 pub fn peer_endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true))
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(PEER_CONNECT_TIMEOUT).tcp_nodelay(true))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -472,7 +476,9 @@ async fn send_batch(
     let client = match held {
         Some(c) => c,
         None => {
-            let c = UnaryClient::connect(url).await?;
+            let c = tokio::time::timeout(PEER_CONNECT_TIMEOUT, UnaryClient::connect(url))
+                .await
+                .map_err(|_| tonic::Status::unavailable(format!("{url}: no connection within 1 s")))??;
             *lock(conn) = Some(c.clone());
             c
         }
