@@ -464,15 +464,17 @@ async fn batcher(me: String, addr: String, cluster_id: Arc<ClusterId>, mut rx: m
     }
 }
 
-/// One `CallBatch` over `conn` (connecting first if it has none), stamped with this node's
-/// cluster id; a broken connection is dropped, so the next batch connects again.
+/// One `CallBatch` over `conn` (connecting first if it has none, or if the peer closed it:
+/// after a peer's restart the first batch goes out rather than failing unsent), stamped
+/// with this node's cluster id; a broken connection is dropped, so the next batch connects
+/// again.
 async fn send_batch(
     conn: &Connection,
     url: &str,
     cluster_id: &ClusterId,
     msg: &peer::PeerBatch,
 ) -> Result<peer::PeerBatchReply, tonic::Status> {
-    let held = lock(conn).clone();
+    let held = lock(conn).clone().filter(UnaryClient::is_open);
     let client = match held {
         Some(c) => c,
         None => {

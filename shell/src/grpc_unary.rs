@@ -6,6 +6,9 @@
 //! caller drives its h2 stream itself; only the connection has a task. Both systems of a
 //! bench comparison are driven through it alike.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic::{Code, Status};
 
@@ -18,6 +21,8 @@ pub const MAX_ANSWER: usize = 64 << 20;
 pub struct UnaryClient {
     send: h2::client::SendRequest<Bytes>,
     authority: String,
+    /// Set once the connection's task has ended (the server closed it, or it broke).
+    closed: Arc<AtomicBool>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Status {
@@ -39,12 +44,21 @@ impl UnaryClient {
             .handshake(tcp)
             .await
             .map_err(|e| unavailable(&authority, e))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = closed.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "bench connection closed");
+                tracing::debug!(error = %e, "gRPC connection closed");
             }
+            ended.store(true, Ordering::Release);
         });
-        Ok(UnaryClient { send, authority })
+        Ok(UnaryClient { send, authority, closed })
+    }
+
+    /// Whether the connection is still up: once the server has closed it (a restart, say),
+    /// a call would fail without being sent, so a caller connects again first.
+    pub fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
     }
 
     /// Calls `path` (`/package.Service/Method`) with `req`; the answer decoded, or the
@@ -188,6 +202,32 @@ mod tests {
         let any = HealthCheckRequest::default();
         let with = c.call_with::<_, HealthCheckResponse>(path, &any, Some((&name, &value))).await;
         assert_eq!(with.expect("the header passes").status, ServingStatus::Serving as i32);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_the_server_closes_shows_as_closed() {
+        let (_reporter, service) = tonic_health::server::health_reporter();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+        );
+        let c = UnaryClient::connect(&url).await.expect("connect");
+        assert!(c.is_open());
+        let _ = stop.send(());
+        server.await.expect("server task").expect("server stops");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while c.is_open() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!c.is_open(), "the client still thinks the connection is up");
+        let any = HealthCheckRequest::default();
+        let err = c.call::<_, HealthCheckResponse>("/grpc.health.v1.Health/Check", &any).await;
+        assert_eq!(err.expect_err("closed").code(), Code::Unavailable);
     }
 
     #[tokio::test(flavor = "current_thread")]
