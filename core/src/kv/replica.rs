@@ -1282,6 +1282,11 @@ mod mint_tests {
         ready.replies.into_iter().next().map(|(_, r)| r)
     }
 
+    /// Ticks the replica at `now` over `store` and writes the tick's batch (its sweeps).
+    fn tick_at(m: &mut KvMachine, store: &MemStore, now: u64) {
+        store.write(&m.tick(now, store).unwrap().writes).unwrap();
+    }
+
     /// How many versions of tenant t's `key` the store holds.
     fn versions_held(store: &MemStore, key: &str) -> usize {
         match KvMachine::read_only(&KvRequest::Read { tenant: "t".into(), key: key.into() }, store) {
@@ -1402,11 +1407,7 @@ mod mint_tests {
         let config = KvConfig { hint_max_age_ms: 1_000, ..KvConfig::new("n1") };
         let mut m = KvMachine::new(config);
         let hint = hint_for_n2;
-        let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
-            let ready = m.step(now, 0, req, &store).unwrap();
-            store.write(&ready.writes).unwrap();
-            ready.replies.into_iter().next().map(|(_, r)| r)
-        };
+        let at = |m: &mut KvMachine, now: u64, req: KvRequest| step_at(m, &store, now, req);
         at(&mut m, 100, hint(b"old", None));
         at(&mut m, 900, hint(b"new", None));
         let offered =
@@ -1614,9 +1615,9 @@ mod mint_tests {
             other => panic!("{other:?}"),
         };
         store.write(&m.step(11, 0, KvRequest::Repaired { before_ms: 11, layout: 0 }, &store).unwrap().writes).unwrap();
-        store.write(&m.tick(110, &store).unwrap().writes).unwrap();
+        tick_at(&mut m, &store, 110);
         assert_eq!(held(), 1, "the tombstone went before its grace");
-        store.write(&m.tick(510, &store).unwrap().writes).unwrap();
+        tick_at(&mut m, &store, 510);
         assert_eq!(held(), 0, "the tombstone stayed past its grace: its entry was not made again");
     }
 
@@ -1633,7 +1634,7 @@ mod mint_tests {
             idem: None,
             keep: true,
         };
-        let sweep = |m: &mut KvMachine, now: u64| store.write(&m.tick(now, &store).unwrap().writes).unwrap();
+        let sweep = |m: &mut KvMachine, now: u64| tick_at(m, &store, now);
         let held = |key: &str| versions_held(&store, key);
         let mut m = gc_replica();
         at(&mut m, 10, delete("a"));
@@ -1709,12 +1710,12 @@ mod mint_tests {
         // The pass compared every node; it is told (less the margin), and the delete's grace
         // passes. The pass began before the delete came: it stays.
         at(&mut m, 5_200, KvRequest::Repaired { before_ms: began - 1_000, layout: 0 });
-        store.write(&m.tick(5_000 + grace + 1, &store).unwrap().writes).unwrap();
+        tick_at(&mut m, &store, 5_000 + grace + 1);
         assert_eq!(held("a"), 1, "a tombstone went by a pass that began before it came");
         // A pass that begins after it came lets it go.
         let next = stamp(&mut m, 5_100 + grace);
         at(&mut m, 5_200 + grace, KvRequest::Repaired { before_ms: next - 1_000, layout: 0 });
-        store.write(&m.tick(5_300 + grace, &store).unwrap().writes).unwrap();
+        tick_at(&mut m, &store, 5_300 + grace);
         assert_eq!(held("a"), 0);
     }
 
@@ -1731,11 +1732,11 @@ mod mint_tests {
         // Its passes, by layout 2, did not cover what layout 3 brought here.
         let out = at(&mut m, 20, KvRequest::Repaired { before_ms: 15, layout: 2 });
         assert!(matches!(out, Some(Err(CoreError::FailedPrecondition(_)))), "{out:?}");
-        store.write(&m.tick(10 + grace, &store).unwrap().writes).unwrap();
+        tick_at(&mut m, &store, 10 + grace);
         assert_eq!(held("a"), 1, "a tombstone went by passes that did not cover its layout");
         let out = at(&mut m, 20 + grace, KvRequest::Repaired { before_ms: 15, layout: 3 });
         assert!(matches!(out, Some(Ok(KvResponse::Done))), "{out:?}");
-        store.write(&m.tick(21 + grace, &store).unwrap().writes).unwrap();
+        tick_at(&mut m, &store, 21 + grace);
         assert_eq!(held("a"), 0);
     }
 
@@ -1745,12 +1746,8 @@ mod mint_tests {
         let grace = MIN_TOMBSTONE_GRACE_MS;
         let mut m =
             KvMachine::new(KvConfig { tombstone_grace_ms: grace, idempotency_ttl_ms: 1000, ..KvConfig::new("n1") });
-        let at = |m: &mut KvMachine, now: u64, req: KvRequest| {
-            let ready = m.step(now, 0, req, &store).unwrap();
-            store.write(&ready.writes).unwrap();
-            ready.replies.into_iter().next().map(|(_, r)| r)
-        };
-        let sweep = |m: &mut KvMachine, now: u64| store.write(&m.tick(now, &store).unwrap().writes).unwrap();
+        let at = |m: &mut KvMachine, now: u64, req: KvRequest| step_at(m, &store, now, req);
+        let sweep = |m: &mut KvMachine, now: u64| tick_at(m, &store, now);
         let held =
             |key: &str| match KvMachine::read_only(&KvRequest::Read { tenant: "t".into(), key: key.into() }, &store) {
                 Some(Ok(Ok(KvResponse::Versions(v)))) => v,
