@@ -145,15 +145,20 @@ mod tests {
 
     use super::*;
 
+    /// A loopback port to serve on: its URL, and its connections for a tonic server.
+    async fn listen() -> (String, tonic::transport::server::TcpIncoming) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        (url, tonic::transport::server::TcpIncoming::from(listener))
+    }
+
     /// A tonic server with gRPC health on a loopback port; its URL.
     async fn health_server() -> String {
         let (reporter, service) = tonic_health::server::health_reporter();
         reporter.set_service_status("up", tonic_health::ServingStatus::Serving).await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let (url, incoming) = listen().await;
         tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
-        format!("http://{addr}")
+        url
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -190,9 +195,7 @@ mod tests {
                     _ => Err(Status::permission_denied("no tessera-test header")),
                 }
             });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let (url, incoming) = listen().await;
         tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
         let c = UnaryClient::connect(&url).await.expect("connect");
         let path = "/grpc.health.v1.Health/Check";
@@ -207,9 +210,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_connection_the_server_closes_shows_as_closed() {
         let (_reporter, service) = tonic_health::server::health_reporter();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let (url, incoming) = listen().await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, async {
